@@ -1,0 +1,216 @@
+"""Typed configuration: one dataclass per concern, composed into `TrainConfig`.
+
+Presets (eg3d.presets) are Python functions returning a `TrainConfig`; the command line overrides
+single fields with `--set section.field=value`.
+"""
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    z_dim: int = 512
+    w_dim: int = 512
+    c_dim: int = 25
+    mapping_layers: int = 2
+    mapping_lr_multiplier: float = 0.01
+    camera_scale: float = 1.0  # c is multiplied by this before the camera embedding
+    pose_conditioning: bool = True  # False: the generator's camera conditioning is zeroed
+    backbone_resolution: int = 256
+    backbone_channel_base: int = 32768
+    backbone_channel_max: int = 512
+    plane_channels: int = 32
+    decoder_hidden: int = 64
+    decoder_lr_multiplier: float = 1.0
+    image_resolution: int = 512
+    sr_input_resolution: int = 128
+    sr_channels: tuple[int, int] = (256, 128)
+    sr_antialias: bool = True
+    disc_channel_base: int = 32768
+    disc_channel_max: int = 512
+    disc_mapping_layers: int = 8
+    disc_mbstd_group: int = 4
+    disc_camera_noise: float = 0.0  # std of noise added to D's camera input, in units of the batch std
+    conv_clamp: float | None = None
+
+
+@dataclass
+class RenderingConfig:
+    depth_resolution: int = 48
+    depth_resolution_importance: int = 48
+    ray_start: float | None = 2.25  # None: per-ray bounds from intersecting the tri-plane box
+    ray_end: float | None = 3.3
+    box_warp: float = 1.0
+    white_background: bool = False
+    legacy_plane_order: bool = False  # the reference's XY/XZ/ZX planes instead of XY/XZ/YZ
+    neural_rendering_resolution_initial: int = 64
+    neural_rendering_resolution_final: int | None = None  # None: no second stage
+    neural_rendering_resolution_fade_kimg: float = 1000.0
+
+
+@dataclass
+class LossConfig:
+    r1_gamma: float = 1.0
+    r1_interval: int = 16  # lazy R1: every this many D steps
+    density_reg: float = 0.25
+    density_reg_interval: int = 4  # density regularization every this many G steps
+    density_reg_points: int = 1000
+    density_reg_perturbation: float = 0.004
+    gpc_prob: float | None = 0.5  # generator pose conditioning swap probability after the fade; None: off
+    gpc_fade_kimg: float = 1000.0
+    blur_init_sigma: float = 10.0
+    blur_fade_kimg: float = 200.0
+    blur_raw_target: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    g_lr: float = 0.0025
+    d_lr: float = 0.002
+    betas: tuple[float, float] = (0.0, 0.99)
+    eps: float = 1e-8
+
+
+@dataclass
+class EmaConfig:
+    ema_kimg: float = 10.0
+    rampup: float | None = 0.05
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # dataset folder or zip (reference format); None: synthetic data under the run dir
+    xflip: bool = False  # random horizontal flips with the camera mirrored
+    synthetic_count: int = 2000
+    workers: int = 1  # data-loading processes
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs"
+    total_kimg: float = 25000.0
+    batch_size: int = 32  # global batch, in images
+    micro_batch: int | None = None  # per-step micro-batch; None: the whole batch at once
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda
+    checkpoint_kimg: float = 200.0
+    snapshot_kimg: float = 200.0
+    log_kimg: float = 4.0
+    keep_checkpoints: int = 3
+    sample_truncation_psi: float = 0.7
+    sample_truncation_cutoff: int = 14
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rendering: RenderingConfig = field(default_factory=RenderingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for name, value in values.items():
+            if name not in sections:
+                raise ValueError(f"config: unknown section {name!r}; expected one of {sorted(sections)}")
+            section_type = sections[name]
+            kwargs[name] = value if section_type is str else _build_section(section_type, name, value)
+        return cls(**kwargs)
+
+
+def _build_section(section_type, section_name: str, values: dict):
+    known = {f.name: f for f in dataclasses.fields(section_type)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"config: unknown field(s) {', '.join(section_name + '.' + k for k in unknown)}")
+    hints = typing.get_type_hints(section_type)
+    return section_type(**{k: _coerce(v, hints[k], f"{section_name}.{k}") for k, v in values.items()})
+
+
+def _coerce(value, annotation, key: str):
+    """Check (and, for JSON lists -> tuples and ints -> floats, convert) a value against a field type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError(errors[0])
+    if origin is tuple:
+        item_types = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+            raise ValueError(f"config field {key}: expected {len(item_types)} values, got {value!r}")
+        return tuple(_coerce(v, t, key) for v, t in zip(value, item_types))
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool) and type(value) is annotation:
+        return value
+    raise ValueError(f"config field {key}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def _parse_literal(text: str):
+    """Command-line value: JSON (numbers, true/false, null, lists), Python-style booleans/None, else a string."""
+    aliases = {"True": True, "False": False, "None": None, "none": None}
+    if text in aliases:
+        return aliases[text]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply `section.field=value` overrides; an unknown or ill-typed key raises ValueError naming it."""
+    values = config.to_dict()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ValueError(f"override {item!r}: expected section.field=value, e.g. loss.r1_gamma=2")
+        if section not in values or not isinstance(values[section], dict):
+            raise ValueError(f"override {item!r}: unknown config section {section!r}")
+        if name not in values[section]:
+            raise ValueError(f"override {item!r}: unknown config field {key.strip()!r}")
+        values[section][name] = _parse_literal(text.strip())
+    return TrainConfig.from_dict(values)
+
+
+def validate(config: TrainConfig) -> None:
+    """Cross-field checks that a single field's type cannot express."""
+    m, r, run = config.model, config.rendering, config.run
+    if m.image_resolution not in (m.sr_input_resolution * 2, m.sr_input_resolution * 4):
+        raise ValueError(f"config: model.image_resolution ({m.image_resolution}) must be 2x or 4x "
+                         f"model.sr_input_resolution ({m.sr_input_resolution})")
+    if (r.ray_start is None) != (r.ray_end is None):
+        raise ValueError("config: rendering.ray_start and rendering.ray_end must both be set or both be null")
+    if r.ray_start is not None and not r.ray_start < r.ray_end:
+        raise ValueError(f"config: rendering.ray_start ({r.ray_start}) must be < rendering.ray_end ({r.ray_end})")
+    if r.depth_resolution < 2:
+        raise ValueError("config: rendering.depth_resolution must be at least 2")
+    micro = run.micro_batch or run.batch_size
+    if run.batch_size <= 0 or run.batch_size % micro:
+        raise ValueError(f"config: run.batch_size ({run.batch_size}) must be a positive multiple of "
+                         f"run.micro_batch ({micro})")
+    if micro % min(m.disc_mbstd_group, micro):
+        raise ValueError(f"config: run.micro_batch ({micro}) must be a multiple of model.disc_mbstd_group "
+                         f"({m.disc_mbstd_group})")

@@ -1,0 +1,268 @@
+"""StyleGAN2 building blocks used by the generator, the super-resolution modules and the discriminator.
+
+Pure PyTorch, no custom CUDA ops: the FIR resampling runs as depthwise convolutions. Every layer uses
+the equalized learning rate (weights stored as N(0,1)/lr_multiplier, scaled at run time).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LRELU_GAIN = math.sqrt(2)
+
+
+def fir_filter(taps=(1, 3, 3, 1)) -> torch.Tensor:
+    """Separable low-pass filter, normalized to unit sum, as a 2D kernel."""
+    f = torch.tensor(taps, dtype=torch.float32)
+    f = torch.outer(f, f)
+    return f / f.sum()
+
+
+def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, *, up: int = 1, down: int = 1,
+              pad: tuple[int, int] = (0, 0), gain: float = 1.0) -> torch.Tensor:
+    """Upsample by zero insertion, pad, filter with `kernel` per channel, then keep every `down`-th pixel."""
+    n, c, h, w = x.shape
+    if up > 1:
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(n, c, h * up, w * up)
+    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+    k = (kernel * gain).to(x.dtype).flip([0, 1])[None, None].repeat(c, 1, 1, 1)
+    x = F.conv2d(x, k, groups=c)
+    return x[:, :, ::down, ::down] if down > 1 else x
+
+
+def upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    taps = kernel.shape[-1]
+    return upfirdn2d(x, kernel, up=2, pad=((taps + 1) // 2, (taps - 2) // 2), gain=4)
+
+
+def bias_act(x, bias, *, activation: str, gain: float = 1.0, clamp: float | None = None, dim: int = 1):
+    if bias is not None:
+        shape = [1] * x.ndim
+        shape[dim] = -1
+        x = x + bias.reshape(shape)
+    if activation == "lrelu":
+        x = F.leaky_relu(x, 0.2) * (LRELU_GAIN * gain)
+    elif gain != 1:
+        x = x * gain
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
+
+
+class FullyConnected(nn.Module):
+    def __init__(self, in_features: int, out_features: int, *, activation: str = "linear",
+                 lr_multiplier: float = 1.0, bias_init: float = 0.0, bias: bool = True):
+        super().__init__()
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x):
+        w = self.weight * self.weight_gain
+        b = self.bias * self.bias_gain if self.bias is not None else None
+        if self.activation == "linear" and b is not None:
+            return torch.addmm(b, x, w.t()) if x.ndim == 2 else F.linear(x, w, b)
+        return bias_act(F.linear(x, w), b, activation=self.activation, dim=x.ndim - 1)
+
+
+class Conv2d(nn.Module):
+    """Equalized-lr convolution with optional 2x FIR downsampling (the discriminator's layers)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, bias: bool = True,
+                 activation: str = "linear", down: int = 1, conv_clamp: float | None = None):
+        super().__init__()
+        self.activation, self.down, self.conv_clamp = activation, down, conv_clamp
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.register_buffer("resample_filter", fir_filter(), persistent=False)
+
+    def forward(self, x, gain: float = 1.0):
+        w = self.weight * self.weight_gain
+        if self.down == 1:
+            x = F.conv2d(x, w, padding=self.padding)
+        else:  # low-pass, then a strided convolution
+            taps = self.resample_filter.shape[-1]
+            margin = self.padding + (taps - self.down + 1) // 2
+            x = upfirdn2d(x, self.resample_filter, pad=(margin, margin))
+            x = F.conv2d(x, w, stride=self.down)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, activation=self.activation, gain=gain, clamp=clamp)
+
+
+def modulated_conv2d(x, weight, styles, *, demodulate: bool = True, up: int = 1,
+                     resample_filter: torch.Tensor | None = None):
+    """Per-sample modulated convolution as one grouped convolution; `up=2` uses a transposed conv + FIR."""
+    n, in_channels, h, w = x.shape
+    out_channels, _, kh, kw = weight.shape
+    wts = weight[None] * styles[:, None, :, None, None]  # [N, O, I, k, k]
+    if demodulate:
+        wts = wts * (wts.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    x = x.reshape(1, n * in_channels, h, w)
+    if up == 1:
+        x = F.conv2d(x, wts.reshape(n * out_channels, in_channels, kh, kw), padding=kh // 2, groups=n)
+        return x.reshape(n, out_channels, h, w)
+    # Transposed convolution wants [N*I, O, k, k]; kernel orientation as in the reference's weights.
+    wts = wts.transpose(1, 2).reshape(n * in_channels, out_channels, kh, kw)
+    x = F.conv_transpose2d(x, wts, stride=up, groups=n)  # (h-1)*up + k
+    taps = resample_filter.shape[-1]
+    pad0 = kh // 2 + (taps + up - 1) // 2 - (kw - 1)
+    pad1 = kh // 2 + (taps - up) // 2 - (kw - up)
+    x = upfirdn2d(x, resample_filter, pad=(pad0, pad1), gain=up ** 2)
+    return x.reshape(n, out_channels, h * up, w * up)
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv, per-pixel noise with a learned strength, bias and leaky ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, w_dim: int, resolution: int, up: int = 1,
+                 use_noise: bool = True, conv_clamp: float | None = None):
+        super().__init__()
+        self.up, self.resolution, self.conv_clamp, self.use_noise = up, resolution, conv_clamp, use_noise
+        self.affine = FullyConnected(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn(resolution, resolution))
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.register_buffer("resample_filter", fir_filter(), persistent=False)
+
+    def forward(self, x, w, noise_mode: str = "random", gain: float = 1.0):
+        styles = self.affine(w)
+        x = modulated_conv2d(x, self.weight, styles, up=self.up, resample_filter=self.resample_filter)
+        if self.use_noise and noise_mode != "none":
+            if noise_mode == "random":
+                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+            else:
+                noise = self.noise_const
+            x = x + noise * self.noise_strength
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, activation="lrelu", gain=gain, clamp=clamp)
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv without demodulation."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, w_dim: int, conv_clamp: float | None = None):
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnected(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+
+    def forward(self, x, w):
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        return bias_act(x, self.bias, activation="linear", clamp=self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution of the 'skip' synthesis network: (x, img) -> (x, img) at 2x (or same) resolution.
+
+    `in_channels == 0` makes the first block, which starts from a learned constant.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, w_dim: int, resolution: int, img_channels: int,
+                 up: int = 2, use_noise: bool = True, conv_clamp: float | None = None):
+        super().__init__()
+        self.in_channels, self.resolution, self.up = in_channels, resolution, up
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=up,
+                                        use_noise=use_noise, conv_clamp=conv_clamp)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim=w_dim, resolution=resolution,
+                                    use_noise=use_noise, conv_clamp=conv_clamp)
+        self.torgb = ToRGB(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp)
+        self.num_ws = (1 if in_channels == 0 else 2) + 1
+        self.register_buffer("resample_filter", fir_filter(), persistent=False)
+
+    def forward(self, x, img, ws, noise_mode: str = "random"):
+        w_iter = iter(ws.unbind(dim=1))
+        if self.in_channels == 0:
+            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+        else:
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode)
+        x = self.conv1(x, next(w_iter), noise_mode=noise_mode)
+        if img is not None and self.up > 1:
+            img = upsample2x(img, self.resample_filter)
+        y = self.torgb(x, next(w_iter))
+        img = img + y if img is not None else y
+        return x, img
+
+
+class MappingNetwork(nn.Module):
+    """z (and an embedded condition c) -> w, broadcast to `num_ws` copies; tracks w_avg for truncation."""
+
+    def __init__(self, *, z_dim: int, c_dim: int, w_dim: int, num_ws: int | None, num_layers: int,
+                 lr_multiplier: float = 0.01, w_avg_beta: float | None = 0.998):
+        super().__init__()
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.w_avg_beta = z_dim, c_dim, w_dim, num_ws, w_avg_beta
+        embed_features = w_dim if c_dim > 0 else 0
+        if c_dim > 0:
+            self.embed = FullyConnected(c_dim, embed_features)
+        features = [z_dim + embed_features] + [w_dim] * num_layers
+        self.layers = nn.ModuleList(
+            FullyConnected(a, b, activation="lrelu", lr_multiplier=lr_multiplier)
+            for a, b in zip(features[:-1], features[1:])
+        )
+        if num_ws is not None and w_avg_beta is not None:
+            self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(self, z, c, *, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                update_w_avg: bool = False):
+        parts = []
+        if self.z_dim > 0:
+            parts.append(normalize_2nd_moment(z))
+        if self.c_dim > 0:
+            parts.append(normalize_2nd_moment(self.embed(c)))
+        x = torch.cat(parts, dim=1)
+        for layer in self.layers:
+            x = layer(x)
+        if update_w_avg and self.w_avg_beta is not None:
+            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        if self.num_ws is None:
+            return x
+        ws = x.unsqueeze(1).repeat(1, self.num_ws, 1)
+        if truncation_psi != 1:
+            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
+            ws[:, :cutoff] = self.w_avg.lerp(ws[:, :cutoff], truncation_psi)
+        return ws
+
+
+class SynthesisNetwork(nn.Module):
+    """StyleGAN2 'skip' synthesis from 4x4 to `resolution`, emitting `img_channels` channels."""
+
+    def __init__(self, *, w_dim: int, resolution: int, img_channels: int, channel_base: int, channel_max: int,
+                 use_noise: bool = True, conv_clamp: float | None = None):
+        super().__init__()
+        self.resolutions = [2 ** i for i in range(2, int(math.log2(resolution)) + 1)]
+        channels = {r: min(channel_base // r, channel_max) for r in self.resolutions}
+        self.blocks = nn.ModuleList()
+        for r in self.resolutions:
+            in_channels = channels[r // 2] if r > 4 else 0
+            self.blocks.append(SynthesisBlock(in_channels, channels[r], w_dim=w_dim, resolution=r,
+                                              img_channels=img_channels, use_noise=use_noise,
+                                              conv_clamp=conv_clamp))
+        # Consecutive blocks share a w: each block's ToRGB w is the next block's first conv w.
+        self.num_ws = sum(b.num_ws - 1 for b in self.blocks) + 1
+
+    def forward(self, ws, noise_mode: str = "random"):
+        x = img = None
+        w_index = 0
+        for block in self.blocks:
+            x, img = block(x, img, ws.narrow(1, w_index, block.num_ws), noise_mode=noise_mode)
+            w_index += block.num_ws - 1
+        return img

@@ -1,0 +1,129 @@
+"""The EG3D losses, one method per training phase: Gmain, Greg (density), Dmain, Dreg (lazy R1).
+
+Non-saturating logistic loss; R1 on both the final and the raw real image; density regularization
+as an L1 between densities at random points and slightly perturbed copies. Every schedule is a
+function of images seen (`Schedule`), so a resume continues exactly.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+from .layers import upfirdn2d
+from .stats import StatsReporter
+
+
+@dataclass
+class Schedule:
+    """Schedule values at a given number of images seen."""
+
+    blur_sigma: float
+    gpc_prob: float | None
+    neural_rendering_resolution: int
+
+    @classmethod
+    def at(cls, config: TrainConfig, nimg: int) -> "Schedule":
+        loss, r = config.loss, config.rendering
+        kimg = nimg / 1000
+        blur = max(1 - kimg / loss.blur_fade_kimg, 0) * loss.blur_init_sigma if loss.blur_fade_kimg > 0 else 0.0
+        gpc = None
+        if loss.gpc_prob is not None:
+            a = min(kimg / loss.gpc_fade_kimg, 1.0) if loss.gpc_fade_kimg > 0 else 1.0
+            gpc = (1 - a) * 1.0 + a * loss.gpc_prob
+        resolution = r.neural_rendering_resolution_initial
+        if r.neural_rendering_resolution_final is not None:
+            a = min(kimg / r.neural_rendering_resolution_fade_kimg, 1.0)
+            resolution = int(np.rint(resolution * (1 - a) + r.neural_rendering_resolution_final * a))
+        return cls(blur_sigma=blur, gpc_prob=gpc, neural_rendering_resolution=resolution)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (standard deviation `sigma` pixels, radius 3 sigma); identity below 1/3 pixel."""
+    radius = int(math.floor(sigma * 3))
+    if radius <= 0:
+        return images
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
+    taps = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = torch.outer(taps, taps)
+    return upfirdn2d(images, kernel / kernel.sum(), pad=(radius, radius))
+
+
+def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    if images.shape[-1] == resolution:
+        return images
+    return F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+
+
+def swap_conditioning(c: torch.Tensor, prob: float | None) -> torch.Tensor:
+    """Generator pose conditioning: with probability `prob` condition a sample on another sample's camera."""
+    if prob is None:
+        return c
+    swapped = torch.roll(c, 1, dims=0)
+    return torch.where(torch.rand(len(c), 1, device=c.device) < prob, swapped, c)
+
+
+class EG3DLoss:
+    def __init__(self, G, D, config: TrainConfig, stats: StatsReporter):
+        self.G, self.D, self.config, self.stats = G, D, config, stats
+
+    def run_G(self, z, c, schedule: Schedule, update_w_avg: bool = False) -> dict:
+        ws = self.G.map(z, swap_conditioning(c, schedule.gpc_prob), update_w_avg=update_w_avg)
+        return self.G.synthesis(ws, c, neural_rendering_resolution=schedule.neural_rendering_resolution)
+
+    def run_D(self, images: dict, c, schedule: Schedule) -> torch.Tensor:
+        return self.D(gaussian_blur(images["image"], schedule.blur_sigma), images["image_raw"], c)
+
+    def real_images(self, real_img, schedule: Schedule) -> dict:
+        raw = resize(real_img, schedule.neural_rendering_resolution)
+        if self.config.loss.blur_raw_target:
+            raw = gaussian_blur(raw, schedule.blur_sigma)
+        return {"image": real_img, "image_raw": raw}
+
+    def g_main(self, gen_z, gen_c, schedule: Schedule, gain: float):
+        logits = self.run_D(self.run_G(gen_z, gen_c, schedule), gen_c, schedule)
+        loss = F.softplus(-logits)
+        self._report_scores("fake", logits)
+        self.stats.report("loss/G", loss)
+        loss.mean().mul(gain).backward()
+
+    def g_density(self, gen_z, gen_c, schedule: Schedule, gain: float):
+        cfg = self.config.loss
+        ws = self.G.map(gen_z, swap_conditioning(gen_c, schedule.gpc_prob))
+        points = torch.rand(len(ws), cfg.density_reg_points, 3, device=ws.device) * 2 - 1
+        perturbed = points + torch.randn_like(points) * cfg.density_reg_perturbation
+        sigma = self.G.density(ws, torch.cat([points, perturbed], dim=1))
+        loss = F.l1_loss(sigma[:, :cfg.density_reg_points], sigma[:, cfg.density_reg_points:]) * cfg.density_reg
+        self.stats.report("loss/density_reg", loss)
+        loss.mul(gain).backward()
+
+    def d_main(self, real_img, real_c, gen_z, gen_c, schedule: Schedule, gain: float):
+        with torch.no_grad():
+            fake = self.run_G(gen_z, gen_c, schedule, update_w_avg=True)
+        logits_fake = self.run_D(fake, gen_c, schedule)
+        self._report_scores("fake", logits_fake)
+        loss_fake = F.softplus(logits_fake)
+        loss_fake.mean().mul(gain).backward()
+        logits_real = self.run_D(self.real_images(real_img, schedule), real_c, schedule)
+        self._report_scores("real", logits_real)
+        loss_real = F.softplus(-logits_real)
+        self.stats.report("loss/D", loss_fake + loss_real)
+        loss_real.mean().mul(gain).backward()
+
+    def d_r1(self, real_img, real_c, schedule: Schedule, gain: float):
+        real = {k: v.detach().requires_grad_(True) for k, v in self.real_images(real_img, schedule).items()}
+        logits = self.run_D(real, real_c, schedule)
+        grad_image, grad_raw = torch.autograd.grad(logits.sum(), [real["image"], real["image_raw"]],
+                                                   create_graph=True)
+        penalty = grad_image.square().sum(dim=[1, 2, 3]) + grad_raw.square().sum(dim=[1, 2, 3])
+        loss = penalty * (self.config.loss.r1_gamma / 2)
+        self.stats.report("loss/r1_penalty", penalty)
+        self.stats.report("loss/D_r1", loss)
+        loss.mean().mul(gain).backward()
+
+    def _report_scores(self, kind: str, logits):
+        self.stats.report(f"scores/{kind}", logits)
+        self.stats.report(f"signs/{kind}", logits.sign())

@@ -1,0 +1,86 @@
+"""Presets: functions returning a complete `TrainConfig`. The reference's settings plus `tiny`."""
+
+from .config import (DataConfig, EmaConfig, LossConfig, ModelConfig, OptimizerConfig, RenderingConfig, RunConfig,
+                     TrainConfig)
+
+
+def _batch_scaled(batch_size: int) -> tuple[float, float]:
+    """(EMA half-life kimg, blur fade kimg): both scale with batch/32 in the reference."""
+    return 10 * batch_size / 32, 200 * batch_size / 32
+
+
+def ffhq512() -> TrainConfig:
+    ema_kimg, blur_fade_kimg = _batch_scaled(32)
+    return TrainConfig(
+        preset="ffhq512",
+        model=ModelConfig(),
+        rendering=RenderingConfig(),
+        loss=LossConfig(r1_gamma=1.0, gpc_prob=0.5, blur_fade_kimg=blur_fade_kimg),
+        optimizer=OptimizerConfig(),
+        ema=EmaConfig(ema_kimg=ema_kimg),
+        data=DataConfig(xflip=True),
+        run=RunConfig(total_kimg=25000, batch_size=32, micro_batch=4),
+    )
+
+
+def ffhq512_stage2() -> TrainConfig:
+    """Stage 2: fine-tune the neural rendering resolution from 64 to 128."""
+    config = ffhq512()
+    config.preset = "ffhq512_stage2"
+    config.rendering.neural_rendering_resolution_final = 128
+    return config
+
+
+def afhq512() -> TrainConfig:
+    config = ffhq512()
+    config.preset = "afhq512"
+    config.loss.r1_gamma = 5.0
+    config.loss.gpc_prob = 0.8
+    return config
+
+
+def shapenet128() -> TrainConfig:
+    ema_kimg, blur_fade_kimg = _batch_scaled(32)
+    return TrainConfig(
+        preset="shapenet128",
+        model=ModelConfig(image_resolution=128, sr_input_resolution=64, sr_channels=(128, 64)),
+        rendering=RenderingConfig(depth_resolution=64, depth_resolution_importance=64, ray_start=0.1, ray_end=2.6,
+                                  box_warp=1.6, white_background=True),
+        loss=LossConfig(r1_gamma=0.3, gpc_prob=None, blur_fade_kimg=blur_fade_kimg),
+        optimizer=OptimizerConfig(),
+        ema=EmaConfig(ema_kimg=ema_kimg),
+        data=DataConfig(xflip=False),
+        run=RunConfig(total_kimg=25000, batch_size=32, micro_batch=4),
+    )
+
+
+def tiny() -> TrainConfig:
+    """The same architecture scaled down for CPU: 64x64 images, 32x32 neural rendering, 24+24 samples."""
+    batch_size = 8
+    ema_kimg, blur_fade_kimg = _batch_scaled(batch_size)
+    return TrainConfig(
+        preset="tiny",
+        model=ModelConfig(z_dim=64, w_dim=64, mapping_layers=2, backbone_resolution=64, backbone_channel_base=2048,
+                          backbone_channel_max=64, plane_channels=32, decoder_hidden=64, image_resolution=64,
+                          sr_input_resolution=32, sr_channels=(32, 16), disc_channel_base=1024,
+                          disc_channel_max=128, disc_mapping_layers=2),
+        rendering=RenderingConfig(depth_resolution=24, depth_resolution_importance=24, ray_start=2.25,
+                                  ray_end=3.3, box_warp=1.0, white_background=True,
+                                  neural_rendering_resolution_initial=32),
+        loss=LossConfig(r1_gamma=1.0, gpc_prob=0.5, gpc_fade_kimg=10, blur_init_sigma=2.0,
+                        blur_fade_kimg=blur_fade_kimg / 10),
+        optimizer=OptimizerConfig(),
+        ema=EmaConfig(ema_kimg=ema_kimg),
+        data=DataConfig(xflip=False, synthetic_count=2000),
+        run=RunConfig(total_kimg=20, batch_size=batch_size, micro_batch=None, checkpoint_kimg=2, snapshot_kimg=2,
+                      log_kimg=0.4),
+    )
+
+
+PRESETS = {f.__name__: f for f in (ffhq512, ffhq512_stage2, afhq512, shapenet128, tiny)}
+
+
+def get_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
