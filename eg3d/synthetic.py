@@ -6,7 +6,7 @@ function (SDF) in numpy, through the same pixel rays the trainer's renderer uses
 (`eg3d.camera.pixel_rays`), so each image agrees exactly with its camera label. Texture lives in object
 space and the light is fixed in world space, so every view of a scene is consistent.
 
-    python -m eg3d.synthetic OUT --count 2000 --resolution 64 --seed 0 [--zip]
+    python -m eg3d.synthetic OUT --count 2000 --resolution 64 --seed 0 [--zip] [--workers 2]
 """
 
 import argparse
@@ -14,6 +14,8 @@ import colorsys
 import io
 import json
 import math
+import multiprocessing
+import os
 import time
 import zipfile
 from dataclasses import dataclass
@@ -310,10 +312,27 @@ def _stored_zip_entry(name: str) -> zipfile.ZipInfo:
     return info
 
 
+def _encoded_example(job: tuple[int, int, int]) -> tuple[bytes, np.ndarray]:
+    seed, index, resolution = job
+    image, label = render_example(seed, index, resolution)
+    return _png_bytes(image), label
+
+
+def _encoded_examples(seed: int, count: int, resolution: int, workers: int):
+    """(PNG bytes, label) of images 0..count-1 in order; each image depends only on (seed, index)."""
+    jobs = ((seed, index, resolution) for index in range(count))
+    if workers <= 1:
+        yield from map(_encoded_example, jobs)
+        return
+    with multiprocessing.Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        yield from pool.imap(_encoded_example, jobs, chunksize=8)
+
+
 def generate_dataset(out, *, count: int, resolution: int, seed: int, as_zip: bool = False,
-                     progress_every: int = 500) -> None:
+                     workers: int = 1, progress_every: int = 500) -> None:
     """Write `count` images and their labels to folder `out`, or to an uncompressed zip when `as_zip`
-    or `out` ends with .zip. A folder `out` must be empty or absent."""
+    or `out` ends with .zip. A folder `out` must be empty or absent. The output does not depend on
+    `workers`, the number of rendering processes."""
     if count < 1 or resolution < 1:
         raise ValueError(f"count and resolution must be positive, got count={count}, resolution={resolution}")
     out = Path(out)
@@ -324,15 +343,14 @@ def generate_dataset(out, *, count: int, resolution: int, seed: int, as_zip: boo
     start = time.perf_counter()
     writer = zipfile.ZipFile(out, "w") if as_zip else None
     try:
-        for index in range(count):
-            image, label = render_example(seed, index, resolution)
+        for index, (png, label) in enumerate(_encoded_examples(seed, count, resolution, workers)):
             name = image_name(index)
             labels.append([name, [float(x) for x in label]])  # float32 values, exact as JSON doubles
             if writer is not None:
-                writer.writestr(_stored_zip_entry(name), _png_bytes(image))
+                writer.writestr(_stored_zip_entry(name), png)
             else:
                 (out / name).parent.mkdir(parents=True, exist_ok=True)
-                (out / name).write_bytes(_png_bytes(image))
+                (out / name).write_bytes(png)
             if (index + 1) % progress_every == 0 or index + 1 == count:
                 print(f"{index + 1}/{count} images, {time.perf_counter() - start:.1f} s", flush=True)
         metadata = json.dumps({"labels": labels})
@@ -352,10 +370,11 @@ def main(argv=None) -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--zip", action="store_true", help="write an uncompressed zip")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the per-image torch work is tiny; threads only add overhead
     generate_dataset(args.out, count=args.count, resolution=args.resolution, seed=args.seed,
-                     as_zip=args.zip)
+                     as_zip=args.zip, workers=args.workers)
 
 
 if __name__ == "__main__":
