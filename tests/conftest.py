@@ -1,0 +1,32 @@
+import pytest
+import torch
+
+from eg3d import camera
+from eg3d.config import apply_overrides
+from eg3d.presets import tiny
+
+# The tiny preset shrunk further so that a full training step takes a fraction of a second.
+MICRO_OVERRIDES = [
+    "model.z_dim=16", "model.w_dim=16", "model.backbone_resolution=16", "model.backbone_channel_base=256",
+    "model.backbone_channel_max=16", "model.plane_channels=8", "model.decoder_hidden=16",
+    "model.image_resolution=32", "model.sr_input_resolution=16", "model.sr_channels=[16,8]",
+    "model.disc_channel_base=128", "model.disc_channel_max=16", "model.disc_mapping_layers=1",
+    "rendering.depth_resolution=6", "rendering.depth_resolution_importance=6",
+    "rendering.neural_rendering_resolution_initial=16", "run.batch_size=4", "loss.density_reg_points=50",
+]
+
+
+def micro_config(*extra: str):
+    return apply_overrides(tiny(), MICRO_OVERRIDES + list(extra))
+
+
+@pytest.fixture
+def micro():
+    return micro_config()
+
+
+def random_cameras(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    yaw = torch.pi / 2 + (torch.rand(n, generator=g) - 0.5) * 1.2
+    pitch = torch.pi / 2 + (torch.rand(n, generator=g) - 0.5) * 0.6
+    return camera.orbit_camera(yaw, pitch)

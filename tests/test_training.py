@@ -1,0 +1,243 @@
+import copy
+import io
+import math
+
+import pytest
+import torch
+
+from conftest import micro_config, random_cameras
+from eg3d.loss import EG3DLoss, Schedule, gaussian_blur
+from eg3d.presets import ffhq512, ffhq512_stage2, tiny
+from eg3d.stats import StatsReporter
+from eg3d.training import Trainer, ema_beta, lazy_regularized_adam
+
+
+def real_batch(step: int, n: int = 4, resolution: int = 32):
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.rand(n, 3, resolution, resolution, generator=g) * 2 - 1, random_cameras(n, seed=step)
+
+
+def run_steps(trainer: Trainer, steps: range) -> list[dict]:
+    history = []
+    for step in steps:
+        trainer.train_step(*real_batch(step))
+        history.append(trainer.stats.collect())
+    return history
+
+
+def every_phase_config():
+    return micro_config("loss.r1_interval=2", "loss.density_reg_interval=3")
+
+
+def test_resume_reproduces_uninterrupted_losses_bit_for_bit():
+    config = every_phase_config()
+    uninterrupted = Trainer(config, camera_pool=random_cameras(32))
+    expected = run_steps(uninterrupted, range(6))
+
+    first = Trainer(config, camera_pool=random_cameras(32))
+    history = run_steps(first, range(3))
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    torch.manual_seed(12345)  # the resumed process starts from unrelated RNG state
+    resumed = Trainer(config, camera_pool=random_cameras(32))
+    resumed.load_state_dict(torch.load(buffer, weights_only=False))
+    history += run_steps(resumed, range(3, 6))
+
+    assert history == expected  # every reported loss, exactly
+    for (name, a), b in zip(uninterrupted.G_ema.state_dict().items(), resumed.G_ema.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.nimg == uninterrupted.nimg == 24
+
+
+def test_all_phases_run_on_their_intervals():
+    config = every_phase_config()
+    trainer = Trainer(config, camera_pool=random_cameras(8))
+    calls = []
+    for phase in trainer.phases:
+        original = phase.run
+        phase.run = lambda *a, _name=phase.name, _orig=original: (calls.append((trainer.step_index, _name)), _orig(*a))
+    run_steps(trainer, range(6))
+    ran = lambda name: [s for s, n in calls if n == name]
+    assert ran("Gmain") == ran("Dmain") == list(range(6))
+    assert ran("Greg") == [0, 3]
+    assert ran("Dreg") == [0, 2, 4]
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    """Micro-batches accumulate the gradient of the batch mean: 2 x 2 equals 1 x 4.
+
+    Minibatch-std groups are per micro-batch, so group size 1 keeps the samples independent.
+    """
+    results = []
+    for micro in ("run.micro_batch=null", "run.micro_batch=2"):
+        config = micro_config("model.disc_mbstd_group=1", micro, "loss.blur_init_sigma=0")
+        trainer = Trainer(config, camera_pool=random_cameras(8))
+        trainer.phases = [p for p in trainer.phases if p.name == "Dreg"]  # deterministic given D and the reals
+        grads = {}
+        trainer.phases[0].optimizer.step = lambda: None
+        img, c = real_batch(0)
+        trainer.train_step(img, c)
+        grads = {n: p.grad.clone() for n, p in trainer.D.named_parameters() if p.grad is not None}
+        results.append(grads)
+    assert results[0].keys() == results[1].keys() and results[0]
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_nonfinite_gradients_skip_the_step_and_are_counted():
+    config = micro_config()
+    trainer = Trainer(config, camera_pool=random_cameras(8))
+    before = copy.deepcopy(trainer.D.state_dict())
+    img, c = real_batch(0)
+    img[0, 0, 0, 0] = float("nan")  # poisons D's gradients through the real images
+    trainer.phases = [p for p in trainer.phases if p.name.startswith("D")]
+    trainer.train_step(img, c)
+    assert trainer.skipped_steps["D"] == 2  # Dmain and Dreg both ran at step 0
+    for name, value in trainer.D.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert trainer.stats.collect()["nonfinite_steps/D"] == 1.0
+
+
+def test_lazy_regularization_correction():
+    p = [torch.nn.Parameter(torch.zeros(1))]
+    opt = lazy_regularized_adam(p, lr=0.002, betas=(0.0, 0.99), eps=1e-8, reg_interval=16)
+    group = opt.param_groups[0]
+    assert group["lr"] == pytest.approx(0.002 * 16 / 17, rel=1e-12)
+    assert group["betas"][0] == 0.0
+    assert group["betas"][1] == pytest.approx(math.exp(math.log(0.99) * 16 / 17), rel=1e-12)
+    trainer = Trainer(micro_config(), camera_pool=random_cameras(4))
+    assert trainer.opt_G.param_groups[0]["lr"] == pytest.approx(0.0025 * 4 / 5)
+
+
+def test_ema_beta_half_life_and_rampup():
+    config = tiny()  # batch 8: ema_kimg = 10 * 8 / 32 = 2.5
+    assert config.ema.ema_kimg == 2.5
+    # Past the ramp-up the half-life is 2500 images: beta ** (2500 / 8) == 0.5.
+    assert ema_beta(config, 100_000, 8) ** (2500 / 8) == pytest.approx(0.5, rel=1e-9)
+    # During ramp-up the half-life is 5% of the images seen: 20 000 -> 1000 images.
+    assert ema_beta(config, 20_000, 8) == pytest.approx(0.5 ** (8 / 1000), rel=1e-12)
+    assert ema_beta(config, 0, 8) == 0.0
+
+
+def test_ema_update_arithmetic():
+    trainer = Trainer(micro_config(), camera_pool=random_cameras(4))
+    trainer.nimg = 100_000
+    with torch.no_grad():
+        for p in trainer.G.parameters():
+            p.add_(1.0)
+    old_ema = [p.clone() for p in trainer.G_ema.parameters()]
+    trainer._update_ema(4)
+    beta = 0.5 ** (4 / 2500)
+    for p_ema, p_old, p in zip(trainer.G_ema.parameters(), old_ema, trainer.G.parameters()):
+        torch.testing.assert_close(p_ema, p * (1 - beta) + p_old * beta)
+
+
+def test_schedules_by_images_seen():
+    config = ffhq512()
+    assert Schedule.at(config, 0) == Schedule(blur_sigma=10.0, gpc_prob=1.0, neural_rendering_resolution=64)
+    s = Schedule.at(config, 100_000)
+    assert s.blur_sigma == pytest.approx(5.0) and s.gpc_prob == pytest.approx(1 - 0.1 * 0.5)
+    s = Schedule.at(config, 2_000_000)
+    assert s.blur_sigma == 0 and s.gpc_prob == pytest.approx(0.5)
+    assert Schedule.at(ffhq512_stage2(), 500_000).neural_rendering_resolution == 96  # rint(64/2 + 128/2)
+    assert Schedule.at(ffhq512_stage2(), 5_000_000).neural_rendering_resolution == 128
+
+
+def test_gaussian_blur_is_normalized_and_has_the_requested_spread():
+    impulse = torch.zeros(1, 1, 41, 41)
+    impulse[0, 0, 20, 20] = 1
+    blurred = gaussian_blur(impulse, 3.0)
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-5)
+    x = torch.arange(41.0) - 20
+    variance = (blurred[0, 0].sum(0) * x.square()).sum().item()
+    assert variance == pytest.approx(9.0, rel=0.02)  # truncated at 3 sigma
+    assert torch.equal(gaussian_blur(impulse, 0.2), impulse)
+
+
+def test_r1_penalty_matches_finite_differences():
+    config = micro_config("loss.blur_init_sigma=0", "loss.r1_gamma=3")
+    trainer = Trainer(config, camera_pool=random_cameras(4))
+    D = trainer.D.double()
+    stats = StatsReporter()
+    loss = EG3DLoss(trainer.G, D, config, stats)
+    schedule = Schedule(blur_sigma=0.0, gpc_prob=None, neural_rendering_resolution=16)
+    img, c = real_batch(0)
+    img, c = img.double(), c.double()
+    loss.d_r1(img, c, schedule, gain=1.0)
+    penalty = stats.collect()["loss/r1_penalty"]  # mean over the batch
+
+    # Independent estimate: central differences of sum(D) w.r.t. every input pixel of image and image_raw.
+    real = loss.real_images(img, schedule)
+    image, raw = real["image"].clone(), real["image_raw"].clone()
+    f = lambda a, b: D(a, b, c).sum().item()
+    squares = 0.0
+    h = 1e-6
+    for tensor in (image, raw):
+        flat = tensor.view(-1)
+        for i in range(flat.numel()):
+            v = flat[i].item()
+            flat[i] = v + h
+            up = f(image, raw)
+            flat[i] = v - h
+            down = f(image, raw)
+            flat[i] = v
+            squares += ((up - down) / (2 * h)) ** 2
+    assert penalty == pytest.approx(squares / len(img), rel=1e-4)
+
+
+def test_r1_backward_reaches_discriminator_parameters_through_double_backward():
+    """d(R1)/d(theta) from autograd agrees with a finite difference of the penalty in one weight."""
+    config = micro_config("loss.blur_init_sigma=0", "loss.r1_gamma=2")
+    trainer = Trainer(config, camera_pool=random_cameras(4))
+    D = trainer.D.double()
+    loss = EG3DLoss(trainer.G, D, config, StatsReporter())
+    schedule = Schedule(blur_sigma=0.0, gpc_prob=None, neural_rendering_resolution=16)
+    img, c = real_batch(1)
+    img, c = img.double(), c.double()
+    D.zero_grad()
+    loss.d_r1(img, c, schedule, gain=1.0)
+    weight = D.blocks[0].conv0.weight
+    analytic = weight.grad[0, 0, 1, 1].item()
+
+    def mean_penalty():
+        real = {k: v.detach().requires_grad_(True) for k, v in loss.real_images(img, schedule).items()}
+        g1, g2 = torch.autograd.grad(D(real["image"], real["image_raw"], c).sum(), [real["image"], real["image_raw"]])
+        return ((g1.square().sum([1, 2, 3]) + g2.square().sum([1, 2, 3])) * 1.0).mean().item()
+
+    h = 1e-5
+    with torch.no_grad():
+        weight[0, 0, 1, 1] += h
+    up = mean_penalty()
+    with torch.no_grad():
+        weight[0, 0, 1, 1] -= 2 * h
+    down = mean_penalty()
+    assert analytic == pytest.approx((up - down) / (2 * h), rel=1e-4)
+
+
+def test_density_regularization_is_l1_between_perturbed_points():
+    config = micro_config("loss.density_reg=0.25")
+    trainer = Trainer(config, camera_pool=random_cameras(4))
+    stats = trainer.stats
+    z = torch.randn(2, config.model.z_dim)
+    c = random_cameras(2)
+    schedule = Schedule(blur_sigma=0.0, gpc_prob=None, neural_rendering_resolution=16)
+    torch.manual_seed(7)
+    trainer.loss.g_density(z, c, schedule, gain=1.0)
+    reported = stats.collect()["loss/density_reg"]
+    torch.manual_seed(7)
+    ws = trainer.G.map(z, c)
+    points = torch.rand(2, 50, 3) * 2 - 1
+    perturbed = points + torch.randn_like(points) * 0.004
+    with torch.no_grad():
+        a = trainer.G.density(ws, points, noise_mode="random")
+    # Same RNG stream as the loss: the backbone draws its noise after the points.
+    torch.manual_seed(7)
+    ws = trainer.G.map(z, c)
+    points = torch.rand(2, 50, 3) * 2 - 1
+    perturbed = points + torch.randn_like(points) * 0.004
+    with torch.no_grad():
+        both = trainer.G.density(ws, torch.cat([points, perturbed], 1))
+    expected = (both[:, :50] - both[:, 50:]).abs().mean().item() * 0.25
+    assert reported == pytest.approx(expected, rel=1e-5)
+    assert a.shape == (2, 50, 1)
