@@ -99,7 +99,7 @@ def composite(features: torch.Tensor, sigma_raw: torch.Tensor, depths: torch.Ten
     feature = (weights * features_mid).sum(dim=2)
     weight_total = weights.sum(dim=2)
     depth = torch.nan_to_num((weights * depths_mid).sum(dim=2) / weight_total, float("inf"))
-    depth = torch.minimum(torch.maximum(depth, depths[:, :, :1]), depths[:, :, -1:])  # per ray, unlike the reference
+    depth = torch.minimum(torch.maximum(depth, depths[:, :, 0]), depths[:, :, -1])  # per ray, unlike the reference
     if white_background:
         feature = feature + 1 - weight_total
     return feature * 2 - 1, depth, weights
