@@ -64,7 +64,7 @@ def tiny() -> TrainConfig:
                           backbone_channel_max=64, plane_channels=32, decoder_hidden=64, image_resolution=64,
                           sr_input_resolution=32, sr_channels=(32, 16), disc_channel_base=1024,
                           disc_channel_max=128, disc_mapping_layers=2),
-        rendering=RenderingConfig(depth_resolution=24, depth_resolution_importance=24, ray_start=2.25,
+        rendering=RenderingConfig(depth_resolution=12, depth_resolution_importance=12, ray_start=2.25,
                                   ray_end=3.3, box_warp=1.0, white_background=True,
                                   neural_rendering_resolution_initial=32),
         loss=LossConfig(r1_gamma=1.0, gpc_prob=0.5, gpc_fade_kimg=10, blur_init_sigma=2.0,

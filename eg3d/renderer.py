@@ -42,7 +42,8 @@ class TriPlaneDecoder(nn.Module):
         self.out = FullyConnected(hidden, 1 + out_features, lr_multiplier=lr_multiplier)
 
     def forward(self, plane_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = plane_features.mean(dim=1)  # [N, M, C]
+        # Average in the [N, 3, C, M] layout grid_sample produces (a transposed view here): a contiguous reduction.
+        x = plane_features.transpose(2, 3).mean(dim=1).transpose(1, 2)  # [N, M, C]
         x = self.out(F.softplus(self.hidden(x)))
         sigma = x[..., :1]
         features = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001  # slightly beyond [0,1], as in the paper
