@@ -72,7 +72,7 @@ def tiny() -> TrainConfig:
         optimizer=OptimizerConfig(),
         ema=EmaConfig(ema_kimg=ema_kimg),
         data=DataConfig(xflip=False, synthetic_count=2000),
-        run=RunConfig(total_kimg=20, batch_size=batch_size, micro_batch=None, checkpoint_kimg=2, snapshot_kimg=2,
+        run=RunConfig(total_kimg=2, batch_size=batch_size, micro_batch=None, checkpoint_kimg=1, snapshot_kimg=1,
                       log_kimg=0.4),
     )
 

@@ -24,9 +24,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def depth_to_images(depth: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Depth [N,1,h,w] -> grey images [N,3,R,R] in [-1, 1], near = bright, normalized per image."""
-    flat = depth.flatten(1)
-    lo, hi = flat.min(dim=1).values[:, None, None, None], flat.max(dim=1).values[:, None, None, None]
+    """Depth [N,1,h,w] -> grey images [N,3,R,R] in [-1, 1], near = bright, one scale for all N views."""
+    lo, hi = depth.min(), depth.max()
     normalized = 1 - (depth - lo) / (hi - lo).clamp(min=1e-8)
     grey = F.interpolate(normalized, size=(resolution, resolution), mode="nearest")
     return grey.expand(-1, 3, -1, -1) * 2 - 1

@@ -187,7 +187,13 @@ def test_r1_penalty_matches_finite_differences():
 
 
 def test_r1_backward_reaches_discriminator_parameters_through_double_backward():
-    """d(R1)/d(theta) from autograd agrees with a finite difference of the penalty in one weight."""
+    """d(R1)/d(theta) from autograd agrees with finite differences of the penalty.
+
+    The penalty is only piecewise smooth in weights that sit before a leaky ReLU (a kink crossed by the
+    finite-difference step makes it jump), so the check uses the projection weights after the last
+    activation: the input gradient still passes back through every convolution, so the double
+    backward of every layer is exercised.
+    """
     config = micro_config("loss.blur_init_sigma=0", "loss.r1_gamma=2")
     trainer = Trainer(config, camera_pool=random_cameras(4))
     D = trainer.D.double()
@@ -197,22 +203,25 @@ def test_r1_backward_reaches_discriminator_parameters_through_double_backward():
     img, c = img.double(), c.double()
     D.zero_grad()
     loss.d_r1(img, c, schedule, gain=1.0)
-    weight = D.blocks[0].conv0.weight
-    analytic = weight.grad[0, 0, 1, 1].item()
+    weight = D.epilogue.out.weight
 
     def mean_penalty():
         real = {k: v.detach().requires_grad_(True) for k, v in loss.real_images(img, schedule).items()}
         g1, g2 = torch.autograd.grad(D(real["image"], real["image_raw"], c).sum(), [real["image"], real["image_raw"]])
-        return ((g1.square().sum([1, 2, 3]) + g2.square().sum([1, 2, 3])) * 1.0).mean().item()
+        return (g1.square().sum([1, 2, 3]) + g2.square().sum([1, 2, 3])).mean().item()
 
-    h = 1e-5
-    with torch.no_grad():
-        weight[0, 0, 1, 1] += h
-    up = mean_penalty()
-    with torch.no_grad():
-        weight[0, 0, 1, 1] -= 2 * h
-    down = mean_penalty()
-    assert analytic == pytest.approx((up - down) / (2 * h), rel=1e-4)
+    h = 1e-6
+    for index in [(0, 0), (3, 7), (10, 2)]:
+        with torch.no_grad():
+            weight[index] += h
+        up = mean_penalty()
+        with torch.no_grad():
+            weight[index] -= 2 * h
+        down = mean_penalty()
+        with torch.no_grad():
+            weight[index] += h
+        assert weight.grad[index].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-12)
+    assert D.blocks[0].conv0.weight.grad.abs().sum() > 0
 
 
 def test_density_regularization_is_l1_between_perturbed_points():

@@ -1,0 +1,99 @@
+"""Training-step throughput and memory for each preset this machine can run.
+
+    python bench/train_step.py                 # tiny on CPU; ffhq512 too when a GPU is present
+    python bench/train_step.py --presets tiny ffhq512 --steps 5
+
+Prints one table: images per second for a full training iteration (every phase, lazy regularizers
+amortized by running whole intervals), peak memory, and the G forward time at batch 1 for ffhq512.
+"""
+
+import argparse
+import resource
+import time
+
+import torch
+
+from eg3d import camera
+from eg3d.generator import TriPlaneGenerator
+from eg3d.presets import get_preset
+from eg3d.training import Trainer
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS (Linux: KiB)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fake_batch(config, n: int, device: torch.device):
+    res = config.model.image_resolution
+    yaw = torch.pi / 2 + (torch.rand(n) - 0.5)
+    c = camera.orbit_camera(yaw, torch.full_like(yaw, torch.pi / 2))
+    return torch.rand(n, 3, res, res, device=device) * 2 - 1, c.to(device)
+
+
+def bench_training(name: str, device: torch.device, steps: int, warmup: int) -> dict:
+    config = get_preset(name)
+    config.run.device = device.type
+    pool = fake_batch(config, 64, device)[1]
+    trainer = Trainer(config, camera_pool=pool, device=device)
+    img, c = fake_batch(config, config.run.batch_size, device)
+    for _ in range(warmup):
+        trainer.train_step(img, c)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    # A whole number of lazy-regularization periods, so each phase is weighted by how often it runs.
+    period = max(p.interval for p in trainer.phases)
+    steps = max(steps // period, 1) * period
+    trainer.step_index = 0
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(img, c)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"preset": name, "device": device.type, "batch": config.run.batch_size,
+            "images_per_second": steps * config.run.batch_size / seconds, "seconds_per_iteration": seconds / steps,
+            "peak_memory_mib": peak_memory_bytes(device) / 2**20, "lazy_period": period, "steps": steps}
+
+
+@torch.no_grad()
+def bench_g_forward(device: torch.device, repeats: int = 3) -> float:
+    config = get_preset("ffhq512")
+    G = TriPlaneGenerator(config.model, config.rendering).to(device).eval()
+    z = torch.randn(1, config.model.z_dim, device=device)
+    c = fake_batch(config, 1, device)[1]
+    G(z, c, neural_rendering_resolution=64)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        G(z, c, neural_rendering_resolution=64)
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=None)
+    parser.add_argument("--steps", type=int, default=16, help="timed iterations (tiny's lazy period is 16)")
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    presets = args.presets or (["tiny", "ffhq512"] if device.type == "cuda" else ["tiny"])
+    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"{'preset':<10} {'device':<6} {'batch':>5} {'img/s':>8} {'s/iter':>8} {'peak MiB':>9}")
+    for name in presets:
+        r = bench_training(name, device, args.steps, args.warmup)
+        print(f"{r['preset']:<10} {r['device']:<6} {r['batch']:>5} {r['images_per_second']:>8.2f} "
+              f"{r['seconds_per_iteration']:>8.3f} {r['peak_memory_mib']:>9.0f}")
+    print(f"ffhq512 G forward, batch 1, neural rendering 64: {bench_g_forward(device):.3f} s")
+
+
+if __name__ == "__main__":
+    main()

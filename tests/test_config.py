@@ -1,0 +1,98 @@
+import json
+
+import pytest
+
+from eg3d import summary
+from eg3d.config import TrainConfig, apply_overrides, validate
+from eg3d.presets import PRESETS, afhq512, ffhq512, get_preset, shapenet128, tiny
+from eg3d.train import main as train_main
+
+
+def test_reference_preset_values():
+    f = ffhq512()
+    assert (f.model.image_resolution, f.rendering.neural_rendering_resolution_initial) == (512, 64)
+    assert (f.rendering.depth_resolution, f.rendering.depth_resolution_importance) == (48, 48)
+    assert (f.rendering.ray_start, f.rendering.ray_end, f.rendering.box_warp) == (2.25, 3.3, 1.0)
+    assert (f.loss.r1_gamma, f.loss.gpc_prob, f.loss.r1_interval, f.loss.density_reg_interval) == (1.0, 0.5, 16, 4)
+    assert (f.optimizer.g_lr, f.optimizer.d_lr, f.optimizer.betas) == (0.0025, 0.002, (0.0, 0.99))
+    assert (f.ema.ema_kimg, f.loss.blur_fade_kimg, f.run.batch_size) == (10.0, 200.0, 32)
+    a = afhq512()
+    assert (a.loss.r1_gamma, a.loss.gpc_prob) == (5.0, 0.8)
+    s = shapenet128()
+    assert (s.model.image_resolution, s.rendering.depth_resolution, s.rendering.depth_resolution_importance) == (128, 64, 64)
+    assert (s.rendering.ray_start, s.rendering.ray_end, s.rendering.box_warp) == (0.1, 2.6, 1.6)
+    assert s.rendering.white_background and s.loss.r1_gamma == 0.3 and s.loss.gpc_prob is None
+    t = tiny()
+    assert (t.model.image_resolution, t.rendering.neural_rendering_resolution_initial, t.run.batch_size) == (64, 32, 8)
+    for preset in PRESETS.values():
+        validate(preset())
+
+
+def test_overrides_convert_and_validate_types():
+    config = apply_overrides(tiny(), ["loss.r1_gamma=2", "rendering.ray_start=null", "rendering.ray_end=None",
+                                      "model.sr_channels=[8, 4]", "data.xflip=true", "run.out=some/dir"])
+    assert config.loss.r1_gamma == 2.0 and isinstance(config.loss.r1_gamma, float)
+    assert config.rendering.ray_start is None and config.rendering.ray_end is None
+    assert config.model.sr_channels == (8, 4)
+    assert config.data.xflip is True and config.run.out == "some/dir"
+    assert tiny().loss.r1_gamma == 1.0  # presets are fresh objects
+
+
+@pytest.mark.parametrize("override, named", [
+    ("loss.r1_gama=2", "loss.r1_gama"),
+    ("los.r1_gamma=2", "'los'"),
+    ("loss.r1_gamma=abc", "loss.r1_gamma"),
+    ("run.batch_size=2.5", "run.batch_size"),
+    ("data.xflip=1", "data.xflip"),
+    ("model.sr_channels=[1,2,3]", "model.sr_channels"),
+    ("r1_gamma=2", "section.field=value"),
+])
+def test_bad_overrides_name_the_key(override, named):
+    with pytest.raises(ValueError, match=named.replace(".", r"\.").replace("[", r"\[")):
+        apply_overrides(tiny(), [override])
+
+
+@pytest.mark.parametrize("override, named", [
+    ("run.micro_batch=3", "run.batch_size"),
+    ("model.image_resolution=96", "model.image_resolution"),
+    ("rendering.ray_start=3.5", "rendering.ray_start"),
+    ("rendering.ray_end=null", "rendering.ray_end"),
+])
+def test_inconsistent_configs_are_rejected(override, named):
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        validate(apply_overrides(tiny(), [override]))
+
+
+def test_config_round_trips_through_json():
+    config = apply_overrides(shapenet128(), ["loss.r1_gamma=0.5"])
+    again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown preset 'ffhq1024'"):
+        get_preset("ffhq1024")
+
+
+def test_cli_reports_bad_override_and_exits_2(capsys, tmp_path):
+    assert train_main(["--out", str(tmp_path), "--set", "loss.bogus=1"]) == 2
+    assert "loss.bogus" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_summary_matches_module_counts_and_hand_derived_flops(capsys):
+    summary.main(["--preset", "tiny"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["preset"] == "tiny"
+    assert result["G"]["params"] == sum(result["G"]["modules"].values())
+    assert set(result["G"]["modules"]) == {"mapping", "backbone", "decoder", "superresolution"}
+    flops = result["flops_per_image"]
+    t = tiny()
+    points = 32 * 32 * (t.rendering.depth_resolution + t.rendering.depth_resolution_importance)
+    assert flops["points_per_image"] == points
+    # Decoder MLP by hand: 2 FLOPs per multiply-add, 32 -> 64 -> 33 per point, plus 4 bilinear taps x 3 planes.
+    assert flops["G_rendering"] == points * 2 * (32 * 64 + 64 * 33) + points * 3 * 4 * 32 * 2
+    # Mapping by hand: embed 25 -> 64, then 128 -> 64 and 64 -> 64.
+    assert flops["G_mapping"] == 2 * (25 * 64 + 128 * 64 + 64 * 64)
+    parts = flops["G_mapping"] + flops["G_backbone"] + flops["G_rendering"] + flops["G_superresolution"]
+    assert flops["G_forward"] >= parts
