@@ -39,6 +39,15 @@ class TriPlaneGenerator(nn.Module):
         return self.mapping(z, c * self.model_config.camera_scale, truncation_psi=truncation_psi,
                             truncation_cutoff=truncation_cutoff, update_w_avg=update_w_avg)
 
+    @staticmethod
+    def mix_styles(ws: torch.Tensor, ws_other: torch.Tensor, crossover: int) -> torch.Tensor:
+        """Style mixing: ws for layers before `crossover`, ws_other from it on (coarse -> fine)."""
+        if not 0 <= crossover <= ws.shape[1]:
+            raise ValueError(f"style mixing crossover {crossover} is outside 0..{ws.shape[1]}")
+        mixed = ws.clone()
+        mixed[:, crossover:] = ws_other[:, crossover:]
+        return mixed
+
     def planes(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
         planes = self.backbone(ws, noise_mode=noise_mode)
         return planes.reshape(len(planes), 3, self.plane_channels, planes.shape[-2], planes.shape[-1])

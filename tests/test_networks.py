@@ -305,3 +305,12 @@ def test_gradients_reach_every_generator_part():
             if part == "superresolution" and name.endswith("noise_strength"):
                 continue  # SR runs with noise off, as in the reference: these parameters are unused
             assert g is not None and torch.isfinite(g).all() and g.abs().max() > 0, f"{part}.{name}"
+
+
+def test_style_mixing_takes_coarse_layers_from_one_code_and_fine_from_the_other():
+    ws_a, ws_b = torch.zeros(2, 10, 4), torch.ones(2, 10, 4)
+    mixed = TriPlaneGenerator.mix_styles(ws_a, ws_b, 6)
+    assert torch.equal(mixed[:, :6], ws_a[:, :6]) and torch.equal(mixed[:, 6:], ws_b[:, 6:])
+    assert torch.equal(ws_a, torch.zeros(2, 10, 4))  # inputs untouched
+    with pytest.raises(ValueError, match="crossover 11"):
+        TriPlaneGenerator.mix_styles(ws_a, ws_b, 11)
