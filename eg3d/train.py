@@ -20,7 +20,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m eg3d.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    parser.add_argument("--data", help="dataset folder or zip in the reference format (default: synthetic)")
+    parser.add_argument("--data", help="shard manifest URL (local or s3://, from python -m dataloading.build), or a "
+                        "dataset folder/zip in the reference format to shard first (default: synthetic data)")
     parser.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
     parser.add_argument("--kimg", type=float, help="total training length in thousands of images")
     parser.add_argument("--batch", type=int, help="global batch size")
@@ -38,6 +39,28 @@ def build_config(args: argparse.Namespace):
     config = apply_overrides(get_preset(args.preset), overrides)
     validate(config)
     return config
+
+
+def is_manifest(url: str) -> bool:
+    from dataloading import storage
+
+    return url.endswith(".json") or storage.exists(storage.join(url, "manifest.json"))
+
+
+def prepare_data(config, data: str | None, run_dir: Path) -> str:
+    """The manifest URL to train from: given, or shards built from a reference-format dataset (or synthetic)."""
+    if data is not None and is_manifest(data):
+        return data if data.endswith(".json") else data.rstrip("/") + "/manifest.json"
+    from dataloading.build import build
+
+    source = data or synthetic_dataset(config, run_dir)
+    shards = run_dir / "shards"
+    print(f"building shards of {source} into {shards}")
+    manifest = build(source, str(shards), workers=1, progress=False)
+    if manifest["resolution"] != config.model.image_resolution:
+        raise ValueError(f"data {source}: images are {manifest['resolution']}x{manifest['resolution']}, but "
+                         f"model.image_resolution is {config.model.image_resolution}")
+    return str(shards / "manifest.json")
 
 
 def synthetic_dataset(config, run_dir: Path) -> str:
@@ -64,8 +87,12 @@ def main(argv=None) -> int:
     from .training_loop import train
 
     run_dir = Path(args.out or Path(config.run.out) / config.preset)
-    data = args.data or config.data.path or synthetic_dataset(config, run_dir)
-    train(config, data_path=data, run_dir=run_dir)
+    try:
+        manifest_url = prepare_data(config, args.data or config.data.path, run_dir)
+    except (ValueError, FileNotFoundError, PermissionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    train(config, manifest_url=manifest_url, run_dir=run_dir)
     print(f"done: {run_dir}")
     return 0
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dataloading.batches import DatasetBatches
-from dataloading.reference_format import ReferenceDataset
+from dataloading.shard_reader import ShardReader, camera_labels
 
 from .config import TrainConfig
 from .sample_grid import grid_cameras, sample_grid
@@ -65,14 +64,22 @@ def export_snapshot(trainer: Trainer, run_dir: Path, grid_z: torch.Tensor, camer
     return directory
 
 
-def train(config: TrainConfig, *, data_path: str, run_dir: str | Path, log=print) -> Trainer:
+def open_reader(config: TrainConfig, manifest_url: str, device: torch.device) -> ShardReader:
+    reader = ShardReader(manifest_url, seed=config.run.seed, batch_size=config.run.batch_size,
+                         xflip=config.data.xflip, device=device)
+    if reader.resolution != config.model.image_resolution:
+        raise ValueError(f"data {manifest_url}: images are {reader.resolution}x{reader.resolution}, but "
+                         f"model.image_resolution is {config.model.image_resolution}")
+    return reader
+
+
+def train(config: TrainConfig, *, manifest_url: str, run_dir: str | Path, log=print) -> Trainer:
+    """Train from the shards of `manifest_url` (see `python -m dataloading.build`) into `run_dir`."""
     run_dir, run = Path(run_dir), config.run
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(run.device)
-    dataset = ReferenceDataset(data_path, resolution=config.model.image_resolution)
-    batches = DatasetBatches(dataset, batch_size=run.batch_size, seed=run.seed, xflip=config.data.xflip,
-                             device=device)
-    trainer = Trainer(config, camera_pool=torch.from_numpy(dataset.labels), device=device)
+    batches = open_reader(config, manifest_url, device)
+    trainer = Trainer(config, camera_pool=torch.from_numpy(camera_labels(manifest_url)), device=device)
     state = load_latest_checkpoint(run_dir)
     if state is not None:
         trainer.load_state_dict(state["trainer"])
@@ -86,8 +93,8 @@ def train(config: TrainConfig, *, data_path: str, run_dir: str | Path, log=print
     with open(run_dir / "log.jsonl", "a") as log_file:
         while trainer.nimg < total_nimg:
             before = trainer.nimg
-            real_img, real_c = next(batches)
-            trainer.train_step(real_img, real_c)
+            batch = next(batches)
+            trainer.train_step(batch["image"], batch["c"])
             done = trainer.nimg >= total_nimg
             if crossed(before, trainer.nimg, run.log_kimg) or done:
                 seconds = time.perf_counter() - tick_start
@@ -104,4 +111,5 @@ def train(config: TrainConfig, *, data_path: str, run_dir: str | Path, log=print
                                 run.keep_checkpoints)
             if crossed(before, trainer.nimg, run.snapshot_kimg) or done:
                 export_snapshot(trainer, run_dir, grid_z, cameras)
+    batches.close()
     return trainer

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import MICRO_OVERRIDES
+from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 from eg3d.snapshot import load_generator, render
 from eg3d.synthetic import generate_dataset
 from eg3d.train import main as train_main
@@ -26,6 +27,7 @@ def test_train_writes_logs_checkpoints_snapshots_and_resumes(tmp_path):
     out = tmp_path / "run"
     assert train_main(cli_args(out, 0.008)) == 0
     assert (out / "synthetic-data" / "dataset.json").is_file()
+    assert (out / "shards" / "manifest.json").is_file()
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["kimg"] for r in records] == [0.004, 0.008]
     for key in ("loss/G", "loss/D", "scores/real", "scores/fake", "blur_sigma", "images_per_second"):
@@ -56,11 +58,26 @@ def test_train_writes_logs_checkpoints_snapshots_and_resumes(tmp_path):
     assert a["image"].shape == (2, 3, 32, 32) and a["image_depth"].shape == (2, 1, 16, 16)
 
 
-def test_dataset_resolution_mismatch_names_the_dataset(tmp_path):
+def test_dataset_resolution_mismatch_names_the_dataset(tmp_path, capsys):
     data = tmp_path / "data"
     generate_dataset(data, count=2, resolution=16, seed=0)
-    with pytest.raises(ValueError, match=r"data.*32"):
-        train_main(cli_args(tmp_path / "run", 0.004, "--data", str(data)))
+    assert train_main(cli_args(tmp_path / "run", 0.004, "--data", str(data))) == 2
+    error = capsys.readouterr().err
+    assert str(data) in error and "16x16" in error and "model.image_resolution is 32" in error
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_train_from_a_manifest_on_s3(tmp_path, moto_server):
+    from dataloading.build import build
+
+    data = tmp_path / "data"
+    generate_dataset(data, count=8, resolution=32, seed=0)
+    build(str(data), f"s3://{BUCKET}/shards", workers=1, progress=False)
+    out = tmp_path / "run"
+    assert train_main(cli_args(out, 0.008, "--data", f"s3://{BUCKET}/shards")) == 0
+    assert load_latest_checkpoint(out)["trainer"]["nimg"] == 8
+    assert not (out / "shards").exists()  # read in place, not copied
 
 
 def test_snapshot_without_weights_is_a_clear_error(tmp_path):
