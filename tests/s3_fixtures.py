@@ -1,7 +1,8 @@
 """moto's standalone S3 server on 127.0.0.1 for tests: `from s3_fixtures import moto_server`.
 
 The server runs in a thread of the test process and answers real HTTP, so subprocesses (build workers)
-reach it through `AWS_ENDPOINT_URL` like any S3 endpoint.
+reach it through `AWS_ENDPOINT_URL` like any S3 endpoint. moto keeps its buckets in process-global
+state, so objects outlive one server: each test module writes under its own prefix.
 """
 
 import pytest

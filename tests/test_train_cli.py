@@ -73,9 +73,9 @@ def test_train_from_a_manifest_on_s3(tmp_path, moto_server):
 
     data = tmp_path / "data"
     generate_dataset(data, count=8, resolution=32, seed=0)
-    build(str(data), f"s3://{BUCKET}/shards", workers=1, progress=False)
+    build(str(data), f"s3://{BUCKET}/train-cli/shards", workers=1, progress=False)
     out = tmp_path / "run"
-    assert train_main(cli_args(out, 0.008, "--data", f"s3://{BUCKET}/shards")) == 0
+    assert train_main(cli_args(out, 0.008, "--data", f"s3://{BUCKET}/train-cli/shards")) == 0
     assert load_latest_checkpoint(out)["trainer"]["nimg"] == 8
     assert not (out / "shards").exists()  # read in place, not copied
 
