@@ -18,13 +18,16 @@ it re-reads from the earliest shard that still holds an undelivered sample and d
 delivered, so nothing is repeated or skipped. A different world size on resume starts the next epoch.
 
 The "pytorch" backend streams each shard through `storage` (local or s3://), checks its size and
-sha256, and decodes with PIL in a few threads while a background thread prefetches batches. A DALI
-backend is meant to consume the same plan (an external source fed the planned samples' bytes, then
-`fn.decoders.image`), so one seed gives one sample order on both.
+sha256, and decodes with PIL in a few threads while a background thread prefetches batches. The "dali"
+backend (listed in BACKENDS only when NVIDIA DALI is installed: the `dali` extra) consumes the same plan
+through the same producer thread and shard reading, but decodes in a DALI pipeline (`fn.external_source`
+fed the planned samples' bytes, `fn.decoders.image` "mixed" on GPU or "cpu", `fn.decoders.numpy`, flips
+from the plan); see `dataloading.dali_backend`. One seed gives one sample order, and the same batches, on both.
 """
 
 import functools
 import hashlib
+import importlib.util
 import io
 import json
 import queue
@@ -43,7 +46,15 @@ from . import storage
 from .build import LABELS, MANIFEST_FORMAT
 from .reference_format import LABEL_SIZE
 
-BACKENDS = ("pytorch",)
+
+def _dali_installed() -> bool:
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ImportError:  # no `nvidia` package at all
+        return False
+
+
+BACKENDS = ("pytorch", "dali") if _dali_installed() else ("pytorch",)
 
 
 # --- the manifest --------------------------------------------------------------------------------------
@@ -213,8 +224,12 @@ class ShardReader:
                  device: torch.device | str = "cpu", xflip: bool = False, shuffle_buffer: int = 256,
                  backend: str = "pytorch", decode_threads: int = 2, prefetch_batches: int = 2):
         self._producer: _Producer | None = None
+        if backend == "dali" and backend not in BACKENDS:
+            raise ValueError("backend 'dali' needs NVIDIA DALI, which is not installed; install the `dali` "
+                             "extra (pip install -e .[dali])")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         if not 0 <= rank < world_size or batch_size < 1:
             raise ValueError(f"need 0 <= rank < world_size and batch_size >= 1, got rank={rank}, "
                              f"world_size={world_size}, batch_size={batch_size}")
@@ -243,7 +258,12 @@ class ShardReader:
 
     def __next__(self) -> dict[str, torch.Tensor]:
         if self._producer is None:
-            self._producer = _Producer(self, self.epoch, self.position)
+            if self.backend == "dali":
+                from .dali_backend import DaliProducer
+
+                self._producer = DaliProducer(self, self.epoch, self.position)
+            else:
+                self._producer = _Producer(self, self.epoch, self.position)
         images, cameras, indices, (self.epoch, self.position) = self._producer.next()
         return {"image": images.to(self.device, torch.float32) / 127.5 - 1,
                 "c": cameras.to(self.device), "index": indices}
