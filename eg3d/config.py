@@ -86,7 +86,7 @@ class DataConfig:
     path: str | None = None  # dataset folder or zip (reference format); None: synthetic data under the run dir
     xflip: bool = False  # random horizontal flips with the camera mirrored
     synthetic_count: int = 2000
-    workers: int = 1  # data-loading processes
+    backend: str = "auto"  # shard decoding: "pytorch", "dali", or "auto" (dali when installed); same batches either way
 
 
 @dataclass
@@ -207,6 +207,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"config: rendering.ray_start ({r.ray_start}) must be < rendering.ray_end ({r.ray_end})")
     if r.depth_resolution < 2:
         raise ValueError("config: rendering.depth_resolution must be at least 2")
+    if config.data.backend not in ("auto", "pytorch", "dali"):
+        raise ValueError(f"config: data.backend must be auto, pytorch or dali, got {config.data.backend!r}")
     micro = run.micro_batch or run.batch_size
     if run.batch_size <= 0 or run.batch_size % micro:
         raise ValueError(f"config: run.batch_size ({run.batch_size}) must be a positive multiple of "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dataloading.shard_reader import ShardReader, camera_labels
+from dataloading.shard_reader import BACKENDS, ShardReader, camera_labels
 
 from .config import TrainConfig
 from .sample_grid import grid_cameras, sample_grid
@@ -65,8 +65,11 @@ def export_snapshot(trainer: Trainer, run_dir: Path, grid_z: torch.Tensor, camer
 
 
 def open_reader(config: TrainConfig, manifest_url: str, device: torch.device) -> ShardReader:
+    backend = config.data.backend
+    if backend == "auto":
+        backend = "dali" if "dali" in BACKENDS else "pytorch"
     reader = ShardReader(manifest_url, seed=config.run.seed, batch_size=config.run.batch_size,
-                         xflip=config.data.xflip, device=device)
+                         xflip=config.data.xflip, device=device, backend=backend)
     if reader.resolution != config.model.image_resolution:
         raise ValueError(f"data {manifest_url}: images are {reader.resolution}x{reader.resolution}, but "
                          f"model.image_resolution is {config.model.image_resolution}")

@@ -57,6 +57,7 @@ def test_bad_overrides_name_the_key(override, named):
     ("model.image_resolution=96", "model.image_resolution"),
     ("rendering.ray_start=3.5", "rendering.ray_start"),
     ("rendering.ray_end=null", "rendering.ray_end"),
+    ("data.backend=tensorflow", "data.backend"),
 ])
 def test_inconsistent_configs_are_rejected(override, named):
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import MICRO_OVERRIDES
+from dataloading.shard_reader import BACKENDS
 from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 from eg3d.snapshot import load_generator, render
 from eg3d.synthetic import generate_dataset
@@ -74,10 +75,12 @@ def test_train_from_a_manifest_on_s3(tmp_path, moto_server):
     data = tmp_path / "data"
     generate_dataset(data, count=8, resolution=32, seed=0)
     build(str(data), f"s3://{BUCKET}/train-cli/shards", workers=1, progress=False)
-    out = tmp_path / "run"
-    assert train_main(cli_args(out, 0.008, "--data", f"s3://{BUCKET}/train-cli/shards")) == 0
-    assert load_latest_checkpoint(out)["trainer"]["nimg"] == 8
-    assert not (out / "shards").exists()  # read in place, not copied
+    for backend in BACKENDS:  # pytorch, and dali where installed (CI installs it)
+        out = tmp_path / f"run-{backend}"
+        args = cli_args(out, 0.008, "--data", f"s3://{BUCKET}/train-cli/shards", "--set", f"data.backend={backend}")
+        assert train_main(args) == 0
+        assert load_latest_checkpoint(out)["trainer"]["nimg"] == 8
+        assert not (out / "shards").exists()  # read in place, not copied
 
 
 def test_snapshot_without_weights_is_a_clear_error(tmp_path):
