@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import io
 import json
-import math
 import os
 import tarfile
 import tempfile
@@ -45,7 +44,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import storage
-from .reference_format import IMAGE_EXTENSIONS, LABEL_SIZE, METADATA
+from .reference_format import IMAGE_EXTENSIONS, LABEL_SIZE, METADATA, load_label_list, parse_label_entry
 
 MANIFEST, LABELS, REJECTS = "manifest.json", "labels.npy", "rejects.json"
 MANIFEST_FORMAT = "eg3d-webdataset-1"
@@ -120,16 +119,13 @@ def read_entries(files: SourceFiles) -> list[Entry]:
     if METADATA not in names:
         raise ValueError(f"{files.path}: no {METADATA}; expected one at the root listing "
                          f'{{"labels": [[image path, [25 floats]], ...]}}')
-    try:
-        metadata = json.loads(files.read(METADATA))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{files.path}: {METADATA} is not valid JSON ({error})") from error
-    listed = metadata.get("labels") if isinstance(metadata, dict) else None
-    if not isinstance(listed, list):
-        raise ValueError(f'{files.path}: {METADATA} has no "labels" list of [image path, [25 floats]] pairs')
+    listed = load_label_list(files.read(METADATA), f"{files.path}: {METADATA}")
     found = {}  # name -> (label or None, fault or None)
     for position, item in enumerate(listed):
-        name, label, fault = _parse_item(item, position)
+        name, label, fault = parse_label_entry(item)
+        name = name or f"{METADATA}[labels][{position}]"
+        fault = fault or label_fault(label)
+        label = tuple(label.tolist()) if label is not None else None
         if name in found:
             fault = f"listed twice in {METADATA}"
         elif fault is None and name not in names:
@@ -139,18 +135,6 @@ def read_entries(files: SourceFiles) -> list[Entry]:
         if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and name not in found:
             found[name] = (None, f"no label in {METADATA}")
     return [Entry(key, name, *found[name]) for key, name in enumerate(sorted(found))]
-
-
-def _parse_item(item, position: int) -> tuple[str, tuple[float, ...] | None, str | None]:
-    if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
-        return f"{METADATA}[labels][{position}]", None, "not an [image path, [25 floats]] pair"
-    name, values = item[0].replace("\\", "/"), item[1]
-    if not isinstance(values, list) or len(values) != LABEL_SIZE:
-        found = f"{len(values)} values" if isinstance(values, list) else type(values).__name__
-        return name, None, f"label has {found}, expected {LABEL_SIZE} numbers (4x4 cam2world + 3x3 intrinsics)"
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values):
-        return name, None, f"label has a value that is not a finite number"
-    return name, tuple(float(x) for x in values), label_fault(np.array(values, dtype=np.float64))
 
 
 def label_fault(label: np.ndarray) -> str | None:

@@ -23,6 +23,31 @@ METADATA = "dataset.json"
 _CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK"}  # alpha is dropped, not composited
 
 
+def load_label_list(raw: bytes, where: str) -> list:
+    """The "labels" list of a dataset.json; a ValueError naming `where` when there is none."""
+    try:
+        metadata = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{where}: not valid JSON ({error})") from error
+    entries = metadata.get("labels") if isinstance(metadata, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f'{where}: expected a non-empty "labels" list of [image path, [25 floats]] pairs')
+    return entries
+
+
+def parse_label_entry(entry) -> tuple[str | None, np.ndarray | None, str | None]:
+    """(image name, float64 label [25], fault) of one dataset.json entry; the fault is None when valid."""
+    if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+        return None, None, f"entry {str(entry)[:80]} is not an [image path, [25 floats]] pair"
+    name, values = entry[0].replace("\\", "/"), entry[1]
+    if not isinstance(values, list) or len(values) != LABEL_SIZE:
+        found = f"{len(values)} values" if isinstance(values, list) else type(values).__name__
+        return name, None, f"label of {name} has {found}, expected {LABEL_SIZE} numbers (4x4 cam2world + 3x3 intrinsics)"
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in values):
+        return name, None, f"label of {name} has a value that is not a finite number, expected {LABEL_SIZE} finite numbers"
+    return name, np.array(values, dtype=np.float64), None
+
+
 class ReferenceDataset:
     """Images (uint8 HWC RGB) and camera labels (float32 [25]) of a folder or zip in the reference format.
 
@@ -113,36 +138,15 @@ class ReferenceDataset:
         if METADATA not in files:
             raise ValueError(f"{self.path}: no {METADATA}; expected one at the root listing "
                              f'{{"labels": [[image path, [25 floats]], ...]}}')
-        try:
-            metadata = json.loads(self._read_bytes(METADATA))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{self._where(METADATA)}: not valid JSON ({error})") from error
-        entries = metadata.get("labels") if isinstance(metadata, dict) else None
-        if not isinstance(entries, list) or not entries:
-            raise ValueError(f'{self._where(METADATA)}: expected a non-empty "labels" list of '
-                             f"[image path, [25 floats]] pairs")
         labels = {}
-        for entry in entries:
-            name, label = self._parse_entry(entry)
+        for entry in load_label_list(self._read_bytes(METADATA), self._where(METADATA)):
+            name, label, fault = parse_label_entry(entry)
+            if fault is not None:
+                raise ValueError(f"{self._where(METADATA)}: {fault}")
             if name in labels:
                 raise ValueError(f"{self._where(METADATA)}: {name} is listed twice")
             labels[name] = label
         return labels
-
-    def _parse_entry(self, entry) -> tuple[str, np.ndarray]:
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
-            raise ValueError(f"{self._where(METADATA)}: entry {str(entry)[:80]} is not an "
-                             f"[image path, [25 floats]] pair")
-        name, label = entry[0].replace("\\", "/"), entry[1]
-        if not isinstance(label, list) or len(label) != LABEL_SIZE:
-            found = f"{len(label)} values" if isinstance(label, list) else type(label).__name__
-            raise ValueError(f"{self._where(METADATA)}: label of {name} has {found}, expected "
-                             f"{LABEL_SIZE} numbers (4x4 cam2world + 3x3 intrinsics)")
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-                   for x in label):
-            raise ValueError(f"{self._where(METADATA)}: label of {name} has a value that is not a finite "
-                             f"number, expected {LABEL_SIZE} finite numbers")
-        return name, np.array(label, dtype=np.float64)
 
     def _check_files_match(self, labels: dict[str, np.ndarray], files: set[str]) -> None:
         missing = sorted(set(labels) - files)
