@@ -198,3 +198,16 @@ def open_read(url: str, *, block_size: int = 8 << 20):
         yield file
     finally:
         file.close()
+
+
+def delete(url: str, *, recursive: bool = False) -> None:
+    """Remove a file (or, with `recursive`, a folder or prefix and everything under it); absent is fine."""
+    fs, path = open_filesystem(url)
+
+    def remove():
+        try:
+            fs.rm(path, recursive=recursive)
+        except FileNotFoundError:
+            pass
+
+    with_retries(remove, url)

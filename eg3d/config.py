@@ -94,7 +94,8 @@ class RunConfig:
     out: str = "runs"
     total_kimg: float = 25000.0
     batch_size: int = 32  # global batch, in images
-    micro_batch: int | None = None  # per-step micro-batch; None: the whole batch at once
+    micro_batch: int | None = None  # per-worker micro-batch; None: each worker's whole share at once
+    precision: str = "fp32"  # "bf16": forward passes under bfloat16 autocast (weights, EMA, optimizers stay fp32)
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda
     checkpoint_kimg: float = 200.0
@@ -103,6 +104,18 @@ class RunConfig:
     keep_checkpoints: int = 3
     sample_truncation_psi: float = 0.7
     sample_truncation_cutoff: int = 14
+
+
+@dataclass
+class DistributedConfig:
+    backend: str = "ddp"  # "ddp" or "deepspeed"
+    zero_stage: int = 0  # deepspeed: 0 or 1
+    min_workers: int = 1
+    max_workers: int = 1  # > min_workers: elastic, grows when resources appear
+    use_gpu: str = "auto"  # "auto" (when the cluster has GPUs), "true", "false"
+    cpus_per_worker: float | None = None  # None: 1 on a cluster; the local machine split between workers
+    max_failures: int = 3  # worker-group restarts from the newest checkpoint before the run fails; -1: no limit
+    resize_check_seconds: float = 60.0  # how often an elastic run looks for more workers
 
 
 @dataclass
@@ -115,6 +128,7 @@ class TrainConfig:
     ema: EmaConfig = field(default_factory=EmaConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -209,10 +223,35 @@ def validate(config: TrainConfig) -> None:
         raise ValueError("config: rendering.depth_resolution must be at least 2")
     if config.data.backend not in ("auto", "pytorch", "dali"):
         raise ValueError(f"config: data.backend must be auto, pytorch or dali, got {config.data.backend!r}")
-    micro = run.micro_batch or run.batch_size
-    if run.batch_size <= 0 or run.batch_size % micro:
-        raise ValueError(f"config: run.batch_size ({run.batch_size}) must be a positive multiple of "
-                         f"run.micro_batch ({micro})")
-    if micro % min(m.disc_mbstd_group, micro):
-        raise ValueError(f"config: run.micro_batch ({micro}) must be a multiple of model.disc_mbstd_group "
-                         f"({m.disc_mbstd_group})")
+    if run.precision not in ("fp32", "bf16"):
+        raise ValueError(f"config: run.precision must be fp32 or bf16, got {run.precision!r}")
+    d = config.distributed
+    if d.backend not in ("ddp", "deepspeed"):
+        raise ValueError(f"config: distributed.backend must be ddp or deepspeed, got {d.backend!r}")
+    if d.zero_stage not in (0, 1):
+        raise ValueError(f"config: distributed.zero_stage must be 0 or 1, got {d.zero_stage}")
+    if d.use_gpu not in ("auto", "true", "false"):
+        raise ValueError(f"config: distributed.use_gpu must be auto, true or false, got {d.use_gpu!r}")
+    if not 1 <= d.min_workers <= d.max_workers:
+        raise ValueError(f"config: need 1 <= distributed.min_workers ({d.min_workers}) <= "
+                         f"distributed.max_workers ({d.max_workers})")
+    for world_size in range(d.min_workers, d.max_workers + 1):
+        micro = accumulation(config, world_size)[0]
+        if micro % min(m.disc_mbstd_group, micro):
+            raise ValueError(f"config: the micro-batch ({micro} at {world_size} workers) must be a multiple of "
+                             f"model.disc_mbstd_group ({m.disc_mbstd_group})")
+
+
+def accumulation(config: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(per-worker micro-batch, accumulation steps) such that micro x steps x world_size = run.batch_size."""
+    run = config.run
+    if run.batch_size <= 0 or run.batch_size % world_size:
+        raise ValueError(f"config: run.batch_size ({run.batch_size}) cannot be split evenly over {world_size} "
+                         f"workers; choose a batch size divisible by every world size in distributed.min_workers.."
+                         f"distributed.max_workers")
+    local = run.batch_size // world_size
+    micro = min(run.micro_batch or local, local)
+    if local % micro:
+        raise ValueError(f"config: run.batch_size ({run.batch_size}) over {world_size} workers leaves {local} "
+                         f"images per worker, not a multiple of run.micro_batch ({micro})")
+    return micro, local // micro

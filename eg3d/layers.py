@@ -134,7 +134,7 @@ class SynthesisLayer(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
         if use_noise:
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
-            self.noise_strength = nn.Parameter(torch.zeros([]))
+            self.noise_strength = nn.Parameter(torch.zeros([1]))  # 1-d: DeepSpeed cannot broadcast 0-d tensors
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("resample_filter", fir_filter(), persistent=False)
 

@@ -67,8 +67,12 @@ def swap_conditioning(c: torch.Tensor, prob: float | None) -> torch.Tensor:
 
 
 class EG3DLoss:
+    """Each phase method computes its loss and hands it to `self.backward` (plain autograd by default;
+    the trainer routes it through the distributed backend, which may scale or hook it)."""
+
     def __init__(self, G, D, config: TrainConfig, stats: StatsReporter):
         self.G, self.D, self.config, self.stats = G, D, config, stats
+        self.backward = torch.Tensor.backward
 
     def run_G(self, z, c, schedule: Schedule, update_w_avg: bool = False) -> dict:
         ws = self.G.map(z, swap_conditioning(c, schedule.gpc_prob), update_w_avg=update_w_avg)
@@ -88,7 +92,7 @@ class EG3DLoss:
         loss = F.softplus(-logits)
         self._report_scores("fake", logits)
         self.stats.report("loss/G", loss)
-        loss.mean().mul(gain).backward()
+        self.backward(loss.mean().mul(gain))
 
     def g_density(self, gen_z, gen_c, schedule: Schedule, gain: float):
         cfg = self.config.loss
@@ -98,7 +102,7 @@ class EG3DLoss:
         sigma = self.G.density(ws, torch.cat([points, perturbed], dim=1))
         loss = F.l1_loss(sigma[:, :cfg.density_reg_points], sigma[:, cfg.density_reg_points:]) * cfg.density_reg
         self.stats.report("loss/density_reg", loss)
-        loss.mul(gain).backward()
+        self.backward(loss.mul(gain))
 
     def d_main(self, real_img, real_c, gen_z, gen_c, schedule: Schedule, gain: float):
         with torch.no_grad():
@@ -106,12 +110,12 @@ class EG3DLoss:
         logits_fake = self.run_D(fake, gen_c, schedule)
         self._report_scores("fake", logits_fake)
         loss_fake = F.softplus(logits_fake)
-        loss_fake.mean().mul(gain).backward()
+        self.backward(loss_fake.mean().mul(gain))
         logits_real = self.run_D(self.real_images(real_img, schedule), real_c, schedule)
         self._report_scores("real", logits_real)
         loss_real = F.softplus(-logits_real)
         self.stats.report("loss/D", loss_fake + loss_real)
-        loss_real.mean().mul(gain).backward()
+        self.backward(loss_real.mean().mul(gain))
 
     def d_r1(self, real_img, real_c, schedule: Schedule, gain: float):
         real = {k: v.detach().requires_grad_(True) for k, v in self.real_images(real_img, schedule).items()}
@@ -122,7 +126,7 @@ class EG3DLoss:
         loss = penalty * (self.config.loss.r1_gamma / 2)
         self.stats.report("loss/r1_penalty", penalty)
         self.stats.report("loss/D_r1", loss)
-        loss.mean().mul(gain).backward()
+        self.backward(loss.mean().mul(gain))
 
     def _report_scores(self, kind: str, logits):
         self.stats.report(f"scores/{kind}", logits)

@@ -1,15 +1,20 @@
-"""`python -m eg3d.train`: train EG3D (single process for now; the Ray driver will wrap this loop).
+"""`python -m eg3d.train`: train EG3D on a Ray cluster (or a local Ray this command starts).
 
-    python -m eg3d.train --preset tiny --data DATASET --out runs/tiny --kimg 20 --set loss.r1_gamma=2
+    python -m eg3d.train                                    # embedded default: local Ray, synthetic data, tiny
+    python -m eg3d.train --preset ffhq512 --data s3://bucket/ffhq/shards --storage s3://bucket/runs \\
+        --name ffhq-a --workers 4:8 --backend ddp --set loss.r1_gamma=2
+    ray job submit --address http://HEAD:8265 -- python -m eg3d.train --preset tiny --data s3://... --storage s3://...
 
-With no --data, a synthetic camera-labelled dataset is rendered under the run directory on first use.
-Running the same command again resumes from the newest checkpoint in --out.
+The run is `{storage}/{name}`: its checkpoints, snapshots, config and log live there, and running the same
+command again resumes it from its newest complete checkpoint. With no --data, a synthetic camera-labelled
+dataset is rendered and sharded under the run on first use. `--workers MIN:MAX` makes the run elastic.
 """
 
 import argparse
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from .config import apply_overrides, validate
@@ -22,20 +27,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--data", help="shard manifest URL (local or s3://, from python -m dataloading.build), or a "
                         "dataset folder/zip in the reference format to shard first (default: synthetic data)")
-    parser.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
+    parser.add_argument("--storage", default=None, help="where runs live: a local folder or s3://bucket/prefix "
+                        "(default: run.out, i.e. ./runs)")
+    parser.add_argument("--name", default=None, help="run name under --storage (default: the preset name)")
     parser.add_argument("--kimg", type=float, help="total training length in thousands of images")
     parser.add_argument("--batch", type=int, help="global batch size")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--backend", choices=("ddp", "deepspeed"), help="distributed backend (default: ddp)")
+    parser.add_argument("--workers", metavar="N or MIN:MAX", help="number of workers, or an elastic range")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a config field, e.g. --set loss.r1_gamma=2 (repeatable)")
     return parser.parse_args(argv)
 
 
+def worker_overrides(text: str) -> list[str]:
+    low, _, high = text.partition(":")
+    try:
+        low, high = int(low), int(high or low)
+    except ValueError:
+        raise ValueError(f"--workers {text!r}: expected N or MIN:MAX, e.g. 2 or 1:4") from None
+    return [f"distributed.min_workers={low}", f"distributed.max_workers={high}"]
+
+
 def build_config(args: argparse.Namespace):
     overrides = list(args.overrides)
-    for flag, key in (("kimg", "run.total_kimg"), ("batch", "run.batch_size"), ("seed", "run.seed")):
+    for flag, key in (("kimg", "run.total_kimg"), ("batch", "run.batch_size"), ("seed", "run.seed"),
+                      ("backend", "distributed.backend")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
+    if args.workers is not None:
+        overrides += worker_overrides(args.workers)
     config = apply_overrides(get_preset(args.preset), overrides)
     validate(config)
     return config
@@ -47,26 +68,40 @@ def is_manifest(url: str) -> bool:
     return url.endswith(".json") or storage.exists(storage.join(url, "manifest.json"))
 
 
-def prepare_data(config, data: str | None, run_dir: Path) -> str:
-    """The manifest URL to train from: given, or shards built from a reference-format dataset (or synthetic)."""
+def prepare_data(config, data: str | None, run_url: str) -> str:
+    """The manifest URL to train from: given, or shards built from a reference-format dataset (or synthetic)
+    under the run; checked against the config before any worker starts."""
+    from dataloading import storage
+    from dataloading.shard_reader import load_manifest
+
     if data is not None and is_manifest(data):
-        return data if data.endswith(".json") else data.rstrip("/") + "/manifest.json"
-    from dataloading.build import build
+        manifest_url = data if data.endswith(".json") else data.rstrip("/") + "/manifest.json"
+    else:
+        from dataloading.build import build
 
-    source = data or synthetic_dataset(config, run_dir)
-    shards = run_dir / "shards"
-    print(f"building shards of {source} into {shards}")
-    manifest = build(source, str(shards), workers=1, progress=False)
-    if manifest["resolution"] != config.model.image_resolution:
-        raise ValueError(f"data {source}: images are {manifest['resolution']}x{manifest['resolution']}, but "
-                         f"model.image_resolution is {config.model.image_resolution}")
-    return str(shards / "manifest.json")
+        source = data or synthetic_dataset(config, run_url)
+        shards = storage.join(run_url, "shards")
+        print(f"building shards of {source} into {shards}")
+        build(source, shards, workers=1, progress=False)
+        manifest_url = storage.join(shards, "manifest.json")
+    manifest = load_manifest(manifest_url)
+    if manifest.resolution != config.model.image_resolution:
+        raise ValueError(f"data {data or manifest_url}: images are {manifest.resolution}x{manifest.resolution}, "
+                         f"but model.image_resolution is {config.model.image_resolution}")
+    if manifest.sample_count < config.distributed.max_workers:
+        raise ValueError(f"data {manifest_url}: {manifest.sample_count} images cannot feed "
+                         f"{config.distributed.max_workers} workers")
+    return manifest_url
 
 
-def synthetic_dataset(config, run_dir: Path) -> str:
+def synthetic_dataset(config, run_url: str) -> str:
+    """Rendered under the run when it is a local folder, else in a local scratch folder (then sharded)."""
+    from dataloading import storage
+
     from .synthetic import generate_dataset
 
-    path = run_dir / "synthetic-data"
+    root = Path(run_url.removeprefix("file://")) if storage.is_local(run_url) else Path(tempfile.mkdtemp())
+    path = root / "synthetic-data"
     if not (path / "dataset.json").is_file():
         print(f"rendering {config.data.synthetic_count} synthetic images into {path}")
         partial = path.with_name(path.name + ".partial")  # an interrupted render is redone, never reused
@@ -77,23 +112,27 @@ def synthetic_dataset(config, run_dir: Path) -> str:
     return str(path)
 
 
+def absolute(url: str) -> str:
+    from dataloading import storage
+
+    return os.path.abspath(url.removeprefix("file://")) if storage.is_local(url) else url
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         config = build_config(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    from .training_loop import train
-
-    run_dir = Path(args.out or Path(config.run.out) / config.preset)
-    try:
-        manifest_url = prepare_data(config, args.data or config.data.path, run_dir)
+        storage_url = absolute(args.storage or config.run.out)  # workers do not share the driver's cwd
+        name = args.name or config.preset
+        run_url = storage_url.rstrip("/") + "/" + name
+        manifest_url = absolute(prepare_data(config, args.data or config.data.path, run_url))
     except (ValueError, FileNotFoundError, PermissionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    train(config, manifest_url=manifest_url, run_dir=run_dir)
-    print(f"done: {run_dir}")
+    from cluster.launch import launch
+
+    launch(config, manifest_url=manifest_url, storage_url=storage_url, name=name)
+    print(f"done: {run_url}")
     return 0
 
 

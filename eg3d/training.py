@@ -1,13 +1,20 @@
-"""The single-process training step: phases over micro-batches, optimizer steps, EMA.
+"""The training step of one worker: phases over micro-batches, optimizer steps, EMA.
 
-The distributed layer wraps this; the trainer does not know which launcher runs it. Everything that
-determines the future of a run (networks, optimizers, images seen, RNG) is in `state_dict()`.
+The trainer does not know which launcher runs it. How gradients are accumulated, reduced across
+workers and applied is the job of a `GradientSync` (`SingleProcess` here; DDP and DeepSpeed in
+`cluster.backends`). Everything that determines the future of a run (networks, optimizers, images seen)
+is in `state_dict()`; all randomness of a step is seeded from (seed, step, phase, first sample), so a
+step draws the same latents, cameras and noise however the global batch is spread over workers and
+micro-batches of a given size, and a resumed run continues exactly.
 """
 
+import contextlib
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .config import TrainConfig
@@ -26,6 +33,54 @@ class Phase:
     run: Callable  # (real_img, real_c, gen_z, gen_c, schedule, gain) -> None, accumulates gradients
 
 
+class SingleProcess:
+    """Gradient handling for one process: backward accumulates into `.grad`; a phase ends with one
+    optimizer step, skipped (and counted) when any gradient is not finite."""
+
+    rank, world_size = 0, 1
+    optimizer_sharded = False  # True: each rank holds part of the optimizer state (ZeRO)
+
+    def setup(self, trainer: "Trainer") -> None:
+        """Called once the networks and optimizers exist (DeepSpeed wraps them here)."""
+
+    def backward(self, phase: "Phase", loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def reduce_gradients(self, phase: "Phase") -> None:
+        """Make every rank's gradients the mean over ranks (nothing to do for one process)."""
+
+    def all_finite(self, phase: "Phase") -> bool:
+        grads = [p.grad for p in phase.network.parameters() if p.grad is not None]
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+
+    def optimizer_step(self, phase: "Phase") -> None:
+        phase.optimizer.step()
+
+    def zero_grad(self, phase: "Phase") -> None:
+        phase.optimizer.zero_grad(set_to_none=True)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def all_gather_object(self, value) -> list:
+        return [value]
+
+    def broadcast_object(self, value):
+        return value
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict:
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, states: list[dict]) -> None:
+        """`states`: the saved state of every rank (one entry unless the state is sharded)."""
+        optimizer.load_state_dict(states[0])
+
+
+def step_seed(*keys: int) -> int:
+    """A seed for torch generators from integer keys (run seed, step, phase, sample)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def lazy_regularized_adam(params, *, lr: float, betas: tuple[float, float], eps: float, reg_interval: int):
     """Adam whose lr and betas are corrected for a regularizer that runs every `reg_interval` steps."""
     ratio = reg_interval / (reg_interval + 1)
@@ -41,9 +96,11 @@ def ema_beta(config: TrainConfig, nimg: int, batch_size: int) -> float:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, *, camera_pool: torch.Tensor, device: torch.device | str = "cpu"):
+    def __init__(self, config: TrainConfig, *, camera_pool: torch.Tensor, device: torch.device | str = "cpu",
+                 sync: SingleProcess | None = None):
         self.config, self.device = config, torch.device(device)
-        torch.manual_seed(config.run.seed)
+        self.sync = sync or SingleProcess()
+        torch.manual_seed(config.run.seed)  # the same initial networks on every rank
         self.G = TriPlaneGenerator(config.model, config.rendering).to(self.device).train()
         self.D = DualDiscriminator(config.model).to(self.device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -66,47 +123,83 @@ class Trainer:
         self.nimg = 0
         self.step_index = 0
         self.skipped_steps = {"G": 0, "D": 0}
+        self.sync.setup(self)
 
     @property
     def schedule(self) -> Schedule:
         return Schedule.at(self.config, self.nimg)
 
-    def sample_cameras(self, n: int) -> torch.Tensor:
-        """Generator cameras drawn from the dataset labels, as in the paper."""
-        return self.camera_pool[torch.randint(len(self.camera_pool), (n,), device=self.device)]
+    def autocast(self):
+        if self.config.run.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def phase_latents(self, phase_index: int, local_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's part of the global batch of latent codes and generator cameras for a phase."""
+        generator = torch.Generator().manual_seed(step_seed(self.config.run.seed, self.step_index, phase_index))
+        total = local_batch * self.sync.world_size
+        z = torch.randn(total, self.config.model.z_dim, generator=generator)
+        cameras = torch.randint(len(self.camera_pool), (total,), generator=generator)
+        mine = slice(self.sync.rank * local_batch, (self.sync.rank + 1) * local_batch)
+        return z[mine].to(self.device), self.camera_pool[cameras[mine].to(self.device)]
 
     def train_step(self, real_img: torch.Tensor, real_c: torch.Tensor) -> None:
-        """One iteration over a batch: every due phase, then EMA. real_img in [-1, 1], NCHW."""
+        """One iteration over this rank's part of the global batch: every due phase, then EMA.
+
+        real_img in [-1, 1], NCHW. The loss of each micro-batch is weighted by its share of the local
+        batch, and the sync averages over ranks, so the step follows the gradient of the global batch mean.
+        """
         schedule, batch = self.schedule, len(real_img)
-        micro = self.config.run.micro_batch or batch
-        for phase in self.phases:
+        micro = min(self.config.run.micro_batch or batch, batch)
+        buffers_before = None
+        if self.sync.world_size > 1:
+            buffers_before = torch.cat([b.detach().flatten() for b in self._float_buffers()])
+        for phase_index, phase in enumerate(self.phases):
             if self.step_index % phase.interval:
                 continue
-            gen_z = torch.randn(batch, self.config.model.z_dim, device=self.device)
-            gen_c = self.sample_cameras(batch)
+            gen_z, gen_c = self.phase_latents(phase_index, batch)
             self.G.requires_grad_(phase.network is self.G)
             self.D.requires_grad_(phase.network is self.D)
-            phase.optimizer.zero_grad(set_to_none=True)
-            for s in range(0, batch, micro):  # gradients of the batch mean, however it is split
-                part = slice(s, s + micro)
-                phase.run(real_img[part], real_c[part], gen_z[part], gen_c[part], schedule,
-                          phase.interval * min(micro, batch - s) / batch)
+            self.sync.zero_grad(phase)
+            self.loss.backward = functools.partial(self.sync.backward, phase)
+            for start in range(0, batch, micro):
+                part = slice(start, start + micro)
+                torch.manual_seed(step_seed(self.config.run.seed, self.step_index, phase_index,
+                                            self.sync.rank * batch + start))
+                with self.autocast():
+                    phase.run(real_img[part], real_c[part], gen_z[part], gen_c[part], schedule,
+                              phase.interval * min(micro, batch - start) / batch)
             self._optimizer_step(phase)
         self.G.requires_grad_(False)
         self.D.requires_grad_(False)
-        self._update_ema(batch)
-        self.nimg += batch
+        self._sync_buffers(buffers_before)
+        self._update_ema(batch * self.sync.world_size)
+        self.nimg += batch * self.sync.world_size
         self.step_index += 1
 
     def _optimizer_step(self, phase: Phase) -> None:
-        grads = [p.grad for p in phase.network.parameters() if p.grad is not None]
-        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        self.sync.reduce_gradients(phase)
+        finite = self.sync.all_finite(phase)
         key = phase.name[0]
         if finite:
-            phase.optimizer.step()
+            self.sync.optimizer_step(phase)
         else:  # skip the update and count it rather than sanitizing gradients
+            self.sync.zero_grad(phase)
             self.skipped_steps[key] += 1
         self.stats.report(f"nonfinite_steps/{key}", 0.0 if finite else 1.0)
+
+    def _float_buffers(self) -> list[torch.Tensor]:
+        return [b for b in self.G.buffers() if b.is_floating_point()]
+
+    @torch.no_grad()
+    def _sync_buffers(self, before: torch.Tensor | None) -> None:
+        """The generator's tracked mean w (for truncation) moves by the sum of every rank's moves, so it
+        advances at the same rate per image (to first order) whatever the world size."""
+        if before is None:
+            return
+        current = torch.cat([b.flatten() for b in self._float_buffers()])
+        torch.nn.utils.vector_to_parameters(before + self.sync.all_reduce_sum(current - before),
+                                            self._float_buffers())
 
     @torch.no_grad()
     def _update_ema(self, batch_size: int) -> None:
@@ -117,23 +210,26 @@ class Trainer:
             b_ema.copy_(b)
 
     def state_dict(self) -> dict:
+        """The state every rank shares (for sharded optimizers, see `optimizer_state_dicts`)."""
         state = {
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
-            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "nimg": self.nimg, "step_index": self.step_index, "skipped_steps": dict(self.skipped_steps),
-            "torch_rng": torch.get_rng_state(), "config": self.config.to_dict(),
+            "config": self.config.to_dict(),
         }
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if not self.sync.optimizer_sharded:
+            state.update(self.optimizer_state_dicts())
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def optimizer_state_dicts(self) -> dict:
+        return {"opt_G": self.sync.optimizer_state_dict(self.opt_G),
+                "opt_D": self.sync.optimizer_state_dict(self.opt_D)}
+
+    def load_state_dict(self, state: dict, optimizer_shards: list[dict] | None = None) -> None:
+        """`optimizer_shards`: every rank's `optimizer_state_dicts()`, when the optimizer is sharded."""
         for name in ("G", "D", "G_ema"):
             getattr(self, name).load_state_dict(state[name])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
+        shards = optimizer_shards or [state]
+        self.sync.load_optimizer_state_dict(self.opt_G, [shard["opt_G"] for shard in shards])
+        self.sync.load_optimizer_state_dict(self.opt_D, [shard["opt_D"] for shard in shards])
         self.nimg, self.step_index = state["nimg"], state["step_index"]
         self.skipped_steps = dict(state["skipped_steps"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)

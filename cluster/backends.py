@@ -1,0 +1,149 @@
+"""How workers combine gradients: `ddp` (default) and `deepspeed`, both over torch.distributed
+(gloo on CPU, NCCL on GPU), both plugged into the trainer as its `GradientSync`.
+
+`ddp` does not wrap the networks in `DistributedDataParallel`. The lazy R1 penalty differentiates D's
+output with respect to its input and then backpropagates through that gradient (a double backward),
+which DDP's bucketed reduction hooks do not support; and one phase runs several micro-batches before a
+single optimizer step. So, like the reference implementation, each phase accumulates its micro-batch
+gradients locally and then reduces them once, as one flattened all-reduce per network.
+
+`deepspeed` wraps each network and its own Adam in a DeepSpeed engine (ZeRO stage 0 or 1, from
+`distributed.zero_stage`). Gradient accumulation is ours (`managed_gradient_accumulation: false`):
+every micro-batch goes through `engine.backward`, and `engine.step()` reduces and applies once per
+phase. Losses call the raw modules (`engine.module`), since a G loss runs through D's network while
+D's engine is not the one stepping. At ZeRO 1 each rank holds a shard of the optimizer state; the
+shards are saved per rank in DeepSpeed's elastic format, which reloads under any world size.
+"""
+
+import torch
+import torch.distributed as dist
+
+from eg3d.training import Phase, SingleProcess, Trainer
+
+BACKENDS = ("ddp", "deepspeed")
+
+
+class DistributedSync(SingleProcess):
+    """Shared by both backends: rank, world size and collectives of the default process group."""
+
+    def __init__(self):
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        # NCCL reduces CUDA tensors only; gloo reduces CPU tensors.
+        self.device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+            else torch.device("cpu")
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum over ranks (a new tensor on `tensor`'s device)."""
+        reduced = tensor.to(self.device, copy=True)
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        return reduced.to(tensor.device)
+
+    def all_gather_object(self, value) -> list:
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def broadcast_object(self, value):
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_finite(self, phase: Phase) -> bool:
+        """Every rank must take the same decision, so the local verdicts are combined."""
+        local = torch.tensor([float(super().all_finite(phase))])
+        return bool(self.all_reduce_sum(local).item() == self.world_size)
+
+
+class DDPSync(DistributedSync):
+    def setup(self, trainer: Trainer) -> None:
+        for network in (trainer.G, trainer.D, trainer.G_ema):  # identical starting points on every rank
+            for tensor in [*network.parameters(), *network.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+    def reduce_gradients(self, phase: Phase) -> None:
+        """Mean of the accumulated gradients over ranks, as one flattened all-reduce."""
+        # A parameter a phase does not reach keeps no gradient (Adam then leaves it and its moments
+        # alone); which parameters those are is the same on every rank, as all run the same code.
+        params = [p for p in phase.network.parameters() if p.grad is not None]
+        if not params:
+            return
+        flat = torch.cat([p.grad.flatten() for p in params])
+        flat = self.all_reduce_sum(flat).div_(self.world_size)
+        for p, reduced in zip(params, flat.split([p.numel() for p in params])):
+            p.grad = reduced.view_as(p).clone()
+
+
+class DeepSpeedSync(DistributedSync):
+    def __init__(self, *, zero_stage: int, global_batch: int, micro_batch: int):
+        super().__init__()
+        if zero_stage not in (0, 1):
+            raise ValueError(f"distributed.zero_stage must be 0 or 1 for EG3D, got {zero_stage}")
+        self.zero_stage, self.global_batch, self.micro_batch = zero_stage, global_batch, micro_batch
+        self.optimizer_sharded = zero_stage > 0
+        self.engines: dict[int, object] = {}  # id(network) or id(optimizer) -> engine
+        self._unreached: list[torch.nn.Parameter] = []
+
+    def setup(self, trainer: Trainer) -> None:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the existing process group
+        config = {
+            "train_batch_size": self.global_batch,
+            "train_micro_batch_size_per_gpu": self.micro_batch,
+            "gradient_accumulation_steps": self.global_batch // (self.micro_batch * self.world_size),
+            "managed_gradient_accumulation": False,
+            "zero_optimization": {"stage": self.zero_stage, "elastic_checkpoint": True},
+            "gradient_clipping": 0.0,  # EG3D does not clip; DeepSpeed 0.19 clips at 1.0 unless told
+            "steps_per_print": 2 ** 62,
+        }
+        for network, optimizer in ((trainer.G, trainer.opt_G), (trainer.D, trainer.opt_D)):
+            engine, _, _, _ = deepspeed.initialize(model=network, optimizer=optimizer, config=config)
+            self.engines[id(network)] = self.engines[id(optimizer)] = engine
+            if self.zero_stage == 0:
+                optimizer.register_step_pre_hook(self._drop_unreached_gradients)
+        for tensor in [*trainer.G_ema.parameters(), *trainer.G_ema.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+    def backward(self, phase: Phase, loss: torch.Tensor) -> None:
+        self.engines[id(phase.network)].backward(loss, scale_wrt_gas=False)  # our losses carry their weights
+
+    def optimizer_step(self, phase: Phase) -> None:
+        """The accumulation boundary: the engine reduces, then updates.
+
+        DeepSpeed's reduction gives a zero gradient to parameters the phase did not reach (the
+        super-resolution network in the density phase), where one process leaves them without one and
+        Adam leaves them alone. At ZeRO 0 the engine steps our own Adam, so those gradients are removed
+        again just before it runs. At ZeRO 1 Adam runs on flat shards and cannot skip part of one: such
+        parameters get a zero-gradient update (their moments decay; with beta1 = 0 they do not move).
+        """
+        engine = self.engines[id(phase.network)]
+        self._unreached = [p for p in phase.network.parameters() if p.requires_grad and p.grad is None]
+        engine.step()
+        self._unreached = []
+
+    def _drop_unreached_gradients(self, optimizer, args, kwargs) -> None:
+        for p in self._unreached:
+            p.grad = None
+
+    def zero_grad(self, phase: Phase) -> None:
+        engine = self.engines[id(phase.network)]
+        engine.optimizer.zero_grad()
+        engine.zero_grad()
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict:
+        return self.engines[id(optimizer)].optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, states: list[dict]) -> None:
+        wrapped = self.engines[id(optimizer)].optimizer
+        if self.optimizer_sharded:  # every rank's shard, saved under any world size
+            wrapped.load_state_dict(states, load_optimizer_states=True, load_from_fp32_weights=True)
+        else:
+            wrapped.load_state_dict(states[0])
+
+
+def make_sync(backend: str, *, zero_stage: int = 0, global_batch: int, micro_batch: int) -> DistributedSync:
+    if backend == "ddp":
+        return DDPSync()
+    if backend == "deepspeed":
+        return DeepSpeedSync(zero_stage=zero_stage, global_batch=global_batch, micro_batch=micro_batch)
+    raise ValueError(f"distributed.backend must be one of {BACKENDS}, got {backend!r}")

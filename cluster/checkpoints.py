@@ -1,0 +1,132 @@
+"""Checkpoints on any fsspec URL (a local folder or s3://), complete or absent.
+
+    {run}/checkpoints/000004000-1a2b3c4d/trainer.pt           rank 0: networks, EMA, optimizers, images seen
+    {run}/checkpoints/000004000-1a2b3c4d/data-rank0001.json   each rank: its data reader's position
+    {run}/checkpoints/000004000-1a2b3c4d/optimizer-rank0001.pt each rank, ZeRO only: its optimizer shard
+    {run}/checkpoints/000004000-1a2b3c4d.json                  the manifest, written last
+
+Every rank writes its files under a folder no earlier attempt used; rank 0 then publishes the manifest,
+which names each file with its size and SHA-256. Readers trust manifests only, and only when every
+file they name is present with its size, so a crash at any moment leaves the previous checkpoint in
+force. Nothing published is overwritten; pruning deletes a manifest before its files.
+"""
+
+import hashlib
+import io
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import torch
+
+from dataloading import storage
+
+FORMAT = "eg3d-checkpoint-1"
+
+
+@dataclass
+class Checkpoint:
+    """A published checkpoint: its manifest URL, its folder URL, and the manifest's contents."""
+
+    manifest_url: str
+    folder_url: str
+    manifest: dict
+
+    @property
+    def nimg(self) -> int:
+        return self.manifest["nimg"]
+
+    @property
+    def world_size(self) -> int:
+        return self.manifest["world_size"]
+
+    def read_bytes(self, name: str) -> bytes:
+        if name not in self.manifest["files"]:
+            raise FileNotFoundError(f"{self.manifest_url}: names no file {name!r}")
+        data = storage.read_bytes(storage.join(self.folder_url, name))
+        expected = self.manifest["files"][name]["sha256"]
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ValueError(f"{storage.join(self.folder_url, name)}: content does not match the SHA-256 in "
+                             f"{self.manifest_url}")
+        return data
+
+    def load_torch(self, name: str):
+        return torch.load(io.BytesIO(self.read_bytes(name)), map_location="cpu", weights_only=False)
+
+    def load_json(self, name: str):
+        return json.loads(self.read_bytes(name))
+
+
+def torch_bytes(value) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+class CheckpointStore:
+    def __init__(self, run_url: str):
+        self.url = storage.join(run_url, "checkpoints")
+
+    def new_folder_name(self, nimg: int) -> str:
+        """A folder name for the checkpoint at `nimg` that no earlier attempt used (rank 0 picks it)."""
+        return f"{nimg:09d}-{uuid.uuid4().hex[:8]}"
+
+    def write_files(self, folder: str, files: dict[str, bytes]) -> dict[str, dict]:
+        """Write this rank's files; returns their manifest entries (size, SHA-256)."""
+        storage.makedirs(storage.join(self.url, folder))
+        entries = {}
+        for name, data in files.items():
+            storage.write_bytes_atomic(storage.join(self.url, folder, name), data)
+            entries[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        return entries
+
+    def publish(self, folder: str, *, nimg: int, world_size: int, files: dict[str, dict], keep: int) -> Checkpoint:
+        """Publish the manifest of a folder whose files every rank has written, then prune to `keep`."""
+        manifest = {"format": FORMAT, "nimg": nimg, "world_size": world_size, "folder": folder,
+                    "created_unix": time.time(), "files": files}
+        manifest_url = storage.join(self.url, folder + ".json")
+        storage.write_bytes_atomic(manifest_url, json.dumps(manifest, indent=1).encode())
+        self.prune(keep)
+        return Checkpoint(manifest_url, storage.join(self.url, folder), manifest)
+
+    def published(self) -> list[Checkpoint]:
+        """Manifests that parse, newest first (by images seen, then publication time)."""
+        found = []
+        for name in storage.list(self.url):
+            if not name.endswith(".json"):
+                continue
+            url = storage.join(self.url, name)
+            try:
+                manifest = json.loads(storage.read_bytes(url))
+                if manifest.get("format") != FORMAT:
+                    continue
+            except (ValueError, FileNotFoundError):
+                continue  # deleted by a concurrent prune, or not ours
+            found.append(Checkpoint(url, storage.join(self.url, manifest["folder"]), manifest))
+        return sorted(found, key=lambda c: (c.nimg, c.manifest["created_unix"]), reverse=True)
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint whose files are all present with the sizes its manifest names."""
+        for checkpoint in self.published():
+            present = storage.list(checkpoint.folder_url)
+            if all(present.get(name) == entry["size"] for name, entry in checkpoint.manifest["files"].items()):
+                return checkpoint
+        return None
+
+    def prune(self, keep: int) -> None:
+        """Delete all but the newest `keep` published checkpoints, manifest first, and orphan folders
+        older than the oldest one kept (left by attempts that crashed before publishing)."""
+        published = self.published()
+        for checkpoint in published[keep:]:
+            storage.delete(checkpoint.manifest_url)
+            storage.delete(checkpoint.folder_url, recursive=True)
+        kept = {c.manifest["folder"] for c in published[:keep]}
+        oldest_kept = min((c.nimg for c in published[:keep]), default=None)
+        if oldest_kept is None:
+            return
+        fs, path = storage.open_filesystem(self.url)
+        for entry in storage.with_retries(lambda: fs.ls(path, detail=True), self.url):
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if entry["type"] == "directory" and name not in kept and name[:9].isdigit() and int(name[:9]) < oldest_kept:
+                storage.delete(storage.join(self.url, name), recursive=True)

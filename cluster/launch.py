@@ -1,0 +1,140 @@
+"""Ray Train launch: the driver side of `python -m eg3d.train` and the function every worker runs.
+
+The driver connects to the cluster in `RAY_ADDRESS` (what `ray job submit` sets) or starts a local Ray,
+and runs a `TorchTrainer` whose `RunConfig(name, storage_path)` is the run: the same name and storage
+give the same run, so the same command resumes it. Workers train with `eg3d.training_loop.train`; every
+(re)started worker group (after a failure, an elastic resize or a driver restart) resumes from the
+newest complete checkpoint under `{storage}/{name}/checkpoints/`.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from dataloading import storage
+
+# Forwarded to the workers so that they reach the same object store as the driver. Credentials are not
+# forwarded (they would show in Ray's dashboard): workers take them from their own environment.
+FORWARDED_ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+
+
+@dataclass
+class Job:
+    """What every worker needs to train (sent to the workers as the train loop config)."""
+
+    config: dict  # TrainConfig.to_dict()
+    manifest_url: str
+    run_url: str
+    cpus_per_worker: float
+
+
+def worker_loop(job: dict) -> None:
+    """Runs in each Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    from eg3d.config import TrainConfig, accumulation
+    from eg3d.training_loop import train
+
+    from .backends import make_sync
+
+    job = Job(**job)
+    config = TrainConfig.from_dict(job.config)
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(int(job.cpus_per_worker), 1))
+    else:
+        torch.cuda.set_device(device)
+    micro_batch, _ = accumulation(config, ray.train.get_context().get_world_size())
+    sync = make_sync(config.distributed.backend, zero_stage=config.distributed.zero_stage,
+                     global_batch=config.run.batch_size, micro_batch=micro_batch)
+    train(config, manifest_url=job.manifest_url, run_url=job.run_url, sync=sync, device=device,
+          report=ray.train.report, log=lambda line: print(line, flush=True))
+
+
+def connect() -> bool:
+    """Connect to RAY_ADDRESS or start a local Ray; True when the cluster was started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    forwarded = {k: os.environ[k] for k in FORWARDED_ENVIRONMENT if k in os.environ}
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    ray.init(include_dashboard=False, runtime_env={"env_vars": forwarded} if forwarded else None)
+    return True
+
+
+def storage_for_ray(storage_url: str):
+    """(storage_path, storage_filesystem) for Ray's RunConfig: an absolute local path, or an s3:// URL
+    with a pyarrow S3 filesystem at the endpoint our own storage uses."""
+    if storage.is_local(storage_url):
+        return os.path.abspath(storage_url.removeprefix("file://")), None
+    if not storage_url.startswith("s3://"):
+        raise ValueError(f"--storage {storage_url}: expected a local folder or an s3:// URL")
+    import pyarrow.fs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    options = {}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        options = {"endpoint_override": host.rstrip("/"), "scheme": scheme}
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    return storage_url.removeprefix("s3://").rstrip("/"), pyarrow.fs.S3FileSystem(**options)
+
+
+def cpus_per_worker(config, started_locally: bool) -> float:
+    import ray
+
+    if config.distributed.cpus_per_worker is not None:
+        return config.distributed.cpus_per_worker
+    if started_locally:  # the local machine is the cluster: share it out
+        return max(int(ray.cluster_resources().get("CPU", 1)) // config.distributed.max_workers, 1)
+    return 1
+
+
+def use_gpu(config) -> bool:
+    import ray
+
+    choice = config.distributed.use_gpu
+    return ray.cluster_resources().get("GPU", 0) > 0 if choice == "auto" else choice == "true"
+
+
+def launch(config, *, manifest_url: str, storage_url: str, name: str) -> None:
+    """Run (or resume) the training run `name` under `storage_url` on the Ray cluster."""
+    import ray
+
+    started_locally = connect()
+    try:
+        _fit(config, manifest_url=manifest_url, storage_url=storage_url, name=name, started_locally=started_locally)
+    finally:
+        if started_locally:
+            ray.shutdown()
+
+
+def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_locally: bool) -> None:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    d = config.distributed
+    cpus = cpus_per_worker(config, started_locally)
+    gpu = use_gpu(config)
+    workers = d.max_workers if d.min_workers == d.max_workers else (d.min_workers, d.max_workers)
+    storage_path, filesystem = storage_for_ray(storage_url)
+    job = Job(config=config.to_dict(), manifest_url=manifest_url, run_url=storage.join(storage_url, name),
+              cpus_per_worker=cpus)
+    resources = {"CPU": cpus, **({"GPU": 1} if gpu else {})}
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config=vars(job),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources,
+                                     elastic_resize_monitor_interval_s=d.resize_check_seconds),
+        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
+                             failure_config=FailureConfig(max_failures=d.max_failures)),
+    )
+    trainer.fit()

@@ -1,0 +1,133 @@
+"""Data-parallel training on real gloo process groups: DDP and DeepSpeed give what one process gives.
+
+Every test compares N workers against an independent single-process run of the same global batch.
+"""
+
+import pytest
+import torch
+
+from conftest import micro_config, random_cameras
+from distributed_helpers import run_on_workers
+from eg3d.config import accumulation
+from eg3d.training import SingleProcess, Trainer
+
+BACKENDS = [("ddp", 0), ("deepspeed", 0), ("deepspeed", 1)]
+
+
+def needs(backend: str):
+    if backend == "deepspeed":
+        pytest.importorskip("deepspeed")
+
+
+def equivalence_config():
+    # Group size 1: minibatch-std statistics would otherwise depend on how samples are grouped.
+    return micro_config("model.disc_mbstd_group=1", "run.micro_batch=1", "loss.r1_interval=2",
+                        "loss.density_reg_interval=2")
+
+
+def global_batch(step: int, n: int = 4):
+    g = torch.Generator().manual_seed(500 + step)
+    return torch.rand(n, 3, 32, 32, generator=g) * 2 - 1, random_cameras(n, seed=step)
+
+
+def networks(trainer: Trainer) -> dict[str, torch.Tensor]:
+    state = {f"G.{k}": v for k, v in trainer.G.state_dict().items()}
+    state.update({f"D.{k}": v for k, v in trainer.D.state_dict().items()})
+    state.update({f"G_ema.{k}": v for k, v in trainer.G_ema.state_dict().items()})
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+class ZeroFilledGradients(SingleProcess):
+    """One process with ZeRO 1's semantics: parameters a phase does not reach get a zero gradient."""
+
+    def optimizer_step(self, phase):
+        for p in phase.network.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        phase.optimizer.step()
+
+
+def make_sync(backend: str, zero_stage: int, config):
+    from cluster.backends import make_sync as make
+
+    import torch.distributed as dist
+
+    micro, _ = accumulation(config, dist.get_world_size())
+    return make(backend, zero_stage=zero_stage, global_batch=config.run.batch_size, micro_batch=micro)
+
+
+def train_two_steps(rank: int, backend: str, zero_stage: int):
+    config = equivalence_config()
+    sync = make_sync(backend, zero_stage, config)
+    trainer = Trainer(config, camera_pool=random_cameras(16), sync=sync)
+    local = config.run.batch_size // sync.world_size
+    for step in range(2):
+        images, cameras = global_batch(step)
+        mine = slice(rank * local, (rank + 1) * local)
+        trainer.train_step(images[mine], cameras[mine])
+    return {"networks": networks(trainer), "nimg": trainer.nimg, "stats": trainer.stats.collect(sync)}
+
+
+@pytest.mark.parametrize("backend,zero_stage", BACKENDS)
+def test_two_workers_match_one_worker_with_accumulation(backend, zero_stage):
+    """2 workers x 2 micro-batches of 1 == 1 worker x 4 micro-batches of 1, through every phase (the R1
+    double backward included) for two steps, and the reported statistics are those of the global batch."""
+    needs(backend)
+    config = equivalence_config()
+    assert accumulation(config, 1) == (1, 4) and accumulation(config, 2) == (1, 2)
+    reference_sync = ZeroFilledGradients() if zero_stage == 1 else SingleProcess()
+    single = Trainer(config, camera_pool=random_cameras(16), sync=reference_sync)
+    for step in range(2):
+        single.train_step(*global_batch(step))
+    expected, expected_stats = networks(single), single.stats.collect()
+
+    results = run_on_workers(train_two_steps, 2, args=(backend, zero_stage))
+    for result in results:
+        assert result["nimg"] == single.nimg == 8
+        assert result["networks"].keys() == expected.keys()
+        for name, value in expected.items():
+            if name.endswith("w_avg"):  # a running mean: ranks average theirs, one process chains them
+                torch.testing.assert_close(result["networks"][name], results[0]["networks"][name], rtol=0, atol=0)
+                torch.testing.assert_close(result["networks"][name], value, rtol=0, atol=1e-4, msg=name)
+                continue
+            torch.testing.assert_close(result["networks"][name], value, rtol=1e-4, atol=2e-6, msg=name)
+        assert result["stats"].keys() == expected_stats.keys()
+        for name, value in expected_stats.items():
+            assert result["stats"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    assert any(not torch.equal(v, single.G.state_dict()[k[2:]]) for k, v in networks(
+        Trainer(config, camera_pool=random_cameras(16))).items() if k.startswith("G.")), "training moved G"
+
+
+def poisoned_step(rank: int, backend: str, zero_stage: int):
+    config = equivalence_config()
+    trainer = Trainer(config, camera_pool=random_cameras(16), sync=make_sync(backend, zero_stage, config))
+    before = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+    images, cameras = global_batch(0, n=2)
+    if rank == 1:
+        images[1, 0, 0, 0] = float("nan")  # only rank 1 sees it: every rank must still skip together
+    trainer.train_step(images[rank:rank + 1], cameras[rank:rank + 1])
+    unchanged = all(torch.equal(v, before[k]) for k, v in trainer.D.state_dict().items())
+    return {"skipped": dict(trainer.skipped_steps), "D_unchanged": unchanged}
+
+
+@pytest.mark.parametrize("backend,zero_stage", BACKENDS)
+def test_a_nonfinite_gradient_on_one_rank_skips_the_step_on_all(backend, zero_stage):
+    needs(backend)
+    results = run_on_workers(poisoned_step, 2, args=(backend, zero_stage))
+    for result in results:
+        assert result["skipped"] == {"G": 0, "D": 2}  # Dmain and Dreg; G never sees the real images
+        assert result["D_unchanged"]
+
+
+def test_world_sizes_that_cannot_split_the_batch_are_rejected():
+    config = micro_config("run.batch_size=8", "run.micro_batch=2")
+    assert accumulation(config, 1) == (2, 4)
+    assert accumulation(config, 2) == (2, 2)
+    assert accumulation(config, 4) == (2, 1)
+    assert accumulation(config, 8) == (1, 1)  # fewer images per worker than a micro-batch: one at a time
+    with pytest.raises(ValueError, match=r"run.batch_size \(8\) cannot be split evenly over 3 workers"):
+        accumulation(config, 3)
+    from eg3d.config import validate
+
+    with pytest.raises(ValueError, match="3 workers"):
+        validate(micro_config("run.batch_size=8", "distributed.min_workers=2", "distributed.max_workers=4"))
