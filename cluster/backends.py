@@ -131,7 +131,14 @@ class DeepSpeedSync(DistributedSync):
         engine.zero_grad()
 
     def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict:
-        return self.engines[id(optimizer)].optimizer.state_dict()
+        state = self.engines[id(optimizer)].optimizer.state_dict()
+        if self.optimizer_sharded:
+            # DeepSpeed's elastic loader wants a step count per parameter group, as its own Adam keeps;
+            # torch's Adam keeps it per parameter, in the state that is saved and restored anyway.
+            from deepspeed.checkpoint.constants import BASE_OPTIMIZER_STATE_STEP
+
+            state.setdefault(BASE_OPTIMIZER_STATE_STEP, None)
+        return state
 
     def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, states: list[dict]) -> None:
         wrapped = self.engines[id(optimizer)].optimizer

@@ -85,7 +85,10 @@ def storage_for_ray(storage_url: str):
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         options["region"] = region
-    return storage_url.removeprefix("s3://").rstrip("/"), pyarrow.fs.S3FileSystem(**options)
+    # Delayed open: a small object goes up in one PUT rather than a multipart upload, which some
+    # S3-compatible stores (moto among them) reject for empty objects such as Ray's storage marker.
+    filesystem = pyarrow.fs.S3FileSystem(allow_delayed_open=True, **options)
+    return storage_url.removeprefix("s3://").rstrip("/"), filesystem
 
 
 def cpus_per_worker(config, started_locally: bool) -> float:

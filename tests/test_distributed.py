@@ -131,3 +131,38 @@ def test_world_sizes_that_cannot_split_the_batch_are_rejected():
 
     with pytest.raises(ValueError, match="3 workers"):
         validate(micro_config("run.batch_size=8", "distributed.min_workers=2", "distributed.max_workers=4"))
+
+
+def first_step_state(rank: int, backend: str, zero_stage: int):
+    config = equivalence_config()
+    sync = make_sync(backend, zero_stage, config)
+    trainer = Trainer(config, camera_pool=random_cameras(16), sync=sync)
+    images, cameras = global_batch(0)
+    trainer.train_step(images[rank * 2:rank * 2 + 2], cameras[rank * 2:rank * 2 + 2])
+    return {"common": trainer.state_dict(), "shard": trainer.optimizer_state_dicts()}
+
+
+def second_step_from(rank: int, backend: str, zero_stage: int, saved: list[dict]):
+    config = equivalence_config()
+    trainer = Trainer(config, camera_pool=random_cameras(16), sync=make_sync(backend, zero_stage, config))
+    shards = [s["shard"] for s in saved] if trainer.sync.optimizer_sharded else None
+    trainer.load_state_dict(saved[0]["common"], optimizer_shards=shards)
+    trainer.train_step(*global_batch(1))
+    return networks(trainer)
+
+
+@pytest.mark.parametrize("backend,zero_stage", BACKENDS)
+def test_optimizer_state_saved_by_two_workers_resumes_on_one(backend, zero_stage):
+    """Step 0 on two workers, step 1 on one worker from their saved state == both steps in one process:
+    the optimizer moments (sharded at ZeRO 1) carry over to another world size."""
+    needs(backend)
+    config = equivalence_config()
+    single = Trainer(config, camera_pool=random_cameras(16),
+                     sync=ZeroFilledGradients() if zero_stage == 1 else SingleProcess())
+    for step in range(2):
+        single.train_step(*global_batch(step))
+    saved = run_on_workers(first_step_state, 2, args=(backend, zero_stage))
+    [resumed] = run_on_workers(second_step_from, 1, args=(backend, zero_stage, saved))
+    for name, value in networks(single).items():
+        tolerance = dict(rtol=0, atol=1e-4) if name.endswith("w_avg") else dict(rtol=1e-4, atol=2e-6)
+        torch.testing.assert_close(resumed[name], value, msg=name, **tolerance)

@@ -8,39 +8,41 @@ import torch
 from PIL import Image
 
 from conftest import MICRO_OVERRIDES
-from dataloading.shard_reader import BACKENDS
+from cluster.checkpoints import CheckpointStore
 from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 from eg3d.snapshot import load_generator, render
 from eg3d.synthetic import generate_dataset
 from eg3d.train import main as train_main
-from eg3d.training_loop import load_latest_checkpoint
 
 
-def cli_args(out, kimg, *extra):
+def cli_args(storage, kimg, *extra, name="run"):
     overrides = MICRO_OVERRIDES + ["data.synthetic_count=12", "run.log_kimg=0.004", "run.checkpoint_kimg=0.008",
                                    "run.snapshot_kimg=0.008", "run.keep_checkpoints=2"]
-    return ["--preset", "tiny", "--out", str(out), "--kimg", str(kimg)] + [a for o in overrides for a in ("--set", o)] \
-        + list(extra)
+    return ["--preset", "tiny", "--storage", str(storage), "--name", name, "--kimg", str(kimg)] + \
+        [a for o in overrides for a in ("--set", o)] + list(extra)
+
+
+def log_records(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
 
 
 @pytest.mark.slow
 def test_train_writes_logs_checkpoints_snapshots_and_resumes(tmp_path):
+    """The embedded default's path (local Ray, synthetic data, one worker), then the same command resumes."""
     out = tmp_path / "run"
-    assert train_main(cli_args(out, 0.008)) == 0
+    assert train_main(cli_args(tmp_path, 0.008)) == 0
     assert (out / "synthetic-data" / "dataset.json").is_file()
     assert (out / "shards" / "manifest.json").is_file()
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    records = log_records((out / "log.jsonl").read_text())
     assert [r["kimg"] for r in records] == [0.004, 0.008]
     for key in ("loss/G", "loss/D", "scores/real", "scores/fake", "blur_sigma", "images_per_second"):
         assert np.isfinite(records[-1][key]), key
-    first = load_latest_checkpoint(out)
-    assert first["trainer"]["nimg"] == 8
+    assert CheckpointStore(str(out)).latest().nimg == 8
 
-    assert train_main(cli_args(out, 0.024)) == 0  # the same command with a longer target resumes
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert train_main(cli_args(tmp_path, 0.024)) == 0  # the same command with a longer target resumes
+    records = log_records((out / "log.jsonl").read_text())
     assert [r["kimg"] for r in records] == [0.004, 0.008, 0.012, 0.016, 0.02, 0.024]
-    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*.pt"))
-    assert checkpoints == ["checkpoint-000000016.pt", "checkpoint-000000024.pt"]  # keep 2
+    assert [c.nimg for c in CheckpointStore(str(out)).published()] == [24, 16]  # keep 2
     snapshots = sorted(p.name for p in (out / "snapshots").iterdir())
     assert snapshots == ["snapshot-000000008", "snapshot-000000016", "snapshot-000000024"]  # never deleted
 
@@ -48,7 +50,7 @@ def test_train_writes_logs_checkpoints_snapshots_and_resumes(tmp_path):
     G = load_generator(out / "snapshots" / "snapshot-000000024")
     grid = Image.open(out / "snapshots" / "snapshot-000000024" / "grid.png")
     assert grid.size == (10 * 32, 4 * 32)  # 5 cameras x (image + depth), 4 latent codes
-    state = load_latest_checkpoint(out)["trainer"]
+    state = CheckpointStore(str(out)).latest().load_torch("trainer.pt")
     for name, value in G.state_dict().items():
         assert torch.equal(value, state["G_ema"][name]), name
     z = torch.randn(2, G.model_config.z_dim)
@@ -69,18 +71,36 @@ def test_dataset_resolution_mismatch_names_the_dataset(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_train_from_a_manifest_on_s3(tmp_path, moto_server):
+@pytest.mark.parametrize("backend", ["ddp", "deepspeed"])
+def test_two_workers_from_s3_shards_to_s3_snapshots(tmp_path, moto_server, backend):
+    """Two Ray Train workers read s3:// shards and write checkpoints, snapshots and the log to s3://."""
+    if backend == "deepspeed":
+        pytest.importorskip("deepspeed")
+    from dataloading import storage
     from dataloading.build import build
 
     data = tmp_path / "data"
     generate_dataset(data, count=8, resolution=32, seed=0)
-    build(str(data), f"s3://{BUCKET}/train-cli/shards", workers=1, progress=False)
-    for backend in BACKENDS:  # pytorch, and dali where installed (CI installs it)
-        out = tmp_path / f"run-{backend}"
-        args = cli_args(out, 0.008, "--data", f"s3://{BUCKET}/train-cli/shards", "--set", f"data.backend={backend}")
-        assert train_main(args) == 0
-        assert load_latest_checkpoint(out)["trainer"]["nimg"] == 8
-        assert not (out / "shards").exists()  # read in place, not copied
+    shards = f"s3://{BUCKET}/train-cli/shards"
+    if not storage.exists(shards + "/manifest.json"):
+        build(str(data), shards, workers=1, progress=False)
+    run = f"s3://{BUCKET}/train-cli/runs/{backend}"
+    args = cli_args(f"s3://{BUCKET}/train-cli/runs", 0.016, "--data", shards, "--workers", "2", "--backend", backend,
+                    "--set", "distributed.zero_stage=1" if backend == "deepspeed" else "distributed.zero_stage=0",
+                    name=backend)
+    assert train_main(args) == 0
+    records = log_records(storage.read_bytes(run + "/log.jsonl").decode())
+    assert [(r["kimg"], r["world_size"]) for r in records] == [(0.004, 2), (0.008, 2), (0.012, 2), (0.016, 2)]
+    checkpoint = CheckpointStore(run).latest()
+    assert checkpoint.nimg == 16 and checkpoint.world_size == 2
+    expected_files = {"trainer.pt", "data-rank0000.json", "data-rank0001.json"}
+    if backend == "deepspeed":
+        expected_files |= {"optimizer-rank0000.pt", "optimizer-rank0001.pt"}
+    assert set(checkpoint.manifest["files"]) == expected_files
+    for nimg in (8, 16):
+        listing = storage.list(f"{run}/snapshots/snapshot-{nimg:09d}")
+        assert set(listing) == {"G_ema.safetensors", "config.json", "grid.png"}
+    assert not (tmp_path / "shards").exists()  # read in place, not copied
 
 
 def test_snapshot_without_weights_is_a_clear_error(tmp_path):

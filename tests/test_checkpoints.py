@@ -1,0 +1,74 @@
+"""Checkpoints are complete or absent, on a local folder and on S3 (moto's server on 127.0.0.1)."""
+
+import json
+
+import pytest
+
+from cluster.checkpoints import CheckpointStore
+from dataloading import storage
+from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
+
+
+@pytest.fixture(params=["local", "s3"])
+def run_url(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "run")
+    request.getfixturevalue("moto_server")
+    return f"s3://{BUCKET}/checkpoint-tests/{tmp_path.name}"
+
+
+def publish(store: CheckpointStore, nimg: int, payload: bytes = b"state", keep: int = 3) -> str:
+    folder = store.new_folder_name(nimg)
+    entries = store.write_files(folder, {"trainer.pt": payload, "data-rank0000.json": b"{}"})
+    store.publish(folder, nimg=nimg, world_size=1, files=entries, keep=keep)
+    return folder
+
+
+def test_the_newest_complete_checkpoint_wins(run_url):
+    store = CheckpointStore(run_url)
+    assert store.latest() is None
+    publish(store, 8, b"eight")
+    publish(store, 16, b"sixteen")
+    latest = store.latest()
+    assert latest.nimg == 16 and latest.read_bytes("trainer.pt") == b"sixteen"
+
+    # A crash after writing files but before the manifest: not a checkpoint.
+    store.write_files(store.new_folder_name(24), {"trainer.pt": b"twenty-four"})
+    assert store.latest().nimg == 16
+
+    # A manifest whose file went missing or was truncated: skipped for the previous one.
+    folder = publish(store, 32, b"thirty-two")
+    storage.write_bytes_atomic(storage.join(store.url, folder, "trainer.pt"), b"short")
+    assert store.latest().nimg == 16
+    storage.delete(storage.join(store.url, folder, "trainer.pt"))
+    assert store.latest().nimg == 16
+
+
+def test_pruning_keeps_the_newest_and_removes_orphans(run_url):
+    store = CheckpointStore(run_url)
+    orphan = store.new_folder_name(4)
+    store.write_files(orphan, {"trainer.pt": b"never published"})
+    folders = [publish(store, nimg, keep=2) for nimg in (8, 16, 24)]
+    names = storage.list(store.url)
+    assert sorted(names) == sorted(f + ".json" for f in folders[1:])
+    assert [c.nimg for c in store.published()] == [24, 16]
+    assert not storage.exists(storage.join(store.url, folders[0], "trainer.pt"))
+    assert not storage.exists(storage.join(store.url, orphan, "trainer.pt"))
+    assert storage.exists(storage.join(store.url, folders[1], "trainer.pt"))
+
+
+def test_a_corrupted_file_is_named(run_url):
+    store = CheckpointStore(run_url)
+    folder = publish(store, 8, b"original")
+    storage.write_bytes_atomic(storage.join(store.url, folder, "trainer.pt"), b"tampered")  # same size
+    with pytest.raises(ValueError, match=r"trainer.pt: content does not match the SHA-256"):
+        store.latest().read_bytes("trainer.pt")
+
+
+def test_manifests_name_every_file_with_size_and_hash(run_url):
+    store = CheckpointStore(run_url)
+    folder = publish(store, 8, b"abc")
+    manifest = json.loads(storage.read_bytes(storage.join(store.url, folder + ".json")))
+    assert manifest["nimg"] == 8 and manifest["folder"] == folder
+    assert manifest["files"]["trainer.pt"] == {
+        "size": 3, "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}  # sha256("abc")
