@@ -7,6 +7,7 @@ give the same run, so the same command resumes it. Workers train with `eg3d.trai
 newest complete checkpoint under `{storage}/{name}/checkpoints/`.
 """
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -49,8 +50,18 @@ def worker_loop(job: dict) -> None:
     micro_batch, _ = accumulation(config, ray.train.get_context().get_world_size())
     sync = make_sync(config.distributed.backend, zero_stage=config.distributed.zero_stage,
                      global_batch=config.run.batch_size, micro_batch=micro_batch)
+    quiet_ray_train_reports()
     train(config, manifest_url=job.manifest_url, run_url=job.run_url, sync=sync, device=device,
-          report=ray.train.report, log=lambda line: print(line, flush=True))
+          report=ray.train.report, log=logging.getLogger("eg3d").info)  # a print would reach the driver twice
+
+
+def quiet_ray_train_reports() -> None:
+    """Ray Train logs every report with all its metrics; our own status line says what matters."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # an internal module: if it moves, the reports are merely verbose
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def connect() -> bool:
