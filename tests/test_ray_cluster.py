@@ -1,0 +1,181 @@
+"""A real Ray cluster on 127.0.0.1 (`ray start --head`, then a second node): `ray job submit`, elastic
+growth, a worker killed at a random moment, and the driver killed and rerun. Data and runs live on
+moto's S3 server, as they would on a cluster.
+
+The tests share one cluster and run in order: the head offers 1 CPU; the elastic test adds a second
+node, which the fault tests then use for two workers.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from cluster.checkpoints import CheckpointStore
+from conftest import MICRO_OVERRIDES
+from dataloading import storage
+from distributed_helpers import free_port
+from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.slow
+
+PREFIX = f"s3://{BUCKET}/ray-cluster"
+OVERRIDES = MICRO_OVERRIDES + ["data.synthetic_count=12", "run.log_kimg=0.004", "run.checkpoint_kimg=0.008",
+                               "run.snapshot_kimg=0.008", "run.keep_checkpoints=2", "distributed.cpus_per_worker=1",
+                               "distributed.resize_check_seconds=2"]
+
+
+class LocalCluster:
+    def __init__(self, env: dict):
+        self.env = env
+        self.temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.nodes = 1
+        self.ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}", "--num-cpus=1",
+                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                 f"--temp-dir={self.temp_dir}", "--disable-usage-stats")
+
+    def ray(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        result = subprocess.run(["ray", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, f"ray {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def add_node(self) -> None:
+        self.ray("start", f"--address={self.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                 "--disable-usage-stats")
+        self.nodes += 1
+
+    def stop(self) -> None:
+        subprocess.run(["ray", "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(moto_server):
+    # The head and its workers take the S3 endpoint and test credentials from this environment.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+    cluster = LocalCluster(env)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def train_command(name: str, kimg: float, *extra: str) -> list[str]:
+    command = [sys.executable, "-m", "eg3d.train", "--preset", "tiny", "--storage", f"{PREFIX}/runs", "--name", name,
+               "--kimg", str(kimg), "--data", f"{PREFIX}/shards"]
+    return command + [a for o in OVERRIDES for a in ("--set", o)] + list(extra)
+
+
+@pytest.fixture(scope="module")
+def shards(moto_server, tmp_path_factory):
+    from dataloading.build import build
+    from eg3d.synthetic import generate_dataset
+
+    data = tmp_path_factory.mktemp("ray-data") / "data"
+    generate_dataset(data, count=12, resolution=32, seed=0)
+    build(str(data), f"{PREFIX}/shards", workers=1, progress=False)
+    return f"{PREFIX}/shards"
+
+
+def log_records(name: str) -> list[dict]:
+    return [json.loads(line) for line in storage.read_bytes(f"{PREFIX}/runs/{name}/log.jsonl").decode().splitlines()]
+
+
+def wait_for_checkpoint(name: str, process: subprocess.Popen, timeout: float = 240) -> None:
+    store = CheckpointStore(f"{PREFIX}/runs/{name}")
+    deadline = time.monotonic() + timeout
+    while store.latest() is None:
+        assert process.poll() is None, f"the run ended before its first checkpoint:\n{process.communicate()[0]}"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.5)
+
+
+def start_driver(cluster: LocalCluster, command: list[str]) -> subprocess.Popen:
+    env = {**cluster.env, "RAY_ADDRESS": cluster.address}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 400) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-5000:]
+    return output
+
+
+def assert_contiguous(records: list[dict], total_kimg: float) -> None:
+    """One log record per 4 images from the first to the last: a resume neither repeats nor skips."""
+    assert [round(r["kimg"] * 1000) for r in records] == list(range(4, round(total_kimg * 1000) + 1, 4))
+
+
+def test_ray_job_submit_trains_from_s3_to_s3(ray_cluster, shards):
+    entrypoint = ["python", *train_command("submitted", 0.016)[1:]]  # the cluster's own interpreter
+    command = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{ray_cluster.dashboard_port}", "--", *entrypoint]
+    result = subprocess.run(command, env=ray_cluster.env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout + result.stderr
+    assert_contiguous(log_records("submitted"), 0.016)
+    assert CheckpointStore(f"{PREFIX}/runs/submitted").latest().nimg == 16
+    assert storage.exists(f"{PREFIX}/runs/submitted/snapshots/snapshot-000000016/config.json")
+
+
+def test_elastic_run_grows_when_a_node_joins(ray_cluster, shards):
+    driver = start_driver(ray_cluster, train_command("elastic", 0.12, "--workers", "1:2"))
+    wait_for_checkpoint("elastic", driver)
+    ray_cluster.add_node()
+    output = finish(driver)
+    assert "saved by 1 workers, now 2" in output  # the group restarted from a checkpoint at the new size
+    records = log_records("elastic")
+    assert_contiguous(records, 0.12)
+    sizes = [r["world_size"] for r in records]
+    assert sizes[0] == 1 and sizes[-1] == 2 and sizes == sorted(sizes), output[-3000:]
+    for record in records:  # the effective batch stays the configured one
+        assert record["micro_batch"] * record["accumulation_steps"] * record["world_size"] == 4
+    assert CheckpointStore(f"{PREFIX}/runs/elastic").latest().nimg == 120
+
+
+def ray_train_worker_pids() -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_a_worker_killed_at_a_random_moment_is_replaced(ray_cluster, shards):
+    if ray_cluster.nodes < 2:
+        ray_cluster.add_node()
+    moment = random.Random().uniform(0, 3)
+    print(f"killing a worker {moment:.2f} s after the first checkpoint")
+    driver = start_driver(ray_cluster, train_command("killed-worker", 0.1, "--workers", "2"))
+    wait_for_checkpoint("killed-worker", driver)
+    time.sleep(moment)
+    pids = ray_train_worker_pids()
+    assert len(pids) == 2, pids
+    os.kill(random.choice(pids), signal.SIGKILL)
+    output = finish(driver)
+    assert "resumed from" in output
+    records = log_records("killed-worker")
+    assert_contiguous(records, 0.1)
+    assert CheckpointStore(f"{PREFIX}/runs/killed-worker").latest().nimg == 100
+    assert {r["world_size"] for r in records} == {2}
+
+
+def test_a_killed_driver_resumes_when_the_command_is_rerun(ray_cluster, shards):
+    command = train_command("killed-driver", 0.06, "--workers", "2")
+    driver = start_driver(ray_cluster, command)
+    wait_for_checkpoint("killed-driver", driver)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while ray_train_worker_pids():  # Ray ends a dead driver's actors
+        assert time.monotonic() < deadline, "workers outlived their driver"
+        time.sleep(0.5)
+    first = CheckpointStore(f"{PREFIX}/runs/killed-driver").latest().nimg
+    assert first < 60
+    output = finish(start_driver(ray_cluster, command))
+    assert "resumed from" in output
+    assert_contiguous(log_records("killed-driver"), 0.06)
+    assert CheckpointStore(f"{PREFIX}/runs/killed-driver").latest().nimg == 60
