@@ -4,11 +4,10 @@
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import Conv2d, FullyConnected, MappingNetwork
+from .layers import Conv2d, FullyConnected, MappingNetwork, resize_bilinear
 
 
 class DiscriminatorBlock(nn.Module):
@@ -80,8 +79,7 @@ class DualDiscriminator(nn.Module):
     def forward(self, image: torch.Tensor, image_raw: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Logits [N, 1] for final images [N,3,R,R], raw images [N,3,r,r] and cameras [N,25]."""
         if image_raw.shape[-1] != image.shape[-1]:
-            image_raw = F.interpolate(image_raw, size=image.shape[-2:], mode="bilinear", align_corners=False,
-                                      antialias=True)
+            image_raw = resize_bilinear(image_raw, image.shape[-2:])
         x, img = None, torch.cat([image, image_raw], dim=1)
         for block in self.blocks:
             x = block(x, img)

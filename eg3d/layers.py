@@ -266,3 +266,13 @@ class SynthesisNetwork(nn.Module):
             x, img = block(x, img, ws.narrow(1, w_index, block.num_ws), noise_mode=noise_mode)
             w_index += block.num_ws - 1
         return img
+
+
+def resize_bilinear(images: torch.Tensor, size: int | tuple[int, int], *, antialias: bool = True) -> torch.Tensor:
+    """Bilinear resize (antialiased by default). bfloat16 input is resized in float32, as PyTorch has no
+    bfloat16 kernel for the antialiased path (autocast leaves interpolation alone), and cast back."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if images.dtype in (torch.float32, torch.float64):
+        return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+    return F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False,
+                         antialias=antialias).to(images.dtype)

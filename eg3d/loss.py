@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
-from .layers import upfirdn2d
+from .layers import resize_bilinear, upfirdn2d
 from .stats import StatsReporter
 
 
@@ -55,7 +55,7 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
     if images.shape[-1] == resolution:
         return images
-    return F.interpolate(images, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+    return resize_bilinear(images, resolution)
 
 
 def swap_conditioning(c: torch.Tensor, prob: float | None) -> torch.Tensor:

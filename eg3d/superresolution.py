@@ -5,10 +5,9 @@ for 2x (128 from 64, 256 from 128, the tiny preset's 64 from 32) the first keeps
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .layers import SynthesisBlock
+from .layers import SynthesisBlock, resize_bilinear
 
 
 class SuperResolution(nn.Module):
@@ -29,8 +28,7 @@ class SuperResolution(nn.Module):
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == self.input_resolution:
             return x
-        return F.interpolate(x, size=(self.input_resolution, self.input_resolution), mode="bilinear",
-                             align_corners=False, antialias=self.antialias)
+        return resize_bilinear(x, self.input_resolution, antialias=self.antialias)
 
     def forward(self, rgb: torch.Tensor, features: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
         ws = ws[:, -1:].expand(-1, self.num_ws, -1)  # only the last w, repeated

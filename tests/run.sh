@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The CPU build of torch first, so that resolving the project never pulls a CUDA build.
 python -c "import torch" 2>/dev/null || pip install --quiet torch==2.13.0
-pip install --quiet -e ".[test,dali]"  # DALI runs CPU pipelines here
+pip install --quiet -e ".[test,dali,deepspeed]"  # DALI runs CPU pipelines here, DeepSpeed its CPU accelerator
 set +e
 python -m pytest "$@"
 status=$?

@@ -58,6 +58,12 @@ def test_bad_overrides_name_the_key(override, named):
     ("rendering.ray_start=3.5", "rendering.ray_start"),
     ("rendering.ray_end=null", "rendering.ray_end"),
     ("data.backend=tensorflow", "data.backend"),
+    ("run.precision=fp16", "run.precision"),
+    ("distributed.backend=horovod", "distributed.backend"),
+    ("distributed.zero_stage=2", "distributed.zero_stage"),
+    ("distributed.use_gpu=yes", "distributed.use_gpu"),
+    ("distributed.min_workers=0", "distributed.min_workers"),
+    ("distributed.max_workers=3", "cannot be split evenly over 3 workers"),
 ])
 def test_inconsistent_configs_are_rejected(override, named):
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
@@ -76,8 +82,10 @@ def test_unknown_preset_is_a_clear_error():
 
 
 def test_cli_reports_bad_override_and_exits_2(capsys, tmp_path):
-    assert train_main(["--out", str(tmp_path), "--set", "loss.bogus=1"]) == 2
+    assert train_main(["--storage", str(tmp_path), "--set", "loss.bogus=1"]) == 2
     assert "loss.bogus" in capsys.readouterr().err
+    assert train_main(["--storage", str(tmp_path), "--workers", "two"]) == 2
+    assert "--workers 'two'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
 
 

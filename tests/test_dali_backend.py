@@ -1,6 +1,5 @@
 """The "dali" backend of ShardReader: same plan, same batches and same resume as the pytorch backend."""
 
-import numpy as np
 import pytest
 import torch
 

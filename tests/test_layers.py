@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from eg3d.discriminator import minibatch_stddev
 from eg3d.layers import (Conv2d, FullyConnected, MappingNetwork, SynthesisLayer, SynthesisNetwork, ToRGB,

@@ -254,3 +254,18 @@ def test_density_regularization_is_l1_between_perturbed_points():
     expected = (both[:, :50] - both[:, 50:]).abs().mean().item() * 0.25
     assert reported == pytest.approx(expected, rel=1e-5)
     assert a.shape == (2, 50, 1)
+
+
+def test_bf16_precision_autocasts_the_forward_passes_and_keeps_fp32_state():
+    trainer = Trainer(micro_config("run.precision=bf16"), camera_pool=random_cameras(8))
+    before = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    conv_output_dtypes = set()
+    for module in trainer.D.modules():
+        if type(module).__name__ == "Conv2d":
+            module.register_forward_hook(lambda m, inputs, output: conv_output_dtypes.add(output.dtype))
+    trainer.train_step(*real_batch(0))
+    assert torch.bfloat16 in conv_output_dtypes  # (a float32 bias added afterwards promotes some outputs)
+    stats = trainer.stats.collect()
+    assert all(math.isfinite(stats[k]) for k in ("loss/G", "loss/D", "loss/D_r1")), stats
+    assert all(p.dtype == torch.float32 for p in [*trainer.G.parameters(), *trainer.D.parameters()])
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.G.state_dict().items())
