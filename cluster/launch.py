@@ -71,11 +71,10 @@ def connect() -> bool:
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS")
-    forwarded = {k: os.environ[k] for k in FORWARDED_ENVIRONMENT if k in os.environ}
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    ray.init(include_dashboard=False, runtime_env={"env_vars": forwarded} if forwarded else None)
+    ray.init(include_dashboard=False)
     return True
 
 
@@ -143,12 +142,14 @@ def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_loca
     job = Job(config=config.to_dict(), manifest_url=manifest_url, run_url=storage.join(storage_url, name),
               cpus_per_worker=cpus)
     resources = {"CPU": cpus, **({"GPU": 1} if gpu else {})}
+    forwarded = {k: os.environ[k] for k in FORWARDED_ENVIRONMENT if k in os.environ}
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config=vars(job),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources,
                                      elastic_resize_monitor_interval_s=d.resize_check_seconds),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
-                             failure_config=FailureConfig(max_failures=d.max_failures)),
+                             failure_config=FailureConfig(max_failures=d.max_failures),
+                             worker_runtime_env={"env_vars": forwarded} if forwarded else None),
     )
     trainer.fit()

@@ -1,8 +1,8 @@
 """The training step of one worker: phases over micro-batches, optimizer steps, EMA.
 
 The trainer does not know which launcher runs it. How gradients are accumulated, reduced across
-workers and applied is the job of a `GradientSync` (`SingleProcess` here; DDP and DeepSpeed in
-`cluster.backends`). Everything that determines the future of a run (networks, optimizers, images seen)
+workers and applied is the job of its gradient sync (`SingleProcess` here; DDP and DeepSpeed subclass
+it in `cluster.backends`). Everything that determines the future of a run (networks, optimizers, images seen)
 is in `state_dict()`; all randomness of a step is seeded from (seed, step, phase, first sample), so a
 step draws the same latents, cameras and noise however the global batch is spread over workers and
 micro-batches of a given size, and a resumed run continues exactly.
