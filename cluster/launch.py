@@ -7,6 +7,7 @@ give the same run, so the same command resumes it. Workers train with `eg3d.trai
 newest complete checkpoint under `{storage}/{name}/checkpoints/`.
 """
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -14,10 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from dataloading import storage
+from monitoring.exporter import PrometheusExporter, targets_url, write_targets
 
 # Forwarded to the workers so that they reach the same object store as the driver. Credentials are not
 # forwarded (they would show in Ray's dashboard): workers take them from their own environment.
 FORWARDED_ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+DRIVER_SUFFIX = "-driver"  # the driver's Prometheus targets file, beside the workers' (rank 0 rewrites that)
 
 
 @dataclass
@@ -26,8 +29,13 @@ class Job:
 
     config: dict  # TrainConfig.to_dict()
     manifest_url: str
-    run_url: str
+    storage_url: str
+    name: str
     cpus_per_worker: float
+
+    @property
+    def run_url(self) -> str:
+        return storage.join(self.storage_url, self.name)
 
 
 def worker_loop(job: dict) -> None:
@@ -51,8 +59,41 @@ def worker_loop(job: dict) -> None:
     sync = make_sync(config.distributed.backend, zero_stage=config.distributed.zero_stage,
                      global_batch=config.run.batch_size, micro_batch=micro_batch)
     quiet_ray_train_reports()
-    train(config, manifest_url=job.manifest_url, run_url=job.run_url, sync=sync, device=device,
-          report=ray.train.report, log=logging.getLogger("eg3d").info)  # a print would reach the driver twice
+    exporter = start_exporter(job, config, sync)
+    try:
+        train(config, manifest_url=job.manifest_url, run_url=job.run_url, sync=sync, device=device,
+              report=functools.partial(report, exporter, sync.rank),
+              log=logging.getLogger("eg3d").info)  # a print would reach the driver twice
+    finally:
+        if exporter is not None:
+            exporter.close()
+
+
+def start_exporter(job: Job, config, sync):
+    """This worker's /metrics (None when telemetry.metrics_port is 0). For a run on local storage, rank 0
+    writes where every worker listens for monitoring/prometheus/local.yml to find."""
+    import ray.train
+
+    telemetry = config.telemetry
+    if not telemetry.metrics_port:
+        return None
+    local_rank = ray.train.get_context().get_local_rank()
+    exporter = PrometheusExporter(run=job.name, rank=sync.rank, host=telemetry.metrics_host,
+                                  port=telemetry.metrics_port + 1 + local_rank)
+    logging.getLogger("eg3d").info(f"rank {sync.rank}: metrics on http://{exporter.host}:{exporter.port}/metrics")
+    endpoints = sync.all_gather_object((exporter.host, exporter.port))
+    if sync.rank == 0 and storage.is_local(job.storage_url):
+        write_targets(targets_url(job.storage_url, job.name), job.name, dict(enumerate(endpoints)))
+    return exporter
+
+
+def report(exporter, rank: int, record: dict) -> None:
+    """A log interval's record: to this worker's /metrics, and its run-wide part to Ray Train."""
+    import ray.train
+
+    if exporter is not None:
+        exporter.update(record, record["ranks"][rank])
+    ray.train.report({key: value for key, value in record.items() if key != "ranks"})
 
 
 def quiet_ray_train_reports() -> None:
@@ -118,16 +159,37 @@ def use_gpu(config) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0 if choice == "auto" else choice == "true"
 
 
-def launch(config, *, manifest_url: str, storage_url: str, name: str) -> None:
-    """Run (or resume) the training run `name` under `storage_url` on the Ray cluster."""
+def launch(config, *, manifest_url: str, storage_url: str, name: str,
+           driver_record: tuple[dict, dict] = ({}, {})) -> None:
+    """Run (or resume) the training run `name` under `storage_url` on the Ray cluster. `driver_record`:
+    the driver's (run-wide, own) values for its /metrics."""
     import ray
 
+    exporter = start_driver_exporter(config, storage_url=storage_url, name=name)
+    if exporter is not None:
+        exporter.update(*driver_record)
     started_locally = connect()
     try:
         _fit(config, manifest_url=manifest_url, storage_url=storage_url, name=name, started_locally=started_locally)
     finally:
         if started_locally:
             ray.shutdown()
+        if exporter is not None:
+            exporter.close()
+            if storage.is_local(storage_url):  # the run is over: a local Prometheus stops looking for it
+                for suffix in ("", DRIVER_SUFFIX):
+                    storage.delete(targets_url(storage_url, name + suffix))
+
+
+def start_driver_exporter(config, *, storage_url: str, name: str):
+    telemetry = config.telemetry
+    if not telemetry.metrics_port:
+        return None
+    exporter = PrometheusExporter(run=name, rank="driver", host=telemetry.metrics_host, port=telemetry.metrics_port)
+    print(f"driver metrics on http://{exporter.host}:{exporter.port}/metrics")
+    if storage.is_local(storage_url):
+        write_targets(targets_url(storage_url, name + DRIVER_SUFFIX), name, {"driver": (exporter.host, exporter.port)})
+    return exporter
 
 
 def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_locally: bool) -> None:
@@ -139,7 +201,7 @@ def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_loca
     gpu = use_gpu(config)
     workers = d.max_workers if d.min_workers == d.max_workers else (d.min_workers, d.max_workers)
     storage_path, filesystem = storage_for_ray(storage_url)
-    job = Job(config=config.to_dict(), manifest_url=manifest_url, run_url=storage.join(storage_url, name),
+    job = Job(config=config.to_dict(), manifest_url=manifest_url, storage_url=storage_url, name=name,
               cpus_per_worker=cpus)
     resources = {"CPU": cpus, **({"GPU": 1} if gpu else {})}
     forwarded = {k: os.environ[k] for k in FORWARDED_ENVIRONMENT if k in os.environ}

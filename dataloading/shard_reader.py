@@ -362,7 +362,7 @@ class _Producer:
             epoch, position = epoch + 1, 0
 
     def _batch(self, pool: ThreadPoolExecutor, chunk):
-        decoded = list(pool.map(lambda sample: _decode(self.manifest, sample[3], sample[4]), chunk))
+        decoded = list(pool.map(lambda sample: decode_sample(self.manifest, sample[3], sample[4]), chunk))
         images = np.stack([image for image, _ in decoded])
         cameras = torch.from_numpy(np.stack([camera for _, camera in decoded]))
         indices = torch.tensor([sample[3] for sample in chunk], dtype=torch.int64)
@@ -403,7 +403,7 @@ def _shard_of(manifest: Manifest, index: int) -> int:
     return int(np.searchsorted(firsts, index, side="right") - 1)
 
 
-def _decode(manifest: Manifest, index: int, members: dict[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
+def decode_sample(manifest: Manifest, index: int, members: dict[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [R,R,3] image and float32 [25] camera of one sample; errors name the sample."""
     where = f"{manifest.url}: sample {index}"
     try:

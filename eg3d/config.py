@@ -119,6 +119,28 @@ class DistributedConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Image quality measured at every snapshot: FID and KID with the Inception-v3 network, or, without its
+    weights, the same computation on a seeded random-feature network (labelled "random", never called FID)."""
+
+    extractor: str = "auto"  # "inception_v3", "random", or "auto" (inception_v3 when inception_weights is set)
+    inception_weights: str | None = None  # path or URL of pytorch-fid's pt_inception-2015-12-05 state dict
+    inception_sha256: str | None = None  # its SHA-256 (full, or a prefix of 8 or more hex digits)
+    num_generated: int = 50000  # generated images per measurement (split over the workers); 0: no measurement
+    num_real: int | None = None  # real images for the cached statistics; None: the whole dataset
+    batch_size: int = 32  # images per worker per feature-network forward pass
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    random_features_seed: int = 0
+
+
+@dataclass
+class TelemetryConfig:
+    metrics_host: str = "127.0.0.1"  # each worker's /metrics; 0.0.0.0 on a cluster, for Prometheus to reach it
+    metrics_port: int = 9400  # the driver's; local rank r's is metrics_port + 1 + r (a free one if taken); 0: off
+
+
+@dataclass
 class TrainConfig:
     preset: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -129,6 +151,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -235,6 +259,20 @@ def validate(config: TrainConfig) -> None:
     if not 1 <= d.min_workers <= d.max_workers:
         raise ValueError(f"config: need 1 <= distributed.min_workers ({d.min_workers}) <= "
                          f"distributed.max_workers ({d.max_workers})")
+    q = config.metrics
+    if q.extractor not in ("auto", "inception_v3", "random"):
+        raise ValueError(f"config: metrics.extractor must be auto, inception_v3 or random, got {q.extractor!r}")
+    if q.extractor == "inception_v3" and not q.inception_weights:
+        raise ValueError("config: metrics.extractor is inception_v3 but metrics.inception_weights (a path or URL) "
+                         "is not set")
+    if q.num_generated < 0 or (q.num_real is not None and q.num_real < 2) or q.batch_size < 1:
+        raise ValueError("config: metrics.num_generated must be >= 0, metrics.num_real null or >= 2, "
+                         "metrics.batch_size >= 1")
+    if q.num_generated and q.num_generated < 2 * d.max_workers:
+        raise ValueError(f"config: metrics.num_generated ({q.num_generated}) must be 0 or at least 2 per worker "
+                         f"(distributed.max_workers is {d.max_workers})")
+    if not 0 <= config.telemetry.metrics_port <= 65535:
+        raise ValueError(f"config: telemetry.metrics_port must be a TCP port or 0, got {config.telemetry.metrics_port}")
     for world_size in range(d.min_workers, d.max_workers + 1):
         micro = accumulation(config, world_size)[0]
         if micro % min(m.disc_mbstd_group, micro):

@@ -1,7 +1,8 @@
 """Presets: functions returning a complete `TrainConfig`. The reference's settings plus `tiny`."""
 
-from .config import (DataConfig, EmaConfig, LossConfig, ModelConfig, OptimizerConfig, RenderingConfig, RunConfig,
-                     TrainConfig)
+from .config import (DataConfig, EmaConfig, LossConfig, MetricsConfig, ModelConfig, OptimizerConfig, RenderingConfig,
+                     RunConfig, TrainConfig)
+from .inception import PYTORCH_FID_WEIGHTS_SHA256_PREFIX, PYTORCH_FID_WEIGHTS_URL
 
 
 def _batch_scaled(batch_size: int) -> tuple[float, float]:
@@ -20,7 +21,14 @@ def ffhq512() -> TrainConfig:
         ema=EmaConfig(ema_kimg=ema_kimg),
         data=DataConfig(xflip=True),
         run=RunConfig(total_kimg=25000, batch_size=32, micro_batch=4),
+        metrics=inception_fid50k(),
     )
+
+
+def inception_fid50k() -> MetricsConfig:
+    """FID and KID against the whole dataset with 50k generated images, as in the paper."""
+    return MetricsConfig(extractor="inception_v3", inception_weights=PYTORCH_FID_WEIGHTS_URL,
+                         inception_sha256=PYTORCH_FID_WEIGHTS_SHA256_PREFIX, num_generated=50000)
 
 
 def ffhq512_stage2() -> TrainConfig:
@@ -51,6 +59,7 @@ def shapenet128() -> TrainConfig:
         ema=EmaConfig(ema_kimg=ema_kimg),
         data=DataConfig(xflip=False),
         run=RunConfig(total_kimg=25000, batch_size=32, micro_batch=4),
+        metrics=inception_fid50k(),
     )
 
 
@@ -74,6 +83,8 @@ def tiny() -> TrainConfig:
         data=DataConfig(xflip=False, synthetic_count=2000),
         run=RunConfig(total_kimg=2, batch_size=batch_size, micro_batch=None, checkpoint_kimg=1, snapshot_kimg=1,
                       log_kimg=0.4),
+        # No Inception weights on a fresh machine: the random-feature distance, on a sample small enough for a CPU.
+        metrics=MetricsConfig(extractor="random", num_generated=256, num_real=1000, batch_size=32, kid_subset_size=100),
     )
 
 

@@ -15,10 +15,12 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from .config import apply_overrides, validate
 from .presets import PRESETS, get_preset
+from .stats import StatsReporter
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -125,13 +127,19 @@ def main(argv=None) -> int:
         storage_url = absolute(args.storage or config.run.out)  # workers do not share the driver's cwd
         name = args.name or config.preset
         run_url = storage_url.rstrip("/") + "/" + name
+        stats = StatsReporter()  # the driver's own statistics, exported beside the workers'
+        preparation_start = time.perf_counter()
         manifest_url = absolute(prepare_data(config, args.data or config.data.path, run_url))
+        stats.add("data_preparation_seconds", time.perf_counter() - preparation_start)
     except (ValueError, FileNotFoundError, PermissionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from cluster.launch import launch
+    from dataloading.shard_reader import load_manifest
 
-    launch(config, manifest_url=manifest_url, storage_url=storage_url, name=name)
+    _, (driver_values,) = stats.collect_all()
+    record = {"run_start_timestamp": time.time(), "dataset_images": load_manifest(manifest_url).sample_count}
+    launch(config, manifest_url=manifest_url, storage_url=storage_url, name=name, driver_record=(record, driver_values))
     print(f"done: {run_url}")
     return 0
 

@@ -11,6 +11,7 @@ micro-batches of a given size, and a resumed run continues exactly.
 import contextlib
 import copy
 import functools
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -74,6 +75,15 @@ class SingleProcess:
     def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, states: list[dict]) -> None:
         """`states`: the saved state of every rank (one entry unless the state is sharded)."""
         optimizer.load_state_dict(states[0])
+
+
+@torch.no_grad()
+def gradient_norm(network: torch.nn.Module) -> torch.Tensor:
+    """L2 norm of all of a network's gradients together (this rank's, as accumulated so far)."""
+    grads = [p.grad for p in network.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.nn.utils.get_total_norm(grads)
 
 
 def step_seed(*keys: int) -> int:
@@ -157,6 +167,7 @@ class Trainer:
         for phase_index, phase in enumerate(self.phases):
             if self.step_index % phase.interval:
                 continue
+            phase_start = time.perf_counter()
             gen_z, gen_c = self.phase_latents(phase_index, batch)
             self.G.requires_grad_(phase.network is self.G)
             self.D.requires_grad_(phase.network is self.D)
@@ -170,14 +181,20 @@ class Trainer:
                     phase.run(real_img[part], real_c[part], gen_z[part], gen_c[part], schedule,
                               phase.interval * min(micro, batch - start) / batch)
             self._optimizer_step(phase)
+            if self.device.type == "cuda":  # the phase's kernels have run, not merely been queued
+                torch.cuda.synchronize(self.device)
+            self.stats.add(f"seconds/{phase.name}", time.perf_counter() - phase_start)
         self.G.requires_grad_(False)
         self.D.requires_grad_(False)
         self._sync_buffers(buffers_before)
         self._update_ema(batch * self.sync.world_size)
         self.nimg += batch * self.sync.world_size
         self.step_index += 1
+        self.stats.add("images", batch)
+        self.stats.add("steps", 1)
 
     def _optimizer_step(self, phase: Phase) -> None:
+        self.stats.report(f"grad_norm/{phase.name}", gradient_norm(phase.network))
         self.sync.reduce_gradients(phase)
         finite = self.sync.all_finite(phase)
         key = phase.name[0]
@@ -187,6 +204,7 @@ class Trainer:
             self.sync.zero_grad(phase)
             self.skipped_steps[key] += 1
         self.stats.report(f"nonfinite_steps/{key}", 0.0 if finite else 1.0)
+        self.stats.add(f"skipped_steps/{key}", 0.0 if finite else 1.0)
 
     def _float_buffers(self) -> list[torch.Tensor]:
         return [b for b in self.G.buffers() if b.is_floating_point()]

@@ -20,9 +20,12 @@ from dataloading.shard_reader import BACKENDS, ShardReader, camera_labels
 from .config import TrainConfig, accumulation
 from .sample_grid import grid_cameras, sample_grid
 from .snapshot import CONFIG_FILE, save_snapshot
+from .quality import QualityMeter, record_values
+from .stats import memory_usage
 from .training import SingleProcess, Trainer
 
 LOG_FILE = "log.jsonl"
+STARTS_FILE = "starts.json"  # one entry per start of the worker group
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,7 +63,11 @@ def save_checkpoint(store: CheckpointStore, trainer: Trainer, reader: ShardReade
         files[f"optimizer-rank{sync.rank:04d}.pt"] = torch_bytes(trainer.optimizer_state_dicts())
     if sync.rank == 0:
         files["trainer.pt"] = torch_bytes(trainer.state_dict())
+    start = time.perf_counter()
     entries = store.write_files(folder, files)
+    trainer.stats.add("checkpoint/seconds", time.perf_counter() - start)
+    trainer.stats.add("checkpoint/bytes", sum(len(data) for data in files.values()))
+    trainer.stats.add("checkpoint/count", 1)
     every_rank = sync.all_gather_object(entries)  # also the barrier: all files are written
     if sync.rank != 0:
         return None
@@ -81,21 +88,66 @@ def resume(checkpoint: Checkpoint, trainer: Trainer, reader: ShardReader) -> Non
 
 # --- snapshots and the log -----------------------------------------------------------------------------
 
-def export_snapshot(trainer: Trainer, run_url: str, grid_z: torch.Tensor, cameras: torch.Tensor) -> str:
-    """G_ema, its config and a sample grid under snapshots/; an existing snapshot is kept as it is."""
-    url = storage.join(run_url, "snapshots", f"snapshot-{trainer.nimg:09d}")
-    if storage.exists(storage.join(url, CONFIG_FILE)):  # written last: the snapshot is complete
-        return url
+def snapshot_url(run_url: str, nimg: int) -> str:
+    return storage.join(run_url, "snapshots", f"snapshot-{nimg:09d}")
+
+
+def take_snapshot(trainer: Trainer, run_url: str, quality: QualityMeter | None, grid_z: torch.Tensor,
+                  cameras: torch.Tensor) -> dict:
+    """Measure quality (every rank) and export the snapshot (rank 0); the measurement's log-record values.
+
+    A snapshot that exists already (a run resumed from before it) is kept as it is, and its recorded
+    measurement is reported again."""
+    sync, url = trainer.sync, snapshot_url(run_url, trainer.nimg)
+    existing = sync.broadcast_object(_snapshot_metadata(url) if sync.rank == 0 else None)
+    if existing is not None:
+        result = existing.get("quality")
+    else:
+        result = None if quality is None else quality.measure(
+            trainer.G_ema, neural_rendering_resolution=trainer.schedule.neural_rendering_resolution)
+        if sync.rank == 0:
+            export_snapshot(trainer, url, grid_z, cameras, quality=result)
+    if result is None:
+        return {}
+    return {**record_values(result), f"quality_nimg/{result['extractor']}": trainer.nimg}
+
+
+def _snapshot_metadata(url: str) -> dict | None:
+    """The metadata of a complete snapshot (its config is written last), or None."""
+    config_url = storage.join(url, CONFIG_FILE)
+    if not storage.exists(config_url):
+        return None
+    return json.loads(storage.read_bytes(config_url)).get("metadata", {})
+
+
+def export_snapshot(trainer: Trainer, url: str, grid_z: torch.Tensor, cameras: torch.Tensor, *,
+                    quality: dict | None) -> None:
+    """G_ema, its config (with the quality measurement) and a sample grid, written to `url`."""
     run = trainer.config.run
     with tempfile.TemporaryDirectory() as scratch:
-        local = save_snapshot(trainer.G_ema, trainer.config, scratch, metadata={"nimg": trainer.nimg})
+        metadata = {"nimg": trainer.nimg, **({"quality": quality} if quality else {})}
+        local = save_snapshot(trainer.G_ema, trainer.config, scratch, metadata=metadata)
         grid = sample_grid(trainer.G_ema, grid_z, cameras, truncation_psi=run.sample_truncation_psi,
                            truncation_cutoff=run.sample_truncation_cutoff)
         grid.save(local / "grid.png")
+        start, written = time.perf_counter(), 0
         storage.makedirs(url)
         for path in sorted(local.iterdir(), key=lambda p: p.name == CONFIG_FILE):
-            storage.write_bytes_atomic(storage.join(url, path.name), path.read_bytes())
-    return url
+            data = path.read_bytes()
+            storage.write_bytes_atomic(storage.join(url, path.name), data)
+            written += len(data)
+    trainer.stats.add("snapshot/seconds", time.perf_counter() - start)
+    trainer.stats.add("snapshot/bytes", written)
+    trainer.stats.add("snapshot/count", 1)
+
+
+def count_start(run_url: str, *, world_size: int, nimg: int) -> int:
+    """Record that the run's worker group (re)started; the number of restarts so far."""
+    url = storage.join(run_url, STARTS_FILE)
+    starts = json.loads(storage.read_bytes(url)) if storage.exists(url) else []
+    starts.append({"time": time.time(), "world_size": world_size, "nimg": nimg})
+    storage.write_bytes_atomic(url, json.dumps(starts, indent=1).encode())
+    return len(starts) - 1
 
 
 class RunLog:
@@ -129,13 +181,19 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
           device: torch.device | None = None, report=None, log=print) -> Trainer:
     """Train from the shards of `manifest_url` into `run_url` (a folder or s3:// prefix), resuming from
     its newest complete checkpoint. `report(record)`, when given, is called on every rank at each log
-    interval (the Ray launcher forwards it to Ray Train)."""
+    interval with the record that goes to log.jsonl; record["ranks"][r] holds rank r's own values (the
+    Ray launcher exports them to Prometheus and forwards the record to Ray Train)."""
     run_url, run, sync = str(run_url), config.run, sync or SingleProcess()
     micro_batch, steps = accumulation(config, sync.world_size)
     device = device or resolve_device(run.device)
     storage.makedirs(run_url)
     reader = open_reader(config, manifest_url, device, sync)
-    trainer = Trainer(config, camera_pool=torch.from_numpy(camera_labels(manifest_url)), device=device, sync=sync)
+    camera_pool = torch.from_numpy(camera_labels(manifest_url))
+    trainer = Trainer(config, camera_pool=camera_pool, device=device, sync=sync)
+    quality = None
+    if config.metrics.num_generated:
+        quality = QualityMeter(config, manifest_url=manifest_url, run_url=run_url, camera_pool=camera_pool,
+                               device=device, sync=sync)
     store = CheckpointStore(run_url)
     checkpoint = sync.broadcast_object(store.latest() if sync.rank == 0 else None)
     if checkpoint is not None:
@@ -146,36 +204,66 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
     if sync.rank == 0:
         storage.write_bytes_atomic(storage.join(run_url, "config.json"), json.dumps(config.to_dict(), indent=2).encode())
         run_log = RunLog(run_url, trainer.nimg)
+    restarts = sync.broadcast_object(count_start(run_url, world_size=sync.world_size, nimg=trainer.nimg)
+                                     if sync.rank == 0 else None)
     log(f"rank {sync.rank}/{sync.world_size}: {run.batch_size} images per step = {micro_batch} per micro-batch "
         f"x {steps} accumulation steps x {sync.world_size} workers")
     grid_z = torch.randn(4, config.model.z_dim, generator=torch.Generator().manual_seed(run.seed)).to(device)
     cameras = grid_cameras(5).to(device)
     total_nimg = int(run.total_kimg * 1000)
-    tick_start, tick_nimg = time.perf_counter(), trainer.nimg
+    # Run-wide values that stay in the record until they change (as Prometheus gauges do).
+    standing = {"target_nimg": total_nimg, "world_size": sync.world_size, "micro_batch": micro_batch,
+                "accumulation_steps": steps, "restarts": restarts,
+                "checkpoint_nimg": checkpoint.nimg if checkpoint is not None else None}
+    tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
     while trainer.nimg < total_nimg:
         before = trainer.nimg
+        wait_start = time.perf_counter()
         batch = next(reader)
+        trainer.stats.add("data_wait_seconds", time.perf_counter() - wait_start)
         trainer.train_step(batch["image"], batch["c"])
         done = trainer.nimg >= total_nimg
-        if crossed(before, trainer.nimg, run.log_kimg) or done:
-            seconds = time.perf_counter() - tick_start
-            record = {"kimg": trainer.nimg / 1000, "images_per_second": (trainer.nimg - tick_nimg) / seconds,
-                      "world_size": sync.world_size, "micro_batch": micro_batch, "accumulation_steps": steps,
-                      **vars(trainer.schedule), **trainer.stats.collect(sync),
-                      "skipped_steps": sum(trainer.skipped_steps.values())}
-            if run_log is not None:
-                run_log.append(record)
-                log(f"kimg {record['kimg']:.3f}  img/s {record['images_per_second']:.1f}  workers "
-                    f"{sync.world_size}  G {record.get('loss/G', float('nan')):.3f}  "
-                    f"D {record.get('loss/D', float('nan')):.3f}")
-            if report is not None:
-                report(record)
-            tick_start, tick_nimg = time.perf_counter(), trainer.nimg
-        if (crossed(before, trainer.nimg, run.snapshot_kimg) or done) and sync.rank == 0:
-            export_snapshot(trainer, run_url, grid_z, cameras)  # before the checkpoint that passes it
+        maintenance_start = time.perf_counter()
+        if crossed(before, trainer.nimg, run.snapshot_kimg) or done:  # before the checkpoint that passes it
+            standing.update(take_snapshot(trainer, run_url, quality, grid_z, cameras))
         if crossed(before, trainer.nimg, run.checkpoint_kimg) or done:
             save_checkpoint(store, trainer, reader, run.keep_checkpoints)
+            standing["checkpoint_nimg"] = trainer.nimg
+        maintenance_seconds += time.perf_counter() - maintenance_start
+        if crossed(before, trainer.nimg, run.log_kimg) or done:
+            training_seconds = time.perf_counter() - tick_start - maintenance_seconds
+            record = interval_record(trainer, standing, (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9))
             if run_log is not None:
-                run_log.flush()
+                run_log.append(record)
+                log(status_line(record))
+            if report is not None:
+                report(record)
+            tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
+        if run_log is not None and (crossed(before, trainer.nimg, run.checkpoint_kimg) or done):
+            run_log.flush()  # after the record of this interval, so a remote log.jsonl keeps it
     reader.close()
     return trainer
+
+
+def interval_record(trainer: Trainer, standing: dict, images_per_second: float) -> dict:
+    """The log record of an interval: progress, run-wide means and each rank's own values (every rank
+    calls this, as the statistics are gathered from all of them)."""
+    config = trainer.config
+    for name, value in memory_usage(trainer.device).items():
+        trainer.stats.report(name, value)
+    run_wide, ranks = trainer.stats.collect_all(trainer.sync)
+    return {"kimg": trainer.nimg / 1000, "nimg": trainer.nimg, "timestamp": time.time(),
+            "images_per_second": images_per_second, **standing, **vars(trainer.schedule),
+            "learning_rate/G": config.optimizer.g_lr, "learning_rate/D": config.optimizer.d_lr,
+            "r1_gamma": config.loss.r1_gamma, **run_wide,
+            "skipped_steps": sum(trainer.skipped_steps.values()), "ranks": ranks}
+
+
+def status_line(record: dict) -> str:
+    line = (f"kimg {record['kimg']:.3f}  img/s {record['images_per_second']:.1f}  workers {record['world_size']}  "
+            f"G {record.get('loss/G', float('nan')):.3f}  D {record.get('loss/D', float('nan')):.3f}")
+    for extractor in ("inception_v3", "random"):
+        if record.get(f"quality_nimg/{extractor}") == record["nimg"]:  # measured in this interval
+            line += (f"  {'FID' if extractor == 'inception_v3' else 'random-feature FD'} "
+                     f"{record[f'frechet_distance/{extractor}']:.2f}")
+    return line

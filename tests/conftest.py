@@ -13,6 +13,8 @@ MICRO_OVERRIDES = [
     "model.disc_channel_base=128", "model.disc_channel_max=16", "model.disc_mapping_layers=1",
     "rendering.depth_resolution=6", "rendering.depth_resolution_importance=6",
     "rendering.neural_rendering_resolution_initial=16", "run.batch_size=4", "loss.density_reg_points=50",
+    "metrics.num_generated=8", "metrics.num_real=12", "metrics.batch_size=4", "metrics.kid_subset_size=4",
+    "telemetry.metrics_port=0",
 ]
 
 

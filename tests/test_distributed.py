@@ -93,6 +93,11 @@ def test_two_workers_match_one_worker_with_accumulation(backend, zero_stage):
             torch.testing.assert_close(result["networks"][name], value, rtol=1e-4, atol=2e-6, msg=name)
         assert result["stats"].keys() == expected_stats.keys()
         for name, value in expected_stats.items():
+            if name.startswith("grad_norm/"):
+                # Each worker's own gradient, before the mean over workers: the one-process gradient is
+                # that mean, so by the triangle inequality its norm is at most the workers' mean norm.
+                assert value <= result["stats"][name] * (1 + 1e-5), name
+                continue
             assert result["stats"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
     assert any(not torch.equal(v, single.G.state_dict()[k[2:]]) for k, v in networks(
         Trainer(config, camera_pool=random_cameras(16))).items() if k.startswith("G.")), "training moved G"

@@ -29,9 +29,20 @@ def loop_config(total_kimg: float, *extra: str) -> TrainConfig:
                         "loss.density_reg_interval=3", "model.disc_mbstd_group=2", "run.micro_batch=2", *extra)
 
 
+# Values that depend on the wall clock, the process or on where the run was interrupted.
+VOLATILE = ("timestamp", "images_per_second", "restarts", "target_nimg", "checkpoint_nimg", "memory/", "seconds/",
+            "data_wait_seconds", "checkpoint/", "snapshot/", "frechet_distance/", "kernel_distance/",
+            "quality_nimg/", "quality_seconds/")
+
+
+def deterministic(values: dict) -> dict:
+    return {k: v for k, v in values.items() if not k.startswith(VOLATILE)}
+
+
 def log_records(run_url) -> list[dict]:
-    lines = (run_url / "log.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "images_per_second"} for line in lines]
+    """The log of a run, without what a resume legitimately changes."""
+    records = [json.loads(line) for line in (run_url / "log.jsonl").read_text().splitlines()]
+    return [{**deterministic(r), "ranks": [deterministic(rank) for rank in r["ranks"]]} for r in records]
 
 
 def quiet(line):
