@@ -115,7 +115,9 @@ def connect() -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    ray.init(include_dashboard=False)
+    # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls (it warns
+    # every few seconds without it); on loopback only.
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
     return True
 
 

@@ -37,8 +37,13 @@ class QualityMeter:
         q = config.metrics
         self.config, self.manifest_url, self.run_url = config, manifest_url, run_url
         self.camera_pool, self.device, self.sync = camera_pool, device, sync
-        self.extractor, network = feature_network(q.extractor, weights=q.inception_weights,
-                                                  sha256=q.inception_sha256, seed=q.random_features_seed)
+        try:
+            self.extractor, network = feature_network(q.extractor, weights=q.inception_weights,
+                                                      sha256=q.inception_sha256, seed=q.random_features_seed)
+        except (OSError, ValueError) as error:  # at start, before any training: say how to go on
+            raise ValueError(f"metrics.inception_weights: {error}. Give a reachable copy of the file (a path, "
+                             "s3:// or https:// URL), or --set metrics.extractor=random (not FID), or "
+                             "--set metrics.num_generated=0 (no quality measurement)") from error
         self.network = network.to(device).eval().requires_grad_(False)
         self._real: FeatureStatistics | None = None
 

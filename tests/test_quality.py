@@ -165,3 +165,9 @@ def test_a_run_reports_every_catalog_metric(dataset, tmp_path):
             assert present == set(metric.values), metric.name
         else:
             assert present == {None}, metric.name
+
+
+def test_unreachable_inception_weights_fail_at_start_and_say_what_to_do(dataset, tmp_path):
+    config = micro_config("metrics.extractor=inception_v3", f"metrics.inception_weights={tmp_path}/missing.pth")
+    with pytest.raises(ValueError, match=r"metrics.inception_weights: .*missing.pth.*metrics.extractor=random"):
+        meter(config, dataset / "shards", tmp_path)
