@@ -18,9 +18,9 @@ from dataloading import storage
 from dataloading.shard_reader import BACKENDS, ShardReader, camera_labels
 
 from .config import TrainConfig, accumulation
+from .quality import QualityMeter, record_values
 from .sample_grid import grid_cameras, sample_grid
 from .snapshot import CONFIG_FILE, save_snapshot
-from .quality import QualityMeter, record_values
 from .stats import memory_usage
 from .training import SingleProcess, Trainer
 
@@ -223,12 +223,10 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
         trainer.stats.add("data_wait_seconds", time.perf_counter() - wait_start)
         trainer.train_step(batch["image"], batch["c"])
         done = trainer.nimg >= total_nimg
+        # Snapshot and checkpoint time is left out of the interval's images per second.
         maintenance_start = time.perf_counter()
         if crossed(before, trainer.nimg, run.snapshot_kimg) or done:  # before the checkpoint that passes it
             standing.update(take_snapshot(trainer, run_url, quality, grid_z, cameras))
-        if crossed(before, trainer.nimg, run.checkpoint_kimg) or done:
-            save_checkpoint(store, trainer, reader, run.keep_checkpoints)
-            standing["checkpoint_nimg"] = trainer.nimg
         maintenance_seconds += time.perf_counter() - maintenance_start
         if crossed(before, trainer.nimg, run.log_kimg) or done:
             training_seconds = time.perf_counter() - tick_start - maintenance_seconds
@@ -239,8 +237,13 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
             if report is not None:
                 report(record)
             tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
-        if run_log is not None and (crossed(before, trainer.nimg, run.checkpoint_kimg) or done):
-            run_log.flush()  # after the record of this interval, so a remote log.jsonl keeps it
+        if crossed(before, trainer.nimg, run.checkpoint_kimg) or done:
+            maintenance_start = time.perf_counter()
+            if run_log is not None:  # a remote log.jsonl holds every record up to a checkpoint before it exists
+                run_log.flush()
+            save_checkpoint(store, trainer, reader, run.keep_checkpoints)
+            standing["checkpoint_nimg"] = trainer.nimg
+            maintenance_seconds += time.perf_counter() - maintenance_start
     reader.close()
     return trainer
 

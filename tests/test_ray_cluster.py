@@ -93,7 +93,9 @@ def wait_for_checkpoint(name: str, process: subprocess.Popen, timeout: float = 2
     deadline = time.monotonic() + timeout
     while store.latest() is None:
         assert process.poll() is None, f"the run ended before its first checkpoint:\n{process.communicate()[0]}"
-        assert time.monotonic() < deadline, "no checkpoint in time"
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"no checkpoint in {timeout} s; the driver said:\n{process.communicate()[0]}")
         time.sleep(0.5)
 
 
