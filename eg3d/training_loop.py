@@ -233,7 +233,7 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
             record = interval_record(trainer, standing, (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9))
             if run_log is not None:
                 run_log.append(record)
-                log(status_line(record))
+                log(status_line(record, tick_nimg))
             if report is not None:
                 report(record)
             tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
@@ -262,11 +262,10 @@ def interval_record(trainer: Trainer, standing: dict, images_per_second: float) 
             "skipped_steps": sum(trainer.skipped_steps.values()), "ranks": ranks}
 
 
-def status_line(record: dict) -> str:
+def status_line(record: dict, interval_start_nimg: int) -> str:
     line = (f"kimg {record['kimg']:.3f}  img/s {record['images_per_second']:.1f}  workers {record['world_size']}  "
             f"G {record.get('loss/G', float('nan')):.3f}  D {record.get('loss/D', float('nan')):.3f}")
-    for extractor in ("inception_v3", "random"):
-        if record.get(f"quality_nimg/{extractor}") == record["nimg"]:  # measured in this interval
-            line += (f"  {'FID' if extractor == 'inception_v3' else 'random-feature FD'} "
-                     f"{record[f'frechet_distance/{extractor}']:.2f}")
+    for extractor, name in (("inception_v3", "FID"), ("random", "random-feature FD")):
+        if interval_start_nimg < record.get(f"quality_nimg/{extractor}", -1) <= record["nimg"]:  # measured now
+            line += f"  {name} {record[f'frechet_distance/{extractor}']:.2f}"
     return line

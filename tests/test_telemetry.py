@@ -136,3 +136,14 @@ def test_catalog_names_follow_prometheus_conventions():
         assert metric.kind in ("gauge", "counter")
         assert not metric.name.endswith(("_milliseconds", "_kilobytes", "_kimg")), "base units"
     assert len(BY_NAME) == len(METRICS)
+
+
+def test_the_status_line_shows_a_quality_measurement_in_the_interval_it_was_taken():
+    from eg3d.training_loop import status_line
+
+    record = {"kimg": 1.2, "nimg": 1200, "images_per_second": 5.0, "world_size": 2, "loss/G": 0.5, "loss/D": 1.25,
+              "quality_nimg/random": 1000, "frechet_distance/random": 7.05}
+    assert status_line(record, 800) == "kimg 1.200  img/s 5.0  workers 2  G 0.500  D 1.250  random-feature FD 7.05"
+    assert "FD" not in status_line(record, 1200)  # measured in an earlier interval
+    record.update({"quality_nimg/inception_v3": 1200, "frechet_distance/inception_v3": 12.5})
+    assert status_line(record, 1000).endswith("D 1.250  FID 12.50")

@@ -58,6 +58,8 @@ def test_a_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, shards):
     expected = log_records(tmp_path / "straight")
     assert [r["kimg"] for r in expected] == [0.004, 0.008, 0.012, 0.016, 0.02, 0.024]
     assert log_records(tmp_path / "resumed") == expected  # every loss and schedule value, exactly
+    raw = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [r["restarts"] for r in raw] == [0, 0, 0, 1, 1, 1]  # the second start is the first restart
     final = "snapshots/snapshot-000000024/G_ema.safetensors"
     a, b = load_file(tmp_path / "straight" / final), load_file(tmp_path / "resumed" / final)
     assert all(torch.equal(a[k], b[k]) for k in a)
