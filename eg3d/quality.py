@@ -52,8 +52,9 @@ class QualityMeter:
     def cache_name(self) -> str:
         """Names the dataset (its manifest's digest), the feature network and the number of images."""
         q = self.config.metrics
-        network = (q.inception_sha256 or "unchecked") if self.extractor == "inception_v3" \
-            else f"seed{q.random_features_seed}"
+        network = f"seed{q.random_features_seed}"
+        if self.extractor == "inception_v3":  # the weights' digest, or where they came from
+            network = q.inception_sha256 or "at" + hashlib.sha256(str(q.inception_weights).encode()).hexdigest()[:8]
         dataset = hashlib.sha256(storage.read_bytes(self.manifest_url)).hexdigest()[:12]
         return f"feature-stats-{dataset}-{self.extractor}-{network}-{q.num_real or 'all'}.npz"
 

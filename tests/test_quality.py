@@ -172,3 +172,16 @@ def test_unreachable_inception_weights_fail_at_start_and_say_what_to_do(dataset,
     config = micro_config("metrics.extractor=inception_v3", f"metrics.inception_weights={tmp_path}/missing.pth")
     with pytest.raises(ValueError, match=r"metrics.inception_weights: .*missing.pth.*metrics.extractor=random"):
         meter(config, dataset / "shards", tmp_path)
+
+
+def test_the_cache_name_tells_datasets_and_feature_networks_apart(dataset, tmp_path, monkeypatch):
+    import eg3d.quality
+    from eg3d.inception import RandomFeatures
+
+    name = lambda *extra: meter(micro_config(*extra), dataset / "shards", tmp_path).cache_name()
+    assert name() == name() and name() != name("metrics.random_features_seed=1") != name("metrics.num_real=5")
+    monkeypatch.setattr(eg3d.quality, "feature_network", lambda *a, **k: ("inception_v3", RandomFeatures()))
+    inception = lambda *extra: name("metrics.extractor=inception_v3", *extra)
+    assert inception("metrics.inception_weights=a.pth") != inception("metrics.inception_weights=b.pth")
+    assert inception("metrics.inception_weights=a.pth", "metrics.inception_sha256=6726825d") == \
+        inception("metrics.inception_weights=b.pth", "metrics.inception_sha256=6726825d")  # same file
