@@ -54,7 +54,12 @@ def open_reader(config: TrainConfig, manifest_url: str, device: torch.device, sy
 
 # --- checkpoints ---------------------------------------------------------------------------------------
 
-def save_checkpoint(store: CheckpointStore, trainer: Trainer, reader: ShardReader, keep: int) -> Checkpoint | None:
+QUALITY_KEYS = ("frechet_distance/", "kernel_distance/", "quality_nimg/", "quality_seconds/", "fid", "kid")
+QUALITY_FILE = "quality.json"  # the last measurement, so that a resumed run reports it until the next one
+
+
+def save_checkpoint(store: CheckpointStore, trainer: Trainer, reader: ShardReader, keep: int, *,
+                    quality: dict) -> Checkpoint | None:
     """Every rank writes its files, then rank 0 publishes the manifest (see cluster.checkpoints)."""
     sync = trainer.sync
     folder = sync.broadcast_object(store.new_folder_name(trainer.nimg) if sync.rank == 0 else None)
@@ -63,6 +68,7 @@ def save_checkpoint(store: CheckpointStore, trainer: Trainer, reader: ShardReade
         files[f"optimizer-rank{sync.rank:04d}.pt"] = torch_bytes(trainer.optimizer_state_dicts())
     if sync.rank == 0:
         files["trainer.pt"] = torch_bytes(trainer.state_dict())
+        files[QUALITY_FILE] = json.dumps(quality).encode()
     start = time.perf_counter()
     entries = store.write_files(folder, files)
     trainer.stats.add("checkpoint/seconds", time.perf_counter() - start)
@@ -75,7 +81,8 @@ def save_checkpoint(store: CheckpointStore, trainer: Trainer, reader: ShardReade
                          files={name: entry for rank_entries in every_rank for name, entry in rank_entries.items()})
 
 
-def resume(checkpoint: Checkpoint, trainer: Trainer, reader: ShardReader) -> None:
+def resume(checkpoint: Checkpoint, trainer: Trainer, reader: ShardReader) -> dict:
+    """Load the training state and this rank's reader position; the last quality measurement."""
     sync = trainer.sync
     shards = None
     if sync.optimizer_sharded:
@@ -84,6 +91,7 @@ def resume(checkpoint: Checkpoint, trainer: Trainer, reader: ShardReader) -> Non
     same_layout = checkpoint.world_size == sync.world_size
     # Another world size splits the shards differently: the reader starts the next epoch (see ShardReader).
     reader.load_state_dict(checkpoint.load_json(f"data-rank{sync.rank if same_layout else 0:04d}.json"))
+    return checkpoint.load_json(QUALITY_FILE) if QUALITY_FILE in checkpoint.manifest["files"] else {}
 
 
 # --- snapshots and the log -----------------------------------------------------------------------------
@@ -196,8 +204,9 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
                                device=device, sync=sync)
     store = CheckpointStore(run_url)
     checkpoint = sync.broadcast_object(store.latest() if sync.rank == 0 else None)
+    last_quality = {}
     if checkpoint is not None:
-        resume(checkpoint, trainer, reader)
+        last_quality = resume(checkpoint, trainer, reader)
         log(f"resumed from {checkpoint.manifest_url} at {trainer.nimg / 1000:.3f} kimg "
             f"(saved by {checkpoint.world_size} workers, now {sync.world_size})")
     run_log = None
@@ -214,7 +223,7 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
     # Run-wide values that stay in the record until they change (as Prometheus gauges do).
     standing = {"target_nimg": total_nimg, "world_size": sync.world_size, "micro_batch": micro_batch,
                 "accumulation_steps": steps, "restarts": restarts,
-                "checkpoint_nimg": checkpoint.nimg if checkpoint is not None else None}
+                "checkpoint_nimg": checkpoint.nimg if checkpoint is not None else None, **last_quality}
     tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
     while trainer.nimg < total_nimg:
         before = trainer.nimg
@@ -241,7 +250,8 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
             maintenance_start = time.perf_counter()
             if run_log is not None:  # a remote log.jsonl holds every record up to a checkpoint before it exists
                 run_log.flush()
-            save_checkpoint(store, trainer, reader, run.keep_checkpoints)
+            save_checkpoint(store, trainer, reader, run.keep_checkpoints,
+                            quality={k: v for k, v in standing.items() if k.startswith(QUALITY_KEYS)})
             standing["checkpoint_nimg"] = trainer.nimg
             maintenance_seconds += time.perf_counter() - maintenance_start
     reader.close()

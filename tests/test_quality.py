@@ -185,3 +185,18 @@ def test_the_cache_name_tells_datasets_and_feature_networks_apart(dataset, tmp_p
     assert inception("metrics.inception_weights=a.pth") != inception("metrics.inception_weights=b.pth")
     assert inception("metrics.inception_weights=a.pth", "metrics.inception_sha256=6726825d") == \
         inception("metrics.inception_weights=b.pth", "metrics.inception_sha256=6726825d")  # same file
+
+
+def test_a_resumed_run_reports_the_last_measurement_until_the_next(dataset, tmp_path):
+    manifest = str(dataset / "shards" / "manifest.json")
+    for kimg in (0.008, 0.016):  # measured at 8 images; the resumed run measures next at 16
+        config = micro_config(f"run.total_kimg={kimg}", "run.log_kimg=0.004", "run.snapshot_kimg=0.008",
+                              "run.checkpoint_kimg=0.008", "data.backend=pytorch", "model.disc_mbstd_group=2")
+        train(config, manifest_url=manifest, run_url=tmp_path, log=lambda _: None)
+    first, _, resumed, last = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    measured = json.loads((tmp_path / "snapshots/snapshot-000000008/config.json").read_text())["metadata"]["quality"]
+    assert "quality_nimg/random" not in first  # nothing measured yet at 4 images
+    assert resumed["nimg"] == 12 and resumed["restarts"] == 1
+    assert resumed["quality_nimg/random"] == 8
+    assert resumed["frechet_distance/random"] == measured["frechet_distance"]
+    assert last["quality_nimg/random"] == 16

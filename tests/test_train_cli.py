@@ -93,7 +93,7 @@ def test_two_workers_from_s3_shards_to_s3_snapshots(tmp_path, moto_server, backe
     assert [(r["kimg"], r["world_size"]) for r in records] == [(0.004, 2), (0.008, 2), (0.012, 2), (0.016, 2)]
     checkpoint = CheckpointStore(run).latest()
     assert checkpoint.nimg == 16 and checkpoint.world_size == 2
-    expected_files = {"trainer.pt", "data-rank0000.json", "data-rank0001.json"}
+    expected_files = {"trainer.pt", "quality.json", "data-rank0000.json", "data-rank0001.json"}
     if backend == "deepspeed":
         expected_files |= {"optimizer-rank0000.pt", "optimizer-rank0001.pt"}
     assert set(checkpoint.manifest["files"]) == expected_files
