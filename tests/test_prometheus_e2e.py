@@ -106,8 +106,9 @@ def test_prometheus_scrapes_a_two_worker_run_and_every_query_answers(tmp_path):
                         *[arg for override in overrides for arg in ("--set", override)]],
                        cwd=REPO, check=True, timeout=900)
         end = time.time()
-        # The last moment every worker was still being scraped: queries are evaluated there.
-        at = prometheus.last_sample_time(f'min(eg3d_images_seen{{run="{run}"}})', start, end)
+        # The last moment both workers were still being scraped (they stop one after the other): queries
+        # are evaluated there.
+        at = prometheus.last_sample_time(f'count(eg3d_images_seen{{run="{run}"}}) == 2', start, end)
         up = {series["metric"]["rank"]: series["value"][1] for series in prometheus.query(f'up{{run="{run}"}}', at)}
         assert up == {"0": "1", "1": "1", "driver": "1"}
         assert list(targets.iterdir()) == []  # the finished run took its targets away
