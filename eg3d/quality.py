@@ -148,12 +148,10 @@ class QualityMeter:
     def _gather(self, mine: FeatureStatistics, kept: dict[int, torch.Tensor]) -> FeatureStatistics:
         """Every rank's statistics merged; the features kept for KID are the first ones by image index,
         whichever worker computed them."""
-        every = [(mine.to_bytes(), kept)]
-        if self.sync.world_size > 1:
-            every = self.sync.all_gather_object(every[0])
+        every = self.sync.all_gather_object((mine, kept))  # [(mine, kept)] for one process
         merged = FeatureStatistics(self.network.feature_dim, max_kept=KEPT_FEATURES)
-        for payload, _ in every:
-            merged.merge(FeatureStatistics.from_bytes(payload))
+        for statistics, _ in every:
+            merged.merge(statistics)
         parts = {first: rows for _, rank_kept in every for first, rows in rank_kept.items()}
         merged.keep(torch.cat([parts[first] for first in sorted(parts)]) if parts
                     else torch.zeros(0, self.network.feature_dim))
