@@ -63,15 +63,24 @@ def split_label(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return c[:, :16].reshape(-1, 4, 4), c[:, 16:25].reshape(-1, 3, 3)
 
 
-# Entries of cam2world (row-major flat indices) whose sign flips when the image is mirrored in x:
-# [0,1], [0,2], [1,0], [2,0] and the translation [0,3].
-MIRROR_FLAT_INDICES = (1, 2, 4, 8, 3)
+# Entries of a label whose sign flips when the image is mirrored in x: cam2world [0,1], [0,2], [1,0], [2,0]
+# and the translation [0,3] (row-major flat indices), and the intrinsics' skew [0,1] (flat 17).
+MIRROR_FLAT_INDICES = (1, 2, 4, 8, 3, 17)
+PRINCIPAL_X_INDEX = 18  # intrinsics [0,2], the normalized principal point's x
 
 
 def mirror_label(c: torch.Tensor) -> torch.Tensor:
-    """The camera label of a horizontally flipped image (x -> -x in world and camera)."""
+    """The camera label [..., 25] of a horizontally flipped image: the camera of the world mirrored in x.
+
+    With S = diag(-1, 1, 1), cam2world becomes S R S (translation x negated), and pixel x maps to 1 - x,
+    so the principal point cx becomes 1 - cx and the skew changes sign; fx, fy and cy are unchanged.
+    The pixel ray of the mirrored camera at (1 - u, v) is then the mirror image of the original camera's
+    ray at (u, v) for any intrinsics (the reference mirrors only cam2world, which is exact only for
+    cx = 0.5 and no skew).
+    """
     mirrored = c.clone()
     mirrored[..., list(MIRROR_FLAT_INDICES)] *= -1
+    mirrored[..., PRINCIPAL_X_INDEX] = 1 - c[..., PRINCIPAL_X_INDEX]
     return mirrored
 
 

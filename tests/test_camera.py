@@ -104,35 +104,67 @@ def test_orbit_camera_batch_and_pivot_not_added():
 
 # ------------------------------------------------------------------------------------------ mirror_label
 
-def test_mirror_label_negates_exactly_the_listed_entries():
-    c = torch.arange(1, 26, dtype=torch.float32)[None]
+def test_mirror_label_changes_exactly_the_listed_entries():
+    c = torch.arange(1, 26, dtype=torch.float32)[None] / 32
     m = mirror_label(c)
-    sign = np.ones((4, 4))
-    for i, j in [(0, 1), (0, 2), (1, 0), (2, 0), (0, 3)]:
-        sign[i, j] = -1
-    np.testing.assert_array_equal(m[0, :16].numpy(), (c[0, :16].numpy().reshape(4, 4) * sign).reshape(-1))
-    np.testing.assert_array_equal(m[0, 16:].numpy(), c[0, 16:].numpy())
-    np.testing.assert_array_equal(c.numpy(), np.arange(1, 26, dtype=np.float32)[None])  # input untouched
+    sign = np.ones(25)
+    for i, j in [(0, 1), (0, 2), (1, 0), (2, 0), (0, 3)]:  # cam2world entries
+        sign[4 * i + j] = -1
+    sign[16 + 1] = -1  # skew
+    expected = c[0].numpy() * sign
+    expected[16 + 2] = 1 - c[0, 16 + 2].item()  # principal point x
+    np.testing.assert_array_equal(m[0].numpy(), expected.astype(np.float32))
+    np.testing.assert_array_equal(c.numpy(), (np.arange(1, 26, dtype=np.float32) / 32)[None])  # input untouched
 
 
 def test_mirror_label_is_an_involution():
-    c, _, _ = random_cameras(np.random.default_rng(1), 8)
-    assert torch.equal(mirror_label(mirror_label(c)), c)
+    c, _, _ = random_cameras(np.random.default_rng(1), 8, skew=True)
+    np.testing.assert_allclose(mirror_label(mirror_label(c)).numpy(), c.numpy(), rtol=0, atol=1e-7)
 
 
-def test_mirror_label_is_the_camera_of_the_x_mirrored_world():
-    c, _, _ = random_cameras(np.random.default_rng(2), 6, principal_half=True)
+@pytest.mark.parametrize("principal_half", [True, False])
+def test_mirror_label_is_the_camera_of_the_x_mirrored_world(principal_half):
+    c, _, _ = random_cameras(np.random.default_rng(2), 6, principal_half=principal_half, skew=not principal_half)
     S = np.diag([-1.0, 1, 1, 1])
     rng = np.random.default_rng(3)
     for label, mirrored in zip(c.numpy().astype(np.float64), mirror_label(c).numpy().astype(np.float64)):
         M, K = label[:16].reshape(4, 4), label[16:].reshape(3, 3)
-        M_mirror = mirrored[:16].reshape(4, 4)
+        M_mirror, K_mirror = mirrored[:16].reshape(4, 4), mirrored[16:].reshape(3, 3)
         np.testing.assert_allclose(M_mirror, S @ M @ S, atol=1e-12)
-        np.testing.assert_allclose(mirrored[16:], label[16:], atol=0)
         points = rng.uniform(-0.5, 0.5, size=(20, 3))
         uv = project(M, K, points)
-        uv_mirror = project(M_mirror, K, points * [-1, 1, 1])
-        np.testing.assert_allclose(uv_mirror, np.stack([1 - uv[:, 0], uv[:, 1]], axis=1), atol=1e-9)
+        uv_mirror = project(M_mirror, K_mirror, points * [-1, 1, 1])
+        np.testing.assert_allclose(uv_mirror, np.stack([1 - uv[:, 0], uv[:, 1]], axis=1), atol=1e-6)
+
+
+def test_mirrored_camera_rays_are_the_mirrored_rays_at_the_mirrored_pixel():
+    """For random poses and intrinsics (principal point off centre, skew), the mirrored camera's ray
+    through pixel (row, R-1-col) is the x-mirror of the original camera's ray through (row, col)."""
+    res = 16
+    c, _, _ = random_cameras(np.random.default_rng(7), 8, skew=True)
+    c = c.double()
+    origins, directions = pixel_rays(c, res)
+    mirrored_origins, mirrored_directions = pixel_rays(mirror_label(c), res)
+    flip_columns = lambda x: x.reshape(len(c), res, res, 3).flip(2).reshape(len(c), res * res, 3)
+    x_mirror = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(mirrored_origins, origins * x_mirror, rtol=0, atol=1e-12)
+    torch.testing.assert_close(flip_columns(mirrored_directions), directions * x_mirror, rtol=0, atol=1e-7)
+
+
+def test_mirroring_only_cam2world_is_wrong_off_centre():
+    """The reference's rule (cam2world only) misses the mirrored ray by about 0.05 at cx = 0.6: the fault
+    the intrinsics part of mirror_label fixes."""
+    res = 16
+    c = orbit_camera(math.pi / 2 + 0.3, math.pi / 2, focal=2.0).double()
+    c[:, 16 + 2] = 0.6
+    _, directions = pixel_rays(c, res)
+    cam2world_only = c.clone()
+    cam2world_only[:, [1, 2, 4, 8, 3]] *= -1
+    _, wrong = pixel_rays(cam2world_only, res)
+    expected = directions.reshape(1, res, res, 3).flip(2).reshape(1, -1, 3) * torch.tensor([-1.0, 1, 1]).double()
+    assert (wrong - expected).norm(dim=-1).max() > 0.04
+    _, right = pixel_rays(mirror_label(c), res)
+    assert (right - expected).norm(dim=-1).max() < 1e-9
 
 
 # -------------------------------------------------------------------------------------------- pixel_rays
