@@ -170,7 +170,11 @@ def place_world(cam2world: np.ndarray, *, up: str | None = None, recenter: bool 
         vector = mean_camera_up(cam2world) if up == "auto" else np.array(AXES[up], dtype=np.float64)
         cam2world = transform_world(cam2world, rotation=rotation_to_y(vector))
     if recenter:
-        cam2world = transform_world(cam2world, translation=-look_at_point(cam2world))
+        try:
+            centre = look_at_point(cam2world)
+        except ValueError as error:  # a forward-facing capture
+            raise ValueError(f"--recenter: {error}; leave the world as it is for such a capture") from None
+        cam2world = transform_world(cam2world, translation=-centre)
     if radius is not None:
         mean_distance = float(np.linalg.norm(cam2world[:, :3, 3], axis=1).mean())
         if mean_distance < 1e-12:
@@ -239,7 +243,8 @@ class Frame:
 
 @dataclass(frozen=True)
 class Distortion:
-    """A camera's ignored lens distortion: pixel shift at the corners of a width x height image."""
+    """A camera's lens distortion (ignored by the label): its pixel shift at the corners of a width x height
+    image; `where` names the camera's line or frame."""
     where: str
     shift: float
     width: int
@@ -263,7 +268,7 @@ def check_distortion(distortions: list[Distortion], limit: float) -> None:
                          f"writes PINHOLE cameras) or raise --max-distortion")
     others = sum(d.shift > 0 for d in distortions) - 1
     warnings.warn(f"{worst.where}: lens distortion ignored (a label holds a pinhole camera); it shifts points "
-                  f"by up to {size}" + (f", {others} other cameras less" if others else ""), stacklevel=2)
+                  f"by up to {size}" + (f" ({others} more cameras or frames have some)" if others else ""), stacklevel=2)
 
 
 def image_size(path: Path, where: str) -> tuple[int, int]:
@@ -399,11 +404,10 @@ def _matrix(value, where: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ColmapCamera:
-    where: str
-    intrinsics: np.ndarray  # pixels
+    intrinsics: np.ndarray  # pixels, for width x height images
     width: int
     height: int
-    distortion: dict[str, float]
+    distortion: Distortion
 
 
 def read_colmap(model, images=None, *, max_distortion: float = MAX_DISTORTION) -> list[Frame]:
@@ -424,10 +428,7 @@ def read_colmap(model, images=None, *, max_distortion: float = MAX_DISTORTION) -
         used.add(camera_id)
     if not frames:
         raise ValueError(f"{model / 'images.txt'}: lists no images")
-    distortions = [Distortion(cameras[i].where, distortion_shift(cameras[i].intrinsics, cameras[i].width,
-                                                                cameras[i].height, **cameras[i].distortion),
-                              cameras[i].width, cameras[i].height) for i in sorted(used)]
-    check_distortion(distortions, max_distortion)
+    check_distortion([cameras[i].distortion for i in sorted(used)], max_distortion)
     return frames
 
 
@@ -449,13 +450,14 @@ def read_colmap_cameras(path: Path) -> dict[int, ColmapCamera]:
             values = [float(x) for x in fields[4:]]
         except (ValueError, IndexError):
             values = None
-        if values is None or len(values) != len(names) or width <= 0 or height <= 0:
-            raise ValueError(f"{where}: expected CAMERA_ID {model} WIDTH HEIGHT {' '.join(n.upper() for n in names)}, "
-                             f"got {line.strip()[:100]!r}")
-        p = dict(zip(names, values))
+        p = dict(zip(names, values or []))
+        focal = [p[k] for k in ("f", "fx", "fy") if k in p]
+        if len(p) != len(names) or not all(map(math.isfinite, values)) or min(width, height, *focal) <= 0:
+            raise ValueError(f"{where}: expected CAMERA_ID {model} WIDTH HEIGHT {' '.join(n.upper() for n in names)} "
+                             f"(sizes and focal lengths > 0), got {line.strip()[:100]!r}")
         intrinsics = pixel_intrinsics(p.get("fx", p.get("f")), p.get("fy", p.get("f")), p["cx"], p["cy"])
-        distortion = {k: p[k] for k in ("k1", "k2", "p1", "p2") if k in p}
-        cameras[camera_id] = ColmapCamera(where, intrinsics, width, height, distortion)
+        shift = distortion_shift(intrinsics, width, height, *(p.get(k, 0.0) for k in ("k1", "k2", "p1", "p2")))
+        cameras[camera_id] = ColmapCamera(intrinsics, width, height, Distortion(where, shift, width, height))
     return cameras
 
 
@@ -629,8 +631,9 @@ def format_summary(summary: dict) -> str:
     if summary["look_at"] is None:
         look_at = "none (the optical axes are parallel)"
     else:
-        look_at = (f"({', '.join(f'{x:.4g}' for x in summary['look_at'])}); the optical axes pass within "
-                   f"{summary['axis_miss']:.3g} of it")
+        noise = 1e-9 * mean  # the rounding left by --recenter prints as 0
+        point = ", ".join(f"{x if abs(x) > noise else 0.0:.4g}" for x in summary["look_at"])
+        look_at = f"({point}); the optical axes pass within {summary['axis_miss']:.3g} of it"
     return "\n".join([
         f"{summary['images']} images -> {summary['out']} ({summary['cropped']} centre-cropped to a square)",
         f"camera distance from the origin: min {low:.4g}, mean {mean:.4g}, max {high:.4g}",
@@ -644,8 +647,8 @@ def main(argv=None) -> None:
     parser.add_argument("source", help="a transforms.json (or its folder), or a COLMAP text model folder")
     parser.add_argument("out", help="output folder (new or empty)")
     parser.add_argument("--images", default=None, help="COLMAP: the images folder (default: images/ near the model)")
-    parser.add_argument("--up", default=None, help="world axis that becomes +y: auto (the cameras' mean up) or "
-                        f"{'|'.join(AXES)} (NeRF/Blender: +z); default: keep the world")
+    parser.add_argument("--up", choices=["auto", *AXES], default=None, help="world axis that becomes +y, or auto: "
+                        "the cameras' mean up (NeRF/Blender: +z); default: keep the world")
     parser.add_argument("--recenter", action="store_true", help="move the cameras' look-at point to the origin")
     parser.add_argument("--radius", type=float, default=None, help="scale to this mean camera distance (FFHQ: 2.7)")
     parser.add_argument("--resolution", type=int, default=None, help="resize the square crops to N x N")

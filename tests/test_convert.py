@@ -64,8 +64,8 @@ def write_colmap(folder, labels, images, size):
     model.mkdir(parents=True)
     image_folder.mkdir()
     cameras = ["# Camera list with one line of data per camera:", "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]"]
-    lines = ["# Image list with two lines of data per image:", "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
-             "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
+    lines = ["# Image list with two lines of data per image:",
+             "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
     for index, (label, image) in enumerate(zip(labels, images)):
         K = (label[16:].reshape(3, 3) * size).tolist()  # python floats: repr() is exact
         if index % 2 == 0:
@@ -287,13 +287,18 @@ def test_malformed_images_txt_line(synthetic, tmp_path):
         convert(model, tmp_path / "out", progress=False)
 
 
-def test_unsupported_camera_model(synthetic, tmp_path):
+@pytest.mark.parametrize("line, message", [
+    ("2 OPENCV_FISHEYE 16 16 20 20 8 8 0.1 0 0 0", "camera model 'OPENCV_FISHEYE' is not supported"),
+    ("2 PINHOLE 16 16 20 20 8", "expected CAMERA_ID PINHOLE WIDTH HEIGHT FX FY CX CY"),
+    ("2 PINHOLE 16 16 20 -20 8 8", "expected CAMERA_ID PINHOLE .* focal lengths > 0"),
+])
+def test_bad_camera_line(synthetic, tmp_path, line, message):
     paths, labels = synthetic
     model = write_colmap(tmp_path / "project", labels, paths, RESOLUTION)
     lines = (model / "cameras.txt").read_text().splitlines()
-    lines[3] = "2 OPENCV_FISHEYE 16 16 20 20 8 8 0.1 0 0 0"
+    lines[3] = line
     (model / "cameras.txt").write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"cameras\.txt: line 4: camera model 'OPENCV_FISHEYE' is not supported"):
+    with pytest.raises(ValueError, match=rf"cameras\.txt: line 4: {message}"):
         convert(model, tmp_path / "out", progress=False)
 
 
@@ -326,3 +331,14 @@ def test_cli_refuses_a_non_empty_destination_and_overwrites_when_asked(synthetic
     main([str(source), str(tmp_path / "out"), "--overwrite"])
     assert not (tmp_path / "out" / "keep.txt").exists() and len(converted(tmp_path / "out")[1]) == len(paths)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nerf", "out"]  # no staging folder left behind
+
+
+def test_recenter_refuses_parallel_cameras(tmp_path):
+    images = blank_images(tmp_path, 3, 8, 8)
+    poses = np.repeat(np.eye(4)[None], 3, axis=0)
+    poses[:, 0, 3] = (0.0, 0.5, 1.0)  # side by side, all looking along -z: a forward-facing capture
+    frames = [{"file_path": image.name, "transform_matrix": pose.tolist()} for image, pose in zip(images, poses)]
+    (tmp_path / "transforms.json").write_text(json.dumps({"camera_angle_x": 0.6, "frames": frames}))
+    with pytest.raises(ValueError, match="--recenter: the cameras' optical axes are .*parallel"):
+        convert(tmp_path / "transforms.json", tmp_path / "out", recenter=True, progress=False)
+    convert(tmp_path / "transforms.json", tmp_path / "out", progress=False)  # fine without --recenter
