@@ -53,6 +53,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from PIL import Image
@@ -419,24 +420,20 @@ def build(src: str, dest: str, *, shard_size_mb: float = 64, image_format: str =
         problem = cameras.problem(strict=strict)
         if problem or (strict and any(entry.fault for entry in entries)):
             fail(_entry_rejects(entries), ("--strict: " if strict else "") + (
-                problem or "dataset.json already shows faults (the images were not read yet)"))
+                problem or "dataset.json and the file list already show faults (the images were not read yet)"))
         settings = Settings(image_format, reencode, int(quality), resolution, tuple(background))
         resolution, image_bytes, faults = measure_image_size(files, entries, settings)
         if resolution is None:
             fail(_entry_rejects([replace(entry, fault=entry.fault or faults[entry.key]) for entry in entries]),
                  f"no valid image among the {len(entries)} entries; nothing to build")
         settings = replace(settings, resolution=resolution)
-        # the name member fits one block; the camera is a 228-byte .npy
-        per_sample = _member_bytes(int(image_bytes)) + _member_bytes(len(camera_bytes(np.zeros(25)))) + 2 * TAR_BLOCK
-        samples_per_shard = max(1, int(shard_size_mb * 2**20 // per_sample))
-        plan = {**asdict(settings), "camera_check": asdict(camera_check), "shard_size_mb": float(shard_size_mb),
-                "samples_per_shard": samples_per_shard, "source_entries": len(entries),
-                "source_sha256": files.fingerprint()}
-        plan = json.loads(json.dumps(plan))  # as a marker holds it (tuples become lists)
+        plan = _plan(settings, camera_check, shard_size_mb, image_bytes, len(entries), files.fingerprint())
+        samples_per_shard = plan["samples_per_shard"]
         runs = [tuple(entries[start:start + samples_per_shard]) for start in range(0, len(entries), samples_per_shard)]
         present = storage.list(dest)
         markers = {index: _complete_marker(dest, index, plan, present, verify) for index in range(len(runs))}
-        jobs = [ShardJob(index, run, files, dest, settings, plan) for index, run in enumerate(runs) if markers[index] is None]
+        jobs = [ShardJob(index, run, files, dest, settings, plan)
+                for index, run in enumerate(runs) if markers[index] is None]
         markers.update(_run(jobs, workers or os.cpu_count() or 1, progress))
     markers = [markers[index] for index in range(len(runs))]
     rejects = [reject for marker in markers for reject in marker["rejects"]]
@@ -448,6 +445,17 @@ def build(src: str, dest: str, *, shard_size_mb: float = 64, image_format: str =
         fail(rejects, f"every one of the {len(entries)} source images was rejected")
     kept = cameras.subset([camera_rows[key] for marker in markers for key in marker["keys"]])
     return _publish_manifest(dest, entries, plan, markers, kept.statistics())
+
+
+def _plan(settings: Settings, camera_check: CameraCheck, shard_size_mb: float, image_bytes: float,
+          source_entries: int, source_sha256: str) -> dict:
+    """What decides the shards' bytes, as a marker holds it (JSON: tuples become lists)."""
+    # the name member fits one block; the camera is a 228-byte .npy
+    per_sample = _member_bytes(int(image_bytes)) + _member_bytes(len(camera_bytes(np.zeros(25)))) + 2 * TAR_BLOCK
+    plan = {**asdict(settings), "camera_check": asdict(camera_check), "shard_size_mb": float(shard_size_mb),
+            "samples_per_shard": max(1, int(shard_size_mb * 2**20 // per_sample)),
+            "source_entries": source_entries, "source_sha256": source_sha256}
+    return json.loads(json.dumps(plan))
 
 
 def _check_options(image_format: str, shard_size_mb: float, quality: int, background) -> None:
@@ -463,7 +471,7 @@ def _entry_rejects(entries: list[Entry]) -> list[dict]:
     return [reject_record(entry.name, entry.fault) for entry in entries if entry.fault is not None]
 
 
-def _fail(source: str, dest: str, total: int, rejects: list[dict], headline: str) -> None:
+def _fail(source: str, dest: str, total: int, rejects: list[dict], headline: str) -> NoReturn:
     """Write rejects.json, then raise the ValueError that explains why nothing is published."""
     url = storage.join(dest, REJECTS)
     _write_if_changed(url, _json_bytes(rejects))

@@ -208,7 +208,8 @@ def describe_statistics(statistics: dict) -> str:
         return "cameras: none"
     radius, axis, seen = statistics["radius"], statistics["axis_distance"], statistics["fraction_inside"]
     check = CameraCheck(**statistics["check"])
-    return (f"cameras ({statistics['count']}): {radius['mean']:.2f} from the origin ({radius['min']:.2f}..{radius['max']:.2f}); "
+    return (f"cameras ({statistics['count']}): {radius['mean']:.2f} from the origin "
+            f"({radius['min']:.2f}..{radius['max']:.2f}); "
             f"look-at point ({_numbers(statistics['look_at'])}), {statistics['look_at_distance']:.2f} from the origin; "
             f"optical axes pass {axis['mean']:.2f} ({axis['min']:.2f}..{axis['max']:.2f}) from the origin; "
             f"{seen['mean']:.0%} ({seen['min']:.0%}..{seen['max']:.0%}) inside {check.describe()}; "

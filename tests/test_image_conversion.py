@@ -77,8 +77,10 @@ def sources() -> dict[str, tuple[bytes, callable]]:
         "c-rgb16.png": (png16(WIDE), lambda bg: (WIDE >> 8).astype(np.uint8)),
         "d-rgba.png": (encoded(Image.fromarray(np.concatenate([RGB, ALPHA], axis=2), "RGBA"), "PNG"),
                        lambda bg: over(RGB, ALPHA, bg)),
-        "e-palette.png": (palette_png(), lambda bg: np.where((INDICES == 3)[..., None], np.uint8(bg), PALETTE[INDICES])),
-        "f-gray.png": (encoded(Image.fromarray(RGB[..., 0], "L"), "PNG"), lambda bg: np.repeat(RGB[..., :1], 3, axis=2)),
+        "e-palette.png": (palette_png(),
+                          lambda bg: np.where((INDICES == 3)[..., None], np.uint8(bg), PALETTE[INDICES])),
+        "f-gray.png": (encoded(Image.fromarray(RGB[..., 0], "L"), "PNG"),
+                       lambda bg: np.repeat(RGB[..., :1], 3, axis=2)),
         "g-plain.png": (encoded(Image.fromarray(RGB), "PNG"), lambda bg: RGB),
     }
 

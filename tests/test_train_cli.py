@@ -101,7 +101,7 @@ def test_data_with_opengl_cameras_is_refused_with_the_build_summary(tmp_path, ca
     assert train_main(cli_args(tmp_path / "run", 0.004, "--data", str(data))) == 2
     error = capsys.readouterr().err
     assert "4 of 4 cameras see none of the tri-plane box" in error and "dataloading.convert --from nerf" in error
-    assert "4 of 4 samples rejected, by kind:\n  camera sees nothing: 4\n    00000/img00000000.png: camera sees" in error
+    assert "4 of 4 samples rejected, by kind:\n  camera sees nothing: 4\n    00000/img00000000.png: camera" in error
     assert "... and 1 more" in error and "rejects.json" in error
 
 
