@@ -1,7 +1,8 @@
 """Camera-labelled images -> webdataset shards on any storage URL.
 
     python -m dataloading.build SRC DEST [--shard-size-mb 64] [--format png|jpeg] [--reencode]
-                                [--quality 95] [--resolution R] [--workers N] [--strict] [--verify]
+                                [--quality 95] [--resolution R] [--background 255,255,255]
+                                [--ray-start S --ray-end E] [--box-warp 1] [--workers N] [--strict] [--verify]
 
 SRC is a dataset in the reference format (a folder or zip of images plus `dataset.json`; our synthetic
 data is one) at a local path or any fsspec URL; a remote SRC is copied to a temporary folder first.
@@ -16,16 +17,30 @@ DEST is a local folder or `s3://bucket/prefix`. DEST receives:
 - `shard-000000.done.json`: written after the shard and its index are published; it records the
   settings, size, sha256, sample keys and rejects, so a re-run skips the shard.
 - `labels.npy` (float32 [N,25] in manifest order, for the generator's camera sampler), `rejects.json`
-  ([{file, fault}]), and last `manifest.json`, which names only complete shards.
+  ([{file, kind, fault}]), and last `manifest.json`, which names only complete shards and carries the
+  camera statistics ("cameras": radius, look-at point, optical-axis distance, fraction of the box seen).
 
 Shards hold fixed runs of source positions (a count measured from the first images to meet the target
 size and recorded in the manifest), so the plan, and with it every shard, is the same on a re-run.
 Every sample is validated: the image decodes, is square and of the expected resolution (the first
-image's, or --resolution); the label is 25 finite floats with sane normalized intrinsics and a
-cam2world whose rotation is a rotation. Rejects are skipped and listed; --strict stops at the first.
+image's, or --resolution), in a pixel format with an 8-bit RGB form; the label is 25 finite floats
+with normalized intrinsics and a cam2world whose rotation is a rotation, and its camera sees the
+tri-plane box (`dataloading.camera_checks`; by default any ray hitting the box [-0.5, 0.5]^3, or the
+samples between --ray-start and --ray-end in a --box-warp box: 2.25/3.3/1 for ffhq512, afhq512 and tiny,
+0.1/2.6/1.6 for shapenet128). Images are stored as 8-bit RGB through `dataloading.pixels.to_rgb8`
+(EXIF orientation applied, 16-bit to 8-bit, alpha composited over --background): whatever that changes
+is re-encoded (PNG losslessly); other images keep their source bytes.
+
+Rejects are skipped and listed in `rejects.json`, each with its kind (one of FAULT_KINDS); the summary,
+and every error, counts them per kind and names the first few of each. The build fails, after writing
+`rejects.json`, when no sample is valid or when more than half of the cameras see nothing (then it
+names the likely fix). --strict fails on any reject and publishes no manifest: before the images are
+read when dataset.json or the cameras already show faults, else after the shards are written (a later
+run without --strict reuses them).
 """
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -38,12 +53,15 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from . import storage
+from .camera_checks import PIXEL_FOCAL, CameraCheck, CameraReport, check_cameras, describe_statistics
+from .pixels import WHITE, oriented_size, to_rgb8
 from .reference_format import IMAGE_EXTENSIONS, LABEL_SIZE, METADATA, load_label_list, parse_label_entry
 
 MANIFEST, LABELS, REJECTS = "manifest.json", "labels.npy", "rejects.json"
@@ -52,7 +70,10 @@ DALI_INDEX_VERSION = "v1.2"
 TAR_BLOCK = 512
 MEASURED_SAMPLES = 16  # images encoded up front to choose the samples per shard
 TOLERANCE = 1e-3  # for the rotation and the fixed rows of the camera matrices
-_CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK"}
+EXAMPLES_PER_KIND = 3  # rejects named per kind in summaries and errors
+FAULT_KINDS = ("bad entry", "listed twice", "missing file", "wrong extension", "no label", "bad label",
+               "bad cam2world", "intrinsics in pixels", "bad intrinsics", "camera sees nothing",
+               "undecodable image", "unsupported pixel format", "wrong image size")
 _EXTENSION = {"png": "png", "jpeg": "jpg"}
 _PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG"}
 
@@ -63,13 +84,24 @@ def shard_stem(index: int) -> str:
 
 # --- the source ----------------------------------------------------------------------------------------
 
+class Rejected(ValueError):
+    """Why one sample is left out; `kind` (one of FAULT_KINDS) groups the reasons in summaries."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(kind, message)  # both in args, so it survives pickling
+        self.kind, self.message = kind, message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass(frozen=True)
 class Entry:
     """One listed or found image: its key (position in the sorted source), label, and any fault."""
     key: int
     name: str
     label: tuple[float, ...] | None
-    fault: str | None
+    fault: Rejected | None
 
 
 class SourceFiles:
@@ -120,43 +152,75 @@ def read_entries(files: SourceFiles) -> list[Entry]:
         raise ValueError(f"{files.path}: no {METADATA}; expected one at the root listing "
                          f'{{"labels": [[image path, [25 floats]], ...]}}')
     listed = load_label_list(files.read(METADATA), f"{files.path}: {METADATA}")
-    found = {}  # name -> (label or None, fault or None)
+    images = {name for name in names if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS}
+    by_stem = {}  # name without extension -> the first image with that stem
+    for image in sorted(images):
+        by_stem.setdefault(os.path.splitext(image)[0], image)
+    found, claimed = {}, set()  # name -> (label or None, fault or None); images a mismatched entry names
     for position, item in enumerate(listed):
-        name, label, fault = parse_label_entry(item)
+        name, label, problem = parse_label_entry(item)
+        fault = Rejected("bad label" if name else "bad entry", problem) if problem else label_fault(label)
         name = name or f"{METADATA}[labels][{position}]"
-        fault = fault or label_fault(label)
         label = tuple(label.tolist()) if label is not None else None
         if name in found:
-            fault = f"listed twice in {METADATA}"
+            fault = Rejected("listed twice", f"listed twice in {METADATA}")
         elif fault is None and name not in names:
-            fault = f"listed in {METADATA} but the file is missing"
+            other = by_stem.get(os.path.splitext(name)[0])
+            fault = missing_file_fault(name, other)
+            claimed.add(other)
         found[name] = (label, fault)
-    for name in names:
-        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and name not in found:
-            found[name] = (None, f"no label in {METADATA}")
+    for name in images - set(found) - claimed:
+        found[name] = (None, Rejected("no label", f"no label in {METADATA}; every image must be listed there"))
     return [Entry(key, name, *found[name]) for key, name in enumerate(sorted(found))]
 
 
-def label_fault(label: np.ndarray) -> str | None:
+def missing_file_fault(name: str, other: str | None) -> Rejected:
+    """A listed file that is absent; a "wrong extension" when `other`, an image of the same stem, exists."""
+    if other is None:
+        return Rejected("missing file", f"listed in {METADATA} but the file is missing")
+    return Rejected("wrong extension", f"listed in {METADATA} but missing; {other} exists instead: the names in "
+                                       f"{METADATA} must match the files exactly (fix the entry, or convert the image "
+                                       f"to {os.path.splitext(name)[1]})")
+
+
+def label_fault(label: np.ndarray) -> Rejected | None:
     """What is wrong with a camera label (row-major 4x4 cam2world, then 3x3 normalized intrinsics)."""
     cam2world, intrinsics = label[:16].reshape(4, 4), label[16:].reshape(3, 3)
     if not np.allclose(cam2world[3], [0, 0, 0, 1], rtol=0, atol=TOLERANCE):
-        return f"cam2world bottom row is {_numbers(cam2world[3])}, expected 0 0 0 1"
+        return Rejected("bad cam2world", f"cam2world bottom row is {_numbers(cam2world[3])}, expected 0 0 0 1")
     rotation = cam2world[:3, :3]
     orthogonality = np.abs(rotation @ rotation.T - np.eye(3)).max()
     if orthogonality > TOLERANCE:
-        return f"cam2world rotation is not orthonormal (max |R R^T - I| = {orthogonality:.3g} > {TOLERANCE})"
+        return Rejected("bad cam2world", f"cam2world rotation is not orthonormal (max |R R^T - I| = "
+                                         f"{orthogonality:.3g} > {TOLERANCE})")
     determinant = np.linalg.det(rotation)
     if abs(determinant - 1) > TOLERANCE:
-        return f"cam2world rotation has determinant {determinant:.4g}, expected +1 (not a reflection)"
+        return Rejected("bad cam2world", f"cam2world rotation has determinant {determinant:.4g}, expected +1 "
+                                         f"(not a reflection)")
     fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
+    if fx > 0 and fy > 0 and cx >= 0 and cy >= 0 and (max(fx, fy) > PIXEL_FOCAL or max(cx, cy) > 1):
+        guess = f" (cx={cx:.4g} suggests an image {2 * cx:.0f} pixels wide)" if cx > 1 else ""
+        return Rejected("intrinsics in pixels", f"intrinsics look like pixel units: fx={fx:.4g}, fy={fy:.4g}, "
+                        f"cx={cx:.4g}, cy={cy:.4g}{guess}; expected them normalized by the image size: divide fx "
+                        f"and cx by the image width and fy and cy by the height (cx, cy near 0.5)")
     if not (fx > 0 and fy > 0):
-        return f"intrinsics have focal lengths fx={fx:.4g}, fy={fy:.4g}, expected both > 0"
+        return Rejected("bad intrinsics", f"intrinsics have focal lengths fx={fx:.4g}, fy={fy:.4g}, expected both > 0")
     if not (0 <= cx <= 1 and 0 <= cy <= 1):
-        return f"intrinsics have principal point ({cx:.4g}, {cy:.4g}), expected within [0, 1] (normalized)"
+        return Rejected("bad intrinsics", f"intrinsics have principal point ({cx:.4g}, {cy:.4g}), expected within "
+                                          f"[0, 1] (normalized)")
     if not np.allclose(intrinsics[2], [0, 0, 1], rtol=0, atol=TOLERANCE):
-        return f"intrinsics bottom row is {_numbers(intrinsics[2])}, expected 0 0 1"
+        return Rejected("bad intrinsics", f"intrinsics bottom row is {_numbers(intrinsics[2])}, expected 0 0 1")
     return None
+
+
+def check_entry_cameras(entries: list[Entry], check: CameraCheck) -> tuple[list[Entry], CameraReport, dict[int, int]]:
+    """(entries with the cameras that see nothing rejected, the report over every valid label, and
+    entry key -> row of that report)."""
+    valid = [entry for entry in entries if entry.fault is None]
+    report = check_cameras(np.array([entry.label for entry in valid], dtype=np.float64).reshape(-1, LABEL_SIZE), check)
+    blind = {valid[row].key: Rejected("camera sees nothing", text) for row, text in report.blind_faults().items()}
+    entries = [replace(entry, fault=blind[entry.key]) if entry.key in blind else entry for entry in entries]
+    return entries, report, {entry.key: row for row, entry in enumerate(valid)}
 
 
 def _numbers(values) -> str:
@@ -188,31 +252,36 @@ class Settings:
     reencode: bool
     quality: int
     resolution: int | None
+    background: tuple[int, int, int] = WHITE  # RGB that transparent pixels are composited over
 
     def encode_image(self, data: bytes) -> bytes:
-        """The image bytes to store, or ValueError naming the fault."""
+        """The image bytes to store: the source bytes when they already decode to the stored 8-bit RGB
+        pixels in the target format, else the converted image encoded. Rejected names the fault."""
         try:
             with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                return self._checked(image, data)
+                pixels, changed = to_rgb8(image, self.background)
+                self._check_size(*pixels.size)
+                if not (changed or self.reencode) and image.format == _PIL_FORMAT[self.image_format]:
+                    return data
+                buffer = io.BytesIO()
+                options = {"quality": self.quality} if self.image_format == "jpeg" else {}
+                pixels.save(buffer, format=_PIL_FORMAT[self.image_format], **options)
+                return buffer.getvalue()
+        except Rejected:
+            raise
         except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-            raise ValueError(f"cannot decode the image ({error})") from error
+            raise Rejected("undecodable image", f"cannot decode the image ({error})") from None
+        except ValueError as error:  # UnsupportedPixelFormat, or mode I values beyond 16 bits
+            raise Rejected("unsupported pixel format", str(error)) from None
 
-    def _checked(self, image: Image.Image, data: bytes) -> bytes:
-        width, height = image.size
-        if image.mode not in _CONVERTIBLE_MODES:
-            raise ValueError(f"unsupported image mode {image.mode}; expected RGB, RGBA, grayscale or palette")
+    def _check_size(self, width: int, height: int) -> None:
+        upright = " (turned upright by its EXIF orientation)"
         if width != height:
-            raise ValueError(f"image is {width}x{height}, expected a square image")
+            raise Rejected("wrong image size", f"image is {width}x{height}{upright}, expected a square image")
         if self.resolution is not None and width != self.resolution:
-            raise ValueError(f"image is {width}x{height}, expected {self.resolution}x{self.resolution}")
-        # Stored images are always 8-bit RGB, so every decoder (PIL, DALI) reads the same pixels.
-        if not self.reencode and image.mode == "RGB" and image.format == _PIL_FORMAT[self.image_format]:
-            return data
-        buffer = io.BytesIO()
-        options = {"quality": self.quality} if self.image_format == "jpeg" else {}
-        image.convert("RGB").save(buffer, format=_PIL_FORMAT[self.image_format], **options)
-        return buffer.getvalue()
+            raise Rejected("wrong image size", f"image is {width}x{height}{upright}, expected "
+                                               f"{self.resolution}x{self.resolution} (the first valid image's size, "
+                                               f"or --resolution)")
 
 
 def camera_bytes(label) -> bytes:
@@ -225,26 +294,40 @@ def _member_bytes(size: int) -> int:
     return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
 
 
-def measure_image_size(files: SourceFiles, entries: list[Entry], settings: Settings) -> tuple[int, float]:
-    """(resolution, mean stored image bytes) from the first valid images."""
-    sizes = []
+def measure_image_size(files: SourceFiles, entries: list[Entry],
+                       settings: Settings) -> tuple[int | None, float, dict[int, Rejected]]:
+    """(resolution, mean stored image bytes, {key: fault} of the images tried) from the first valid
+    images; (None, 0, the fault of every image) when none is valid."""
+    sizes, faults = [], {}
     for entry in entries:
         if entry.fault is not None:
             continue
+        data = files.read(entry.name)
+        trial = settings if settings.resolution is not None else replace(settings, resolution=_upright_width(data))
         try:
-            data = files.read(entry.name)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-            if settings.resolution is None and width == height:
-                settings = replace(settings, resolution=width)
-            sizes.append(len(settings.encode_image(data)))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            sizes.append(len(trial.encode_image(data)))
+        except Rejected as fault:
+            faults[entry.key] = fault
             continue
+        settings = trial
         if len(sizes) == MEASURED_SAMPLES:
             break
-    if not sizes:
-        raise ValueError(f"{files.path}: no valid image among {len(entries)} entries; nothing to build")
-    return settings.resolution, float(np.mean(sizes))
+    return settings.resolution, float(np.mean(sizes)) if sizes else 0.0, faults
+
+
+def _upright_width(data: bytes) -> int | None:
+    """The width of a square image once turned upright; None for anything else (encode_image says why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = oriented_size(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return width if width == height else None
+
+
+def reject_record(name: str, fault: Rejected) -> dict:
+    """One entry of rejects.json."""
+    return {"file": name, "kind": fault.kind, "fault": fault.message}
 
 
 # --- one shard -----------------------------------------------------------------------------------------
@@ -253,12 +336,10 @@ def measure_image_size(files: SourceFiles, entries: list[Entry], settings: Setti
 class ShardJob:
     index: int
     entries: tuple[Entry, ...]
-    source: str  # SRC as given, for messages
     files: SourceFiles
     dest: str
     settings: Settings
     plan: dict  # what the marker must match: the settings plus samples per shard and the source
-    strict: bool
 
 
 def write_shard(job: ShardJob) -> dict:
@@ -268,12 +349,10 @@ def write_shard(job: ShardJob) -> dict:
     for entry in job.entries:
         try:
             if entry.fault is not None:
-                raise ValueError(entry.fault)
+                raise entry.fault
             image = job.settings.encode_image(job.files.read(entry.name))
-        except ValueError as fault:
-            if job.strict:
-                raise ValueError(f"{job.source}: {entry.name}: {fault}") from None
-            rejects.append({"file": entry.name, "fault": str(fault)})
+        except Rejected as fault:
+            rejects.append(reject_record(entry.name, fault))
             continue
         key = f"{entry.key:08d}"
         samples.append((key, [(f"{key}.{extension}", image), (f"{key}.cam.npy", camera_bytes(entry.label)),
@@ -323,35 +402,95 @@ def _write_tar(path: str, samples) -> str:
 # --- the whole build -----------------------------------------------------------------------------------
 
 def build(src: str, dest: str, *, shard_size_mb: float = 64, image_format: str = "png", reencode: bool = False,
-          quality: int = 95, resolution: int | None = None, workers: int | None = None, strict: bool = False,
+          quality: int = 95, resolution: int | None = None, background: tuple[int, int, int] = WHITE,
+          camera_check: CameraCheck = CameraCheck(), workers: int | None = None, strict: bool = False,
           verify: bool = False, progress: bool = True) -> dict:
-    """Build (or finish, or confirm) the shards of SRC in DEST; returns the manifest."""
+    """Build (or finish, or confirm) the shards of SRC in DEST; returns the manifest.
+
+    A ValueError when the data cannot be built: no valid sample, most cameras seeing nothing, or with
+    `strict` any reject; its message counts the rejects per kind and names the first few of each, and
+    rejects.json is written before it is raised."""
+    _check_options(image_format, shard_size_mb, quality, background)
+    dest = str(dest).rstrip("/")
+    with local_copy(str(src)) as local_source:
+        files = SourceFiles(local_source)
+        entries, cameras, camera_rows = check_entry_cameras(read_entries(files), camera_check)
+        storage.makedirs(dest)
+        fail = functools.partial(_fail, str(src), dest, len(entries))
+        problem = cameras.problem(strict=strict)
+        if problem or (strict and any(entry.fault for entry in entries)):
+            fail(_entry_rejects(entries), ("--strict: " if strict else "") + (
+                problem or "dataset.json and the file list already show faults (the images were not read yet)"))
+        settings = Settings(image_format, reencode, int(quality), resolution, tuple(background))
+        resolution, image_bytes, faults = measure_image_size(files, entries, settings)
+        if resolution is None:
+            fail(_entry_rejects([replace(entry, fault=entry.fault or faults[entry.key]) for entry in entries]),
+                 f"no valid image among the {len(entries)} entries; nothing to build")
+        settings = replace(settings, resolution=resolution)
+        plan = _plan(settings, camera_check, shard_size_mb, image_bytes, len(entries), files.fingerprint())
+        samples_per_shard = plan["samples_per_shard"]
+        runs = [tuple(entries[start:start + samples_per_shard]) for start in range(0, len(entries), samples_per_shard)]
+        present = storage.list(dest)
+        markers = {index: _complete_marker(dest, index, plan, present, verify) for index in range(len(runs))}
+        jobs = [ShardJob(index, run, files, dest, settings, plan)
+                for index, run in enumerate(runs) if markers[index] is None]
+        markers.update(_run(jobs, workers or os.cpu_count() or 1, progress))
+    markers = [markers[index] for index in range(len(runs))]
+    rejects = [reject for marker in markers for reject in marker["rejects"]]
+    _write_if_changed(storage.join(dest, REJECTS), _json_bytes(rejects))
+    if strict and rejects:
+        fail(rejects, "--strict: some samples are invalid, so no manifest was published (the shards are kept; a "
+                      "build without --strict reuses them)")
+    if not any(marker["keys"] for marker in markers):
+        fail(rejects, f"every one of the {len(entries)} source images was rejected")
+    kept = cameras.subset([camera_rows[key] for marker in markers for key in marker["keys"]])
+    return _publish_manifest(dest, entries, plan, markers, kept.statistics())
+
+
+def _plan(settings: Settings, camera_check: CameraCheck, shard_size_mb: float, image_bytes: float,
+          source_entries: int, source_sha256: str) -> dict:
+    """What decides the shards' bytes, as a marker holds it (JSON: tuples become lists)."""
+    # the name member fits one block; the camera is a 228-byte .npy
+    per_sample = _member_bytes(int(image_bytes)) + _member_bytes(len(camera_bytes(np.zeros(25)))) + 2 * TAR_BLOCK
+    plan = {**asdict(settings), "camera_check": asdict(camera_check), "shard_size_mb": float(shard_size_mb),
+            "samples_per_shard": max(1, int(shard_size_mb * 2**20 // per_sample)),
+            "source_entries": source_entries, "source_sha256": source_sha256}
+    return json.loads(json.dumps(plan))
+
+
+def _check_options(image_format: str, shard_size_mb: float, quality: int, background) -> None:
     if image_format not in _EXTENSION:
         raise ValueError(f"--format must be one of {sorted(_EXTENSION)}, got {image_format!r}")
     if shard_size_mb <= 0 or not 1 <= quality <= 100:
         raise ValueError(f"--shard-size-mb must be > 0 and --quality in 1..100, got {shard_size_mb}, {quality}")
-    dest = str(dest).rstrip("/")
-    with local_copy(str(src)) as local_source:
-        files = SourceFiles(local_source)
-        entries = read_entries(files)
-        settings = Settings(image_format, reencode, int(quality), resolution)
-        resolution, image_bytes = measure_image_size(files, entries, settings)
-        settings = replace(settings, resolution=resolution)
-        # the name member fits one block; the camera is a 228-byte .npy
-        per_sample = _member_bytes(int(image_bytes)) + _member_bytes(len(camera_bytes(np.zeros(25)))) + 2 * TAR_BLOCK
-        samples_per_shard = max(1, int(shard_size_mb * 2**20 // per_sample))
-        plan = {**asdict(settings), "shard_size_mb": float(shard_size_mb), "samples_per_shard": samples_per_shard,
-                "source_entries": len(entries), "source_sha256": files.fingerprint()}
-        runs = [tuple(entries[start:start + samples_per_shard]) for start in range(0, len(entries), samples_per_shard)]
-        storage.makedirs(dest)
-        present = storage.list(dest)
-        markers = {index: _complete_marker(dest, index, plan, present, verify) for index in range(len(runs))}
-        jobs = [ShardJob(index, run, str(src), files, dest, settings, plan, strict)
-                for index, run in enumerate(runs) if markers[index] is None]
-        if strict:
-            _raise_first_reject(str(src), [m for m in markers.values() if m is not None])
-        markers.update(_run(jobs, workers or os.cpu_count() or 1, progress))
-    return _publish_manifest(dest, entries, plan, [markers[index] for index in range(len(runs))])
+    if len(background) != 3 or not all(isinstance(x, int) and 0 <= x <= 255 for x in background):
+        raise ValueError(f"--background must be three integers in 0..255 (R,G,B), got {background!r}")
+
+
+def _entry_rejects(entries: list[Entry]) -> list[dict]:
+    return [reject_record(entry.name, entry.fault) for entry in entries if entry.fault is not None]
+
+
+def _fail(source: str, dest: str, total: int, rejects: list[dict], headline: str) -> NoReturn:
+    """Write rejects.json, then raise the ValueError that explains why nothing is published."""
+    url = storage.join(dest, REJECTS)
+    _write_if_changed(url, _json_bytes(rejects))
+    raise ValueError(f"{source}: {headline}\n{describe_rejects(rejects, total)}\nEvery reject is listed in {url}.")
+
+
+def describe_rejects(rejects: list[dict], total: int) -> str:
+    """How many of `total` samples were rejected and, per kind (most frequent first), how many and the
+    first EXAMPLES_PER_KIND files with their reasons."""
+    by_kind = {}
+    for reject in rejects:
+        by_kind.setdefault(reject["kind"], []).append(reject)
+    lines = [f"{len(rejects)} of {total} samples rejected" + (", by kind:" if rejects else ".")]
+    for kind, items in sorted(by_kind.items(), key=lambda item: -len(item[1])):
+        lines.append(f"  {kind}: {len(items)}")
+        lines += [f"    {item['file']}: {item['fault']}" for item in items[:EXAMPLES_PER_KIND]]
+        if len(items) > EXAMPLES_PER_KIND:
+            lines.append(f"    ... and {len(items) - EXAMPLES_PER_KIND} more")
+    return "\n".join(lines)
 
 
 def _complete_marker(dest: str, index: int, plan: dict, present: dict[str, int], verify: bool) -> dict | None:
@@ -384,12 +523,6 @@ def file_sha256(url: str) -> str:
     return digest.hexdigest()
 
 
-def _raise_first_reject(source: str, markers: list[dict]) -> None:
-    for marker in sorted(markers, key=lambda m: m["shard"]):
-        for reject in marker["rejects"]:
-            raise ValueError(f"{source}: {reject['file']}: {reject['fault']}")
-
-
 def _run(jobs: list[ShardJob], workers: int, progress: bool) -> dict[int, dict]:
     """Markers of the written shards; in parallel over processes when there is more than one job."""
     markers = {}
@@ -413,26 +546,38 @@ def _run(jobs: list[ShardJob], workers: int, progress: bool) -> dict[int, dict]:
     return markers
 
 
-def _publish_manifest(dest: str, entries: list[Entry], plan: dict, markers: list[dict]) -> dict:
-    """labels.npy and rejects.json, then manifest.json last; a file already holding the same bytes is
-    left untouched, so a re-run writes nothing."""
+def _publish_manifest(dest: str, entries: list[Entry], plan: dict, markers: list[dict], cameras: dict) -> dict:
+    """labels.npy, then manifest.json last; a file already holding the same bytes is left untouched, so
+    a re-run writes nothing."""
     labels = {entry.key: entry.label for entry in entries}
     shards = [{"name": f"{m['shard']}.tar", "index": f"{m['shard']}.idx", "size": m["size"],
                "sample_count": len(m["keys"]), "sha256": m["sha256"]} for m in markers if m["keys"]]
-    rejects = [reject for m in markers for reject in m["rejects"]]
-    _write_if_changed(storage.join(dest, REJECTS), _json_bytes(rejects))
-    if not shards:
-        raise ValueError(f"{dest}: every one of the {len(entries)} source images was rejected; see {REJECTS}")
+    kinds = [reject["kind"] for m in markers for reject in m["rejects"]]
     label_array = np.array([labels[key] for m in markers for key in m["keys"]], dtype=np.float32)
     buffer = io.BytesIO()
     np.save(buffer, label_array, allow_pickle=False)
     _write_if_changed(storage.join(dest, LABELS), buffer.getvalue())
     manifest = {"format": MANIFEST_FORMAT, "sample_count": len(label_array), "resolution": plan["resolution"],
                 "label_dim": LABEL_SIZE, "image_extension": _EXTENSION[plan["image_format"]],
-                "samples_per_shard": plan["samples_per_shard"], "rejected": len(rejects),
-                "labels": LABELS, "rejects": REJECTS, "settings": plan, "shards": shards}
+                "samples_per_shard": plan["samples_per_shard"], "rejected": len(kinds),
+                "rejected_by_kind": {kind: kinds.count(kind) for kind in sorted(set(kinds))},
+                "labels": LABELS, "rejects": REJECTS, "cameras": cameras, "settings": plan, "shards": shards}
     _write_if_changed(storage.join(dest, MANIFEST), _json_bytes(manifest))
     return manifest
+
+
+def summary(dest: str) -> str:
+    """What the build in DEST holds, as printed at its end: counts, rejects per kind, camera statistics."""
+    dest = str(dest).rstrip("/")
+    manifest = json.loads(storage.read_bytes(storage.join(dest, MANIFEST)))
+    lines = [f"{manifest['sample_count']} samples in {len(manifest['shards'])} shards -> "
+             f"{storage.join(dest, MANIFEST)}"]
+    if manifest["rejected"]:
+        rejects = json.loads(storage.read_bytes(storage.join(dest, REJECTS)))
+        lines.append(describe_rejects(rejects, manifest["sample_count"] + len(rejects)))
+        lines.append(f"Every reject is listed in {storage.join(dest, REJECTS)}.")
+    lines.append(describe_statistics(manifest["cameras"]))
+    return "\n".join(lines)
 
 
 def _write_if_changed(url: str, data: bytes) -> None:
@@ -445,6 +590,15 @@ def _json_bytes(value) -> bytes:
     return (json.dumps(value, indent=1) + "\n").encode()
 
 
+def parse_colour(text: str) -> tuple[int, int, int]:
+    """--background: "white", "black" or R,G,B in 0..255."""
+    named = {"white": (255, 255, 255), "black": (0, 0, 0)}
+    try:
+        return named.get(text) or tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected white, black or R,G,B (0..255 each), got {text!r}") from None
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="reference-format folder or zip (local path or fsspec URL)")
@@ -454,18 +608,26 @@ def main(argv=None) -> None:
     parser.add_argument("--reencode", action="store_true", help="re-encode images of the target format too")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality when encoding JPEG")
     parser.add_argument("--resolution", type=int, default=None, help="required size (default: the first image's)")
+    parser.add_argument("--background", type=parse_colour, default=WHITE,
+                        help="colour transparent pixels are composited over: white (default), black or R,G,B")
+    parser.add_argument("--ray-start", type=float, default=None, help="check the cameras with the samples from "
+                        "this depth (a preset's rendering.ray_start: 2.25 ffhq512/afhq512/tiny, 0.1 shapenet128); "
+                        "default: any depth")
+    parser.add_argument("--ray-end", type=float, default=None, help="... to this depth (3.3, or 2.6 for shapenet128)")
+    parser.add_argument("--box-warp", type=float, default=1.0, help="tri-plane box side the cameras must see "
+                        "(a preset's rendering.box_warp: 1, or 1.6 for shapenet128)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
-    parser.add_argument("--strict", action="store_true", help="stop at the first invalid sample")
+    parser.add_argument("--strict", action="store_true", help="fail on any invalid sample (no manifest is published)")
     parser.add_argument("--verify", action="store_true", help="re-hash existing shards before skipping them")
     args = parser.parse_args(argv)
     try:
-        manifest = build(args.src, args.dest, shard_size_mb=args.shard_size_mb, image_format=args.image_format,
-                         reencode=args.reencode, quality=args.quality, resolution=args.resolution,
-                         workers=args.workers, strict=args.strict, verify=args.verify)
+        check = CameraCheck(box_warp=args.box_warp, ray_start=args.ray_start, ray_end=args.ray_end)
+        build(args.src, args.dest, shard_size_mb=args.shard_size_mb, image_format=args.image_format,
+              reencode=args.reencode, quality=args.quality, resolution=args.resolution, background=args.background,
+              camera_check=check, workers=args.workers, strict=args.strict, verify=args.verify)
     except (ValueError, FileNotFoundError, PermissionError) as error:
         raise SystemExit(f"error: {error}") from None
-    print(f"{manifest['sample_count']} samples in {len(manifest['shards'])} shards, {manifest['rejected']} "
-          f"rejected (see {REJECTS}) -> {storage.join(args.dest.rstrip('/'), MANIFEST)}")
+    print(summary(args.dest))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 root; each label is a camera (row-major 4x4 cam2world, then the 3x3 normalized intrinsics). Everything is
 checked when the dataset is opened, so a bad file fails early with a message naming it. Zip files are
 opened lazily, once per process, so a dataset object can be handed to data-loader worker processes.
+Pixels go through `dataloading.pixels.to_rgb8`, the conversion the shard builder stores, so this reader
+and the shards agree (EXIF orientation applied, 16-bit to 8-bit, alpha over a background colour).
 """
 
 import io
@@ -17,10 +19,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .pixels import WHITE, oriented_size, to_rgb8
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 LABEL_SIZE = 25
 METADATA = "dataset.json"
-_CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK"}  # alpha is dropped, not composited
 
 
 def load_label_list(raw: bytes, where: str) -> list:
@@ -51,11 +54,13 @@ def parse_label_entry(entry) -> tuple[str | None, np.ndarray | None, str | None]
 class ReferenceDataset:
     """Images (uint8 HWC RGB) and camera labels (float32 [25]) of a folder or zip in the reference format.
 
-    Items are sorted by file name. `resolution`, when given, is the image size every file must have.
+    Items are sorted by file name. `resolution`, when given, is the image size every file must have (once
+    turned upright); transparent pixels are composited over `background` (RGB, 0..255 each).
     """
 
-    def __init__(self, path, *, resolution: int | None = None):
+    def __init__(self, path, *, resolution: int | None = None, background: tuple[int, int, int] = WHITE):
         self.path = str(path)
+        self.background = tuple(background)
         self._zip: zipfile.ZipFile | None = None
         self._zip_pid: int | None = None
         self._is_zip = os.path.isfile(self.path) and zipfile.is_zipfile(self.path)
@@ -77,10 +82,10 @@ class ReferenceDataset:
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         name = self.names[index]
         with self._open_image(name) as image:
-            if image.mode not in _CONVERTIBLE_MODES:
-                raise ValueError(f"{self._where(name)}: unsupported image mode {image.mode}; expected RGB, "
-                                 f"RGBA, grayscale or palette")
-            array = np.asarray(image.convert("RGB"))
+            try:
+                array = np.asarray(to_rgb8(image, self.background)[0])
+            except ValueError as error:
+                raise ValueError(f"{self._where(name)}: {error}") from None
         if array.shape != (self.resolution, self.resolution, 3):
             raise ValueError(f"{self._where(name)}: image is {array.shape[1]}x{array.shape[0]}, expected "
                              f"{self.resolution}x{self.resolution}")
@@ -164,7 +169,7 @@ class ReferenceDataset:
         reason = "the requested resolution"
         for name in self.names:
             with self._open_image(name) as image:
-                width, height = image.size
+                width, height = oriented_size(image)
             if width != height:
                 raise ValueError(f"{self._where(name)}: image is {width}x{height}, expected a square image")
             if resolution is None:

@@ -72,21 +72,24 @@ def is_manifest(url: str) -> bool:
 
 def prepare_data(config, data: str | None, run_url: str) -> str:
     """The manifest URL to train from: given, or shards built from a reference-format dataset (or synthetic)
-    under the run; checked against the config before any worker starts."""
+    under the run; checked against the config (image size, enough samples, cameras that see the
+    rendering's box) before any worker starts."""
     from dataloading import storage
     from dataloading.shard_reader import load_manifest
 
     if data is not None and is_manifest(data):
         manifest_url = data if data.endswith(".json") else data.rstrip("/") + "/manifest.json"
     else:
-        from dataloading.build import build
+        from dataloading.build import build, summary
 
         source = data or synthetic_dataset(config, run_url)
         shards = storage.join(run_url, "shards")
         print(f"building shards of {source} into {shards}")
         build(source, shards, workers=1, progress=False)
+        print(summary(shards))
         manifest_url = storage.join(shards, "manifest.json")
     manifest = load_manifest(manifest_url)
+    check_cameras_see_the_box(config, manifest_url)
     if manifest.resolution != config.model.image_resolution:
         raise ValueError(f"data {data or manifest_url}: images are {manifest.resolution}x{manifest.resolution}, "
                          f"but model.image_resolution is {config.model.image_resolution}")
@@ -94,6 +97,26 @@ def prepare_data(config, data: str | None, run_url: str) -> str:
         raise ValueError(f"data {manifest_url}: {manifest.sample_count} images cannot feed "
                          f"{config.distributed.max_workers} workers")
     return manifest_url
+
+
+def check_cameras_see_the_box(config, manifest_url: str) -> None:
+    """Refuse data whose cameras mostly miss the tri-plane box with this config's rendering.ray_start,
+    ray_end and box_warp (ray_start null: rays at any depth); warn when a few do."""
+    from dataloading.camera_checks import CameraCheck, check_cameras
+    from dataloading.shard_reader import camera_labels
+
+    r = config.rendering
+    report = check_cameras(camera_labels(manifest_url), CameraCheck(box_warp=r.box_warp, ray_start=r.ray_start,
+                                                                   ray_end=r.ray_end))
+    settings = (f"rendering.ray_start={r.ray_start}, rendering.ray_end={r.ray_end}, rendering.box_warp={r.box_warp} "
+                f"(preset {config.preset} and --set overrides)")
+    problem = report.problem()
+    if problem:
+        raise ValueError(f"data {manifest_url}: with {settings}: {problem}")
+    blind = int(report.blind.sum())
+    if blind:
+        print(f"warning: data {manifest_url}: {blind} of {len(report.labels)} cameras see none of "
+              f"{report.check.describe()} with {settings}; their images teach the generator nothing useful")
 
 
 def synthetic_dataset(config, run_url: str) -> str:

@@ -1,5 +1,6 @@
 """python -m dataloading.build: shards equal to the source, validation, determinism, resume, storage errors."""
 
+import io
 import json
 import os
 import tarfile
@@ -7,9 +8,11 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dataloading import storage
 from dataloading.build import build, main
+from dataloading.camera_checks import CameraCheck
 from dataloading.reference_format import ReferenceDataset
 from dataloading.shard_reader import ShardReader, camera_labels, verify
 from eg3d.synthetic import generate_dataset
@@ -94,8 +97,8 @@ def broken_source(folder, fault: str):
     return folder, name
 
 
-FAULTS = {"corrupt image": "cannot decode", "wrong-length label": "24 values",
-          "not a rotation": "not orthonormal"}
+FAULTS = {"corrupt image": ("undecodable image", "cannot decode"), "wrong-length label": ("bad label", "24 values"),
+          "not a rotation": ("bad cam2world", "not orthonormal")}
 
 
 def test_invalid_samples_are_rejected_listed_and_counted(tmp_path):
@@ -114,18 +117,126 @@ def test_invalid_samples_are_rejected_listed_and_counted(tmp_path):
     assert [r["file"] for r in rejects] == [metadata["labels"][i][0] for i in (1, 4, 6)]
     assert "cannot decode" in rejects[0]["fault"] and "24 values" in rejects[1]["fault"]
     assert "determinant -1" in rejects[2]["fault"]
+    assert [r["kind"] for r in rejects] == ["undecodable image", "bad label", "bad cam2world"]
+    assert manifest["rejected_by_kind"] == {"bad cam2world": 1, "bad label": 1, "undecodable image": 1}
     kept = [i for i in range(8) if i not in (1, 4, 6)]
     expected = np.array([metadata["labels"][i][1] for i in kept], dtype=np.float32)
     np.testing.assert_array_equal(camera_labels(str(tmp_path / "shards" / "manifest.json")), expected)
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_strict_stops_at_the_first_invalid_sample_naming_file_and_fault(tmp_path, fault):
+def test_strict_fails_naming_file_and_fault_and_writes_the_rejects(tmp_path, fault):
     folder, name = broken_source(tmp_path / "source", fault)
     with pytest.raises(SystemExit) as error:
         main([str(folder), str(tmp_path / "shards"), "--strict", "--workers", "1", "--shard-size-mb", "1"])
-    assert name in str(error.value) and FAULTS[fault] in str(error.value)
+    kind, reason = FAULTS[fault]
+    assert "--strict" in str(error.value) and f"1 of 6 samples rejected, by kind:\n  {kind}: 1\n    {name}: " in \
+        str(error.value) and reason in str(error.value)
     assert not (tmp_path / "shards" / "manifest.json").exists()
+    rejects = json.loads((tmp_path / "shards" / "rejects.json").read_text())
+    assert [(r["file"], r["kind"]) for r in rejects] == [(name, kind)] and reason in rejects[0]["fault"]
+
+
+def save_as(path, image: Image.Image, image_format: str) -> None:
+    """Write `image` in `image_format` to `path`, whatever its extension says."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    path.write_bytes(buffer.getvalue())
+
+
+def test_rejects_are_counted_per_kind_with_the_first_three_of_each(tmp_path, capsys):
+    folder = tmp_path / "source"
+    generate_dataset(folder, count=12, resolution=32, seed=2, progress_every=10**9)
+    metadata = json.loads((folder / "dataset.json").read_text())
+    names = [name for name, _ in metadata["labels"]]
+    for name in names[:4]:  # converted to JPEG, while dataset.json still lists the PNG
+        save_as((folder / name).with_suffix(".jpg"), Image.open(folder / name).convert("RGB"), "JPEG")
+        (folder / name).unlink()
+    metadata["labels"][4][1][16:25] = [136.5, 0, 16, 0, 136.5, 16, 0, 0, 1]  # intrinsics of a 32-px image in pixels
+    save_as(folder / names[5], Image.new("RGB", (32, 24)), "PNG")
+    save_as(folder / names[6], Image.new("F", (32, 32)), "TIFF")  # 32-bit float pixels behind a .png name
+    (folder / names[7]).unlink()
+    (folder / "dataset.json").write_text(json.dumps(metadata))
+
+    main([str(folder), str(tmp_path / "shards"), "--workers", "1"])
+    out = capsys.readouterr().out
+    assert "4 samples in 1 shards" in out and "8 of 12 samples rejected, by kind:\n  wrong extension: 4\n" in out
+    for name in names[:3]:
+        jpeg = name.replace(".png", ".jpg")
+        assert f"    {name}: listed in dataset.json but missing; {jpeg} exists instead: the names in dataset.json " \
+               f"must match the files exactly" in out
+    assert names[3] + ":" not in out and "    ... and 1 more\n" in out
+    assert f"  intrinsics in pixels: 1\n    {names[4]}: intrinsics look like pixel units" in out
+    assert "divide fx and cx by the image width and fy and cy by the height" in out
+    assert f"  wrong image size: 1\n    {names[5]}: image is 32x24" in out
+    assert f"  unsupported pixel format: 1\n    {names[6]}: unsupported pixel format (PIL mode F)" in out
+    assert f"  missing file: 1\n    {names[7]}: listed in dataset.json but the file is missing" in out
+    assert "cameras (4): 2.70 from the origin" in out and "0 see nothing" in out
+    rejects = json.loads((tmp_path / "shards" / "rejects.json").read_text())
+    assert [(r["file"], r["kind"]) for r in rejects] == list(zip(names[:8], ["wrong extension"] * 4 + [
+        "intrinsics in pixels", "wrong image size", "unsupported pixel format", "missing file"]))
+
+
+def test_when_no_sample_is_valid_the_error_names_each_kind_and_rejects_json_is_written(tmp_path):
+    folder = tmp_path / "source"
+    generate_dataset(folder, count=6, resolution=32, seed=2, progress_every=10**9)
+    names = [name for name, _ in json.loads((folder / "dataset.json").read_text())["labels"]]
+    for name in names[:4]:
+        save_as((folder / name).with_suffix(".jpg"), Image.open(folder / name).convert("RGB"), "JPEG")
+        (folder / name).unlink()
+    for name in names[4:]:
+        (folder / name).write_bytes(b"not an image")
+    with pytest.raises(SystemExit) as error:
+        main([str(folder), str(tmp_path / "shards"), "--workers", "1"])
+    message = str(error.value)
+    assert "no valid image among the 6 entries" in message and "6 of 6 samples rejected" in message
+    assert "  wrong extension: 4\n" in message and "    ... and 1 more\n" in message
+    assert f"  undecodable image: 2\n    {names[4]}: cannot decode" in message
+    rejects = json.loads((tmp_path / "shards" / "rejects.json").read_text())
+    assert [r["kind"] for r in rejects] == ["wrong extension"] * 4 + ["undecodable image"] * 2
+    assert f"Every reject is listed in {tmp_path / 'shards' / 'rejects.json'}" in message
+
+
+def opengl_source(folder, flipped: list[int]):
+    """A 6-image synthetic dataset whose labels `flipped` have OpenGL camera axes (cam2world columns 1, 2
+    negated: the camera looks away from the object)."""
+    generate_dataset(folder, count=6, resolution=32, seed=1, progress_every=10**9)
+    metadata = json.loads((folder / "dataset.json").read_text())
+    for index in flipped:
+        for flat in (1, 2, 5, 6, 9, 10):
+            metadata["labels"][index][1][flat] *= -1
+    (folder / "dataset.json").write_text(json.dumps(metadata))
+    return folder, [name for name, _ in metadata["labels"]]
+
+
+def test_cameras_in_opengl_axes_fail_the_build_naming_the_conversion(tmp_path):
+    folder, names = opengl_source(tmp_path / "source", flipped=list(range(6)))
+    with pytest.raises(SystemExit) as error:
+        main([str(folder), str(tmp_path / "shards"), "--workers", "1"])
+    message = str(error.value)
+    assert "6 of 6 cameras see none of the tri-plane box [-0.5, 0.5]^3" in message
+    assert "OpenGL/Blender" in message and "python -m dataloading.convert" in message
+    assert f"  camera sees nothing: 6\n    {names[0]}: camera sees none" in message
+    rejects = json.loads((tmp_path / "shards" / "rejects.json").read_text())
+    assert [r["kind"] for r in rejects] == ["camera sees nothing"] * 6
+    assert not (tmp_path / "shards" / "manifest.json").exists()
+
+
+def test_one_camera_looking_away_is_rejected_and_the_statistics_are_in_the_manifest(tmp_path):
+    folder, names = opengl_source(tmp_path / "source", flipped=[3])
+    manifest = build(folder, tmp_path / "shards", workers=1, progress=False,
+                     camera_check=CameraCheck(box_warp=1.0, ray_start=2.25, ray_end=3.3))
+    assert manifest["sample_count"] == 5 and manifest["rejected_by_kind"] == {"camera sees nothing": 1}
+    rejects = json.loads((tmp_path / "shards" / "rejects.json").read_text())
+    assert rejects[0]["file"] == names[3] and "python -m dataloading.convert" in rejects[0]["fault"]
+    cameras = manifest["cameras"]
+    assert cameras["count"] == 5 and cameras["check"] == {"box_warp": 1.0, "ray_start": 2.25, "ray_end": 3.3}
+    assert cameras["radius"] == {"min": 2.7, "mean": 2.7, "max": 2.7} and cameras["seeing_nothing"] == 0
+    assert cameras["look_at_distance"] < 1e-3 and cameras["axis_distance"]["max"] < 1e-3
+    assert 0.85 < cameras["fraction_inside"]["min"] <= cameras["fraction_inside"]["max"] < 1
+    assert manifest["settings"]["camera_check"] == cameras["check"]
+    with pytest.raises(SystemExit, match=r"(?s)--strict.*1 of 6 cameras see none.*camera sees nothing: 1"):
+        main([str(folder), str(tmp_path / "strict"), "--workers", "1", "--strict"])
 
 
 def snapshot(folder) -> dict[str, tuple[bytes, int]]:

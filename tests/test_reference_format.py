@@ -82,11 +82,16 @@ def test_labels_follow_sorted_names_and_backslashes_are_normalized(tmp_path):
 def test_grayscale_palette_and_rgba_become_rgb(tmp_path):
     palette = rgb((4, 4), (9, 8, 7)).convert("P", palette=Image.Palette.ADAPTIVE)
     write_dataset(tmp_path, {"gray.png": Image.new("L", (4, 4), 77), "palette.png": palette,
-                             "alpha.png": Image.new("RGBA", (4, 4), (1, 2, 3, 0))})
+                             "alpha.png": Image.new("RGBA", (4, 4), (1, 2, 3, 0)),
+                             "half.png": Image.new("RGBA", (4, 4), (100, 0, 50, 51))})
     dataset = ReferenceDataset(tmp_path)
     images = {name: dataset[i][0] for i, name in enumerate(dataset.names)}
     np.testing.assert_array_equal(images["gray.png"], np.full((4, 4, 3), 77, dtype=np.uint8))
-    np.testing.assert_array_equal(images["alpha.png"], np.full((4, 4, 3), (1, 2, 3), dtype=np.uint8))
+    # alpha is composited over white: 0 gives white; 51/255 = 0.2 gives 0.2 * rgb + 0.8 * 255
+    np.testing.assert_array_equal(images["alpha.png"], np.full((4, 4, 3), 255, dtype=np.uint8))
+    np.testing.assert_array_equal(images["half.png"], np.full((4, 4, 3), (224, 204, 214), dtype=np.uint8))
+    black = ReferenceDataset(tmp_path, background=(0, 0, 0))
+    np.testing.assert_array_equal(black[black.names.index("half.png")][0], np.full((4, 4, 3), (20, 0, 10), np.uint8))
     np.testing.assert_array_equal(images["palette.png"], np.full((4, 4, 3), (9, 8, 7), dtype=np.uint8))
 
 

@@ -70,6 +70,57 @@ def test_dataset_resolution_mismatch_names_the_dataset(tmp_path, capsys):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def no_launch(*args, **kwargs):
+    raise AssertionError("the data should have been refused before any worker started")
+
+
+def relabel(data, change) -> None:
+    """Apply `change` to every label of the dataset.json in `data` (a float64 [N,25] array in place)."""
+    metadata = json.loads((data / "dataset.json").read_text())
+    labels = np.array([label for _, label in metadata["labels"]])
+    change(labels)
+    metadata["labels"] = [[name, label.tolist()] for (name, _), label in zip(metadata["labels"], labels)]
+    (data / "dataset.json").write_text(json.dumps(metadata))
+
+
+def opengl_axes(labels: np.ndarray) -> None:
+    labels[:, [1, 2, 5, 6, 9, 10]] *= -1  # cam2world columns 1 and 2: the cameras look away from the object
+
+
+def six_units_away(labels: np.ndarray) -> None:
+    labels[:, [3, 7, 11]] *= 6 / 2.7  # camera centres moved out along their rays, from radius 2.7 to 6
+
+
+def test_data_with_opengl_cameras_is_refused_with_the_build_summary(tmp_path, capsys, monkeypatch):
+    import cluster.launch
+
+    monkeypatch.setattr(cluster.launch, "launch", no_launch)
+    data = tmp_path / "data"
+    generate_dataset(data, count=4, resolution=32, seed=0)
+    relabel(data, opengl_axes)
+    assert train_main(cli_args(tmp_path / "run", 0.004, "--data", str(data))) == 2
+    error = capsys.readouterr().err
+    assert "4 of 4 cameras see none of the tri-plane box" in error and "python -m dataloading.convert" in error
+    assert "4 of 4 samples rejected, by kind:\n  camera sees nothing: 4\n    00000/img00000000.png: camera" in error
+    assert "... and 1 more" in error and "rejects.json" in error
+
+
+def test_cameras_outside_the_preset_ray_range_are_refused_before_training(tmp_path, capsys, monkeypatch):
+    import cluster.launch
+
+    monkeypatch.setattr(cluster.launch, "launch", no_launch)
+    data = tmp_path / "data"
+    generate_dataset(data, count=4, resolution=32, seed=0)
+    relabel(data, six_units_away)
+    # The build checks rays at any depth, which still hit the box from 6 units away; tiny samples 2.25..3.3.
+    assert train_main(cli_args(tmp_path / "run", 0.004, "--data", str(data))) == 2
+    out, error = capsys.readouterr()
+    assert "4 samples in 1 shards" in out and "0 see nothing" in out  # the build's summary
+    assert "rendering.ray_start=2.25, rendering.ray_end=3.3, rendering.box_warp=1.0 (preset tiny" in error
+    assert "4 of 4 cameras see none of the tri-plane box [-0.5, 0.5]^3, by samples at depths 2.25..3.3" in error
+    assert "sit 6.00 from the origin" in error and "scale the camera positions" in error
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ddp", "deepspeed"])
 def test_two_workers_from_s3_shards_to_s3_snapshots(tmp_path, moto_server, backend):
