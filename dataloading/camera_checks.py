@@ -102,13 +102,18 @@ def _fraction_inside(labels: np.ndarray, check: CameraCheck) -> np.ndarray:
     return (np.abs(points) <= half).all(axis=-1).mean(axis=(1, 2))
 
 
-def look_at_point(labels: np.ndarray) -> np.ndarray:
-    """[3] the point nearest, in least squares, to every optical axis (whole lines); with axes that are
-    all parallel, the one nearest the origin."""
-    origins, rotations, _ = split(labels)
-    forward = rotations[:, :, 2] / np.linalg.norm(rotations[:, :, 2], axis=1, keepdims=True)
+def look_at_point(cam2world: np.ndarray, *, parallel_ok: bool = True) -> np.ndarray:
+    """[3] the point nearest, in least squares, to the optical axes (whole lines along +z, OpenCV) of
+    cam2world [N,4,4]: it solves sum_i (I - d_i d_i^T) p = sum_i (I - d_i d_i^T) o_i. When the axes are
+    (nearly) parallel no such point exists: the one nearest the origin is returned, or, with
+    `parallel_ok=False`, ValueError."""
+    origins, forward = cam2world[:, :3, 3], cam2world[:, :3, 2]
+    forward = forward / np.linalg.norm(forward, axis=1, keepdims=True)
     projectors = np.eye(3) - forward[:, :, None] * forward[:, None, :]  # onto each axis's normal plane
-    point, *_ = np.linalg.lstsq(projectors.sum(0), np.einsum("nij,nj->i", projectors, origins), rcond=1e-9)
+    a, b = projectors.sum(0), np.einsum("nij,nj->i", projectors, origins)
+    if not parallel_ok and np.linalg.eigvalsh(a)[0] < 1e-6 * len(cam2world):
+        raise ValueError("the cameras' optical axes are (nearly) parallel, so they have no common look-at point")
+    point, *_ = np.linalg.lstsq(a, b, rcond=1e-9)
     return point
 
 
@@ -134,7 +139,7 @@ class CameraReport:
     def statistics(self) -> dict:
         """JSON-ready: camera radius, look-at point, axis distance and fraction inside (min/mean/max)."""
         origins = split(self.labels)[0]
-        look_at = look_at_point(self.labels) if len(self.labels) else np.zeros(3)
+        look_at = look_at_point(self.labels[:, :16].reshape(-1, 4, 4)) if len(self.labels) else np.zeros(3)
         return {"count": len(self.labels), "check": asdict(self.check),
                 "radius": _spread(np.linalg.norm(origins, axis=1)), "look_at": _rounded(look_at),
                 "look_at_distance": _rounded(np.linalg.norm(look_at)), "axis_distance": _spread(self.axis_distance),
@@ -188,7 +193,7 @@ def likely_fixes(labels: np.ndarray, check: CameraCheck) -> list[str]:
         fixes.append(f"the cam2world matrices look like OpenGL/Blender camera axes (x right, y up, z backward); "
                      f"with columns 1 and 2 negated (OpenCV axes: y down, z forward) the median camera would see "
                      f"{rescued:.0%} of the box. Convert the dataset with python -m dataloading.convert (NeRF transforms.json -> OpenCV axes; see its --help).")
-    look_at = look_at_point(labels)
+    look_at = look_at_point(labels[:, :16].reshape(-1, 4, 4))
     if np.linalg.norm(look_at) > check.box_warp / 2:
         fixes.append(f"the cameras look at ({_numbers(look_at)}), {np.linalg.norm(look_at):.2f} from the origin, "
                      f"outside the box: recentre the world on the object (subtract that point from every "

@@ -61,6 +61,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .camera_checks import look_at_point
+from .pixels import to_rgb8
+
 IMAGES_PER_FOLDER = 1000
 SOURCE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG", ".webp", ".bmp")
 AXES = {"+x": (1, 0, 0), "-x": (-1, 0, 0), "+y": (0, 1, 0), "-y": (0, -1, 0), "+z": (0, 0, 1), "-z": (0, 0, -1)}
@@ -111,19 +114,6 @@ def world2cam_to_cam2world(rotation: np.ndarray, translation: np.ndarray) -> np.
     return cam2world
 
 
-def look_at_point(cam2world: np.ndarray) -> np.ndarray:
-    """The point [3] nearest all optical axes (the lines through each camera centre along its +z axis,
-    OpenCV) in the least-squares sense: it solves sum_i (I - d_i d_i^T) p = sum_i (I - d_i d_i^T) o_i.
-    ValueError when the axes are (nearly) parallel and no such point is defined."""
-    directions, origins = cam2world[:, :3, 2], cam2world[:, :3, 3]
-    directions = directions / np.linalg.norm(directions, axis=1, keepdims=True)
-    projectors = np.eye(3) - directions[:, :, None] * directions[:, None, :]  # onto each axis' normal plane
-    a, b = projectors.sum(0), np.einsum("nij,nj->i", projectors, origins)
-    if np.linalg.eigvalsh(a)[0] < 1e-6 * len(cam2world):
-        raise ValueError("the cameras' optical axes are (nearly) parallel, so they have no common look-at point")
-    return np.linalg.solve(a, b)
-
-
 def axis_distances(cam2world: np.ndarray, point: np.ndarray) -> np.ndarray:
     """Distance [N] from `point` [3] to each camera's optical axis (a full line)."""
     directions = cam2world[:, :3, 2] / np.linalg.norm(cam2world[:, :3, 2], axis=1, keepdims=True)
@@ -171,7 +161,7 @@ def place_world(cam2world: np.ndarray, *, up: str | None = None, recenter: bool 
         cam2world = transform_world(cam2world, rotation=rotation_to_y(vector))
     if recenter:
         try:
-            centre = look_at_point(cam2world)
+            centre = look_at_point(cam2world, parallel_ok=False)
         except ValueError as error:  # a forward-facing capture
             raise ValueError(f"--recenter: {error}; leave the world as it is for such a capture") from None
         cam2world = transform_world(cam2world, translation=-centre)
@@ -537,11 +527,10 @@ def square_image(frame: Frame, resolution: int | None, background: tuple[int, in
     left, top, size = square_crop(frame.width, frame.height)
     try:
         with Image.open(frame.source) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                rgba = image.convert("RGBA")
-                image = Image.alpha_composite(Image.new("RGBA", rgba.size, background + (255,)), rgba)
-            image = image.convert("RGB").crop((left, top, left + size, top + size))
+            # The cameras were solved on the stored pixels (COLMAP and NeRF tools ignore EXIF orientation),
+            # so the image is not turned; the output PNG carries no orientation tag.
+            image, _ = to_rgb8(image, background, apply_orientation=False)
+            image = image.crop((left, top, left + size, top + size))
     except (OSError, SyntaxError) as error:
         raise ValueError(f"{frame.where}: cannot read image {frame.source} ({error})") from error
     if resolution is not None and resolution != size:
@@ -616,7 +605,7 @@ def summarize(frames: list[Frame], cam2world: np.ndarray, out: Path) -> dict:
     far the optical axes pass from it, in the output world."""
     distances = np.linalg.norm(cam2world[:, :3, 3], axis=1)
     try:
-        point = look_at_point(cam2world)
+        point = look_at_point(cam2world, parallel_ok=False)
         miss = float(axis_distances(cam2world, point).max())
     except ValueError:
         point, miss = None, None

@@ -42,11 +42,14 @@ def oriented_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation(image) in _ROTATED_ORIENTATIONS else (width, height)
 
 
-def to_rgb8(image: Image.Image, background: tuple[int, int, int] = WHITE) -> tuple[Image.Image, bool]:
+def to_rgb8(image: Image.Image, background: tuple[int, int, int] = WHITE, *,
+            apply_orientation: bool = True) -> tuple[Image.Image, bool]:
     """(upright 8-bit RGB image, whether any pixel or tag differs from the source's plain RGB decode).
 
     `image` must be freshly opened (not yet loaded): the bit depth is read from the decoder's raw mode.
     `background` is the RGB colour (0..255 each) that transparent pixels are composited over.
+    `apply_orientation=False` keeps the stored pixel layout (the tag is dropped all the same): for images
+    whose cameras were calibrated on the stored pixels, as COLMAP and NeRF tools do.
     Raises UnsupportedPixelFormat for modes without an 8-bit RGB form, and ValueError for a mode "I"
     image with values outside 0..65535.
     """
@@ -55,7 +58,7 @@ def to_rgb8(image: Image.Image, background: tuple[int, int, int] = WHITE) -> tup
                                      f"RGB, RGBA, grayscale or palette: convert it to 8-bit RGB")
     sixteen_bit = any(";16" in str(tile.args) for tile in image.tile)  # only known before load()
     image.load()
-    turned = orientation(image)
+    turned = orientation(image) if apply_orientation else 1
     changed = sixteen_bit or turned != 1 or image.mode != "RGB" or "transparency" in image.info
     if turned != 1:
         image = ImageOps.exif_transpose(image)

@@ -54,7 +54,7 @@ def test_cameras_looking_at_a_point_three_units_off_are_rejected_with_recentre()
     yaw = np.linspace(-0.4, 0.4, 5)
     origins = target + 2.7 * np.stack([np.sin(yaw), np.zeros(5), np.cos(yaw)], axis=1)
     labels = labels_looking_at(origins, target)
-    np.testing.assert_allclose(look_at_point(labels), target, atol=1e-9)  # every axis passes through it
+    np.testing.assert_allclose(look_at_point(labels[:, :16].reshape(-1, 4, 4)), target, atol=1e-9)  # every axis passes through it
     report = check_cameras(labels, ANY_DEPTH)
     assert report.blind.all()
     # Each axis is a line through (3,0,0) from its camera; the nearest point to the origin on the forward half.
@@ -67,7 +67,7 @@ def test_cameras_looking_at_a_point_three_units_off_are_rejected_with_recentre()
 
 def test_look_at_point_of_two_crossing_axes():
     labels = labels_looking_at([[2.0, 0.3, 0.0], [0.0, 0.3, 2.0]], [0.0, 0.3, 0.0])
-    np.testing.assert_allclose(look_at_point(labels), [0.0, 0.3, 0.0], atol=1e-12)
+    np.testing.assert_allclose(look_at_point(labels[:, :16].reshape(-1, 4, 4)), [0.0, 0.3, 0.0], atol=1e-12)
 
 
 def brute_force_fraction(label: np.ndarray, check: CameraCheck) -> float:

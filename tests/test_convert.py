@@ -14,6 +14,7 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from dataloading.build import build
+from dataloading.camera_checks import CameraCheck, check_cameras
 from dataloading.convert import convert, main, quaternion_to_rotation
 from eg3d.camera import orbit_camera
 from eg3d.synthetic import generate_dataset
@@ -199,6 +200,51 @@ def test_moved_z_up_world_comes_back_centred(tmp_path, capsys, up):
     printed = capsys.readouterr().out
     assert "16 images" in printed and "min 2.7, mean 2.7, max 2.7" in printed
     assert f"python -m dataloading.build {tmp_path / 'out'} SHARDS" in printed
+
+
+def test_blender_scene_sees_the_ffhq_box_only_after_conversion(tmp_path):
+    """A z-up, moved and scaled NeRF export of FFHQ-like cameras: read as EG3D labels it would see nothing of
+    the box at ffhq512's ray range; converted with --up auto --recenter --radius 2.7 every camera passes the
+    build's camera check at that range."""
+    yaw = np.linspace(math.pi / 2 - 0.6, math.pi / 2 + 0.6, 12)
+    original = orbit_camera(yaw, math.pi / 2 + 0.1, focal=4.2647).double().numpy()
+    cam2world = original[:, :16].reshape(-1, 4, 4)
+    rotation = Rotation.from_euler("x", 90, degrees=True).as_matrix()  # y-up -> z-up
+    moved = cam2world.copy()
+    moved[:, :3, :3] = rotation @ cam2world[:, :3, :3]
+    moved[:, :3, 3] = 0.5 * cam2world[:, :3, 3] @ rotation.T + [3.0, 1.0, -2.0]
+    labels = np.concatenate([moved.reshape(-1, 16), original[:, 16:]], axis=1)
+    source = write_transforms(tmp_path / "nerf", labels, blank_images(tmp_path / "images", 12, 8, 8),
+                              top={"camera_angle_x": 2 * math.atan(0.5 / 4.2647)})
+    ffhq = CameraCheck(box_warp=1.0, ray_start=2.25, ray_end=3.3)
+    as_given = json.loads(source.read_text())["frames"]
+    raw = np.array([np.concatenate([np.ravel(f["transform_matrix"]), original[0, 16:]]) for f in as_given])
+    assert check_cameras(raw, ffhq).blind.all()
+
+    main([str(source), str(tmp_path / "out"), "--up", "auto", "--recenter", "--radius", "2.7"])
+    report = check_cameras(converted(tmp_path / "out")[0], ffhq)
+    assert not report.blind.any() and report.fraction.min() > 0.5 and report.problem(strict=True) is None
+    manifest = build(str(tmp_path / "out"), str(tmp_path / "shards"), camera_check=ffhq, workers=1, progress=False)
+    assert manifest["rejected"] == 0 and manifest["cameras"]["seeing_nothing"] == 0
+
+
+def test_exif_orientation_is_not_applied(tmp_path):
+    """COLMAP and NeRF tools solve cameras on the stored pixels, ignoring EXIF orientation: the importer
+    keeps that layout (a turned image would no longer match its camera) and writes no orientation tag."""
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    pixels[:8] = 255  # a white top half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    (tmp_path / "src").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "src" / "a.jpg", exif=exif.tobytes(), quality=100)
+    frame = {"file_path": "src/a.jpg", "transform_matrix": np.eye(4).tolist()}
+    (tmp_path / "transforms.json").write_text(json.dumps({"camera_angle_x": 0.5, "frames": [frame]}))
+    main([str(tmp_path / "transforms.json"), str(tmp_path / "out")])
+    name = json.loads((tmp_path / "out" / "dataset.json").read_text())["labels"][0][0]
+    with Image.open(tmp_path / "out" / name) as image:
+        assert 0x0112 not in image.getexif()
+        stored = np.asarray(image)
+    assert stored[:6].min() > 200 and stored[10:].max() < 50  # still the top half, not the left or right
 
 
 # --- crops ----------------------------------------------------------------------------------------------
