@@ -275,8 +275,8 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
             checkpoint_due = False
             maintenance_seconds += time.perf_counter() - maintenance_start
     if checkpoint_due and sync.rank == 0:
-        log(f"the run ended {trainer.nonfinite_streak} steps into a run of non-finite steps, so its final "
-            f"checkpoint was not written; a rerun resumes from the newest one and trains the rest again")
+        log(f"the last {trainer.nonfinite_streak} steps had non-finite gradients, so the final checkpoint was "
+            f"not written; a rerun resumes from the newest one and trains the rest again")
     reader.close()
     return trainer
 
