@@ -38,13 +38,15 @@ class Job:
         return storage.join(self.storage_url, self.name)
 
 
-def worker_loop(job: dict) -> None:
-    """Runs in each Ray Train worker."""
+def worker_loop(job: dict) -> str | None:
+    """Runs in each Ray Train worker. A diverged run returns its message rather than raising: Ray Train
+    retries every worker exception (up to distributed.max_failures), and each retry would resume from the
+    same checkpoint into the same divergence. The driver turns rank 0's return value into the error."""
     import ray.train
     import ray.train.torch
 
     from eg3d.config import TrainConfig, accumulation
-    from eg3d.training_loop import train
+    from eg3d.training_loop import TrainingDiverged, train
 
     from .backends import make_sync
 
@@ -64,9 +66,13 @@ def worker_loop(job: dict) -> None:
         train(config, manifest_url=job.manifest_url, run_url=job.run_url, sync=sync, device=device,
               report=functools.partial(report, exporter, sync.rank),
               log=logging.getLogger("eg3d").info)  # a print would reach the driver twice
+    except TrainingDiverged as error:
+        logging.getLogger("eg3d").error(str(error))
+        return str(error)
     finally:
         if exporter is not None:
             exporter.close()
+    return None
 
 
 def start_exporter(job: Job, config, sync):
@@ -164,15 +170,24 @@ def use_gpu(config) -> bool:
 def launch(config, *, manifest_url: str, storage_url: str, name: str,
            driver_record: tuple[dict, dict] = ({}, {})) -> None:
     """Run (or resume) the training run `name` under `storage_url` on the Ray cluster. `driver_record`:
-    the driver's (run-wide, own) values for its /metrics."""
+    the driver's (run-wide, own) values for its /metrics.
+
+    Raises TrainingDiverged when the workers stopped the run for non-finite gradients
+    (run.max_nonfinite_steps), and Ray Train's error when the workers failed more than
+    distributed.max_failures times."""
     import ray
+
+    from eg3d.training_loop import TrainingDiverged
 
     exporter = start_driver_exporter(config, storage_url=storage_url, name=name)
     if exporter is not None:
         exporter.update(*driver_record)
     started_locally = connect()
     try:
-        _fit(config, manifest_url=manifest_url, storage_url=storage_url, name=name, started_locally=started_locally)
+        diverged = _fit(config, manifest_url=manifest_url, storage_url=storage_url, name=name,
+                        started_locally=started_locally)
+        if diverged is not None:
+            raise TrainingDiverged(diverged)
     finally:
         if started_locally:
             ray.shutdown()
@@ -194,7 +209,8 @@ def start_driver_exporter(config, *, storage_url: str, name: str):
     return exporter
 
 
-def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_locally: bool) -> None:
+def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_locally: bool) -> str | None:
+    """Run the workers; what rank 0's `worker_loop` returned (the divergence message, or None)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -216,4 +232,4 @@ def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_loca
                              failure_config=FailureConfig(max_failures=d.max_failures),
                              worker_runtime_env={"env_vars": forwarded} if forwarded else None),
     )
-    trainer.fit()
+    return trainer.fit().return_value

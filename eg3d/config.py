@@ -102,6 +102,9 @@ class RunConfig:
     snapshot_kimg: float = 200.0
     log_kimg: float = 4.0
     keep_checkpoints: int = 3
+    # Stop the run after this many consecutive steps with a phase skipped for non-finite gradients
+    # (training has diverged); 0 or null: never stop.
+    max_nonfinite_steps: int | None = 50
     sample_truncation_psi: float = 0.7
     sample_truncation_cutoff: int = 14
 
@@ -247,6 +250,9 @@ def validate(config: TrainConfig) -> None:
         raise ValueError("config: rendering.depth_resolution must be at least 2")
     if config.data.backend not in ("auto", "pytorch", "dali"):
         raise ValueError(f"config: data.backend must be auto, pytorch or dali, got {config.data.backend!r}")
+    if run.max_nonfinite_steps is not None and run.max_nonfinite_steps < 0:
+        raise ValueError(f"config: run.max_nonfinite_steps must be a positive number of steps, or 0 or null to "
+                         f"never stop, got {run.max_nonfinite_steps}")
     if run.precision not in ("fp32", "bf16"):
         raise ValueError(f"config: run.precision must be fp32 or bf16, got {run.precision!r}")
     d = config.distributed

@@ -22,6 +22,9 @@ from .config import apply_overrides, validate
 from .presets import PRESETS, get_preset
 from .stats import StatsReporter
 
+CONFIG_ERROR_EXIT_CODE = 2  # a bad config, data path or dataset
+DIVERGED_EXIT_CODE = 3  # the run stopped after run.max_nonfinite_steps consecutive non-finite steps
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m eg3d.train", description=__doc__,
@@ -156,13 +159,20 @@ def main(argv=None) -> int:
         stats.add("data_preparation_seconds", time.perf_counter() - preparation_start)
     except (ValueError, FileNotFoundError, PermissionError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return CONFIG_ERROR_EXIT_CODE
     from cluster.launch import launch
     from dataloading.shard_reader import load_manifest
 
+    from .training_loop import TrainingDiverged
+
     _, (driver_values,) = stats.collect_all()
     record = {"run_start_timestamp": time.time(), "dataset_images": load_manifest(manifest_url).sample_count}
-    launch(config, manifest_url=manifest_url, storage_url=storage_url, name=name, driver_record=(record, driver_values))
+    try:
+        launch(config, manifest_url=manifest_url, storage_url=storage_url, name=name,
+               driver_record=(record, driver_values))
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return DIVERGED_EXIT_CODE
     print(f"done: {run_url}")
     return 0
 

@@ -93,8 +93,13 @@ def step_seed(*keys: int) -> int:
 
 def lazy_regularized_adam(params, *, lr: float, betas: tuple[float, float], eps: float, reg_interval: int):
     """Adam whose lr and betas are corrected for a regularizer that runs every `reg_interval` steps."""
+    return torch.optim.Adam(params, **lazy_regularized_hyperparameters(lr=lr, betas=betas, eps=eps,
+                                                                      reg_interval=reg_interval))
+
+
+def lazy_regularized_hyperparameters(*, lr: float, betas: tuple[float, float], eps: float, reg_interval: int) -> dict:
     ratio = reg_interval / (reg_interval + 1)
-    return torch.optim.Adam(params, lr=lr * ratio, betas=(betas[0] ** ratio, betas[1] ** ratio), eps=eps)
+    return {"lr": lr * ratio, "betas": (betas[0] ** ratio, betas[1] ** ratio), "eps": eps}
 
 
 def ema_beta(config: TrainConfig, nimg: int, batch_size: int) -> float:
@@ -117,11 +122,9 @@ class Trainer:
         self.camera_pool = camera_pool.to(self.device, torch.float32)
         self.stats = StatsReporter()
         self.loss = EG3DLoss(self.G, self.D, config, self.stats)
-        opt, loss_cfg = config.optimizer, config.loss
-        self.opt_G = lazy_regularized_adam(self.G.parameters(), lr=opt.g_lr, betas=opt.betas, eps=opt.eps,
-                                           reg_interval=loss_cfg.density_reg_interval)
-        self.opt_D = lazy_regularized_adam(self.D.parameters(), lr=opt.d_lr, betas=opt.betas, eps=opt.eps,
-                                           reg_interval=loss_cfg.r1_interval)
+        loss_cfg = config.loss
+        self.opt_G = lazy_regularized_adam(self.G.parameters(), **self._optimizer_settings("G"))
+        self.opt_D = lazy_regularized_adam(self.D.parameters(), **self._optimizer_settings("D"))
         self.phases = [
             Phase("Gmain", self.G, self.opt_G, 1, lambda r, rc, z, c, s, g: self.loss.g_main(z, c, s, g)),
             Phase("Dmain", self.D, self.opt_D, 1, self.loss.d_main),
@@ -133,7 +136,14 @@ class Trainer:
         self.nimg = 0
         self.step_index = 0
         self.skipped_steps = {"G": 0, "D": 0}
+        self.nonfinite_streak = 0  # consecutive steps with a skipped phase (see train_step)
         self.sync.setup(self)
+
+    def _optimizer_settings(self, network: str) -> dict:
+        """The config's settings for `lazy_regularized_adam` of "G" or "D"."""
+        opt, loss = self.config.optimizer, self.config.loss
+        lr, reg_interval = (opt.g_lr, loss.density_reg_interval) if network == "G" else (opt.d_lr, loss.r1_interval)
+        return {"lr": lr, "betas": opt.betas, "eps": opt.eps, "reg_interval": reg_interval}
 
     @property
     def schedule(self) -> Schedule:
@@ -158,16 +168,24 @@ class Trainer:
 
         real_img in [-1, 1], NCHW. The loss of each micro-batch is weighted by its share of the local
         batch, and the sync averages over ranks, so the step follows the gradient of the global batch mean.
+        A phase whose gradients are not finite is skipped whole: its weights, its optimizer state and G's
+        buffers stay as they were before it. A step with a skipped phase (or whose networks are no longer
+        finite) leaves G_ema alone and extends `nonfinite_streak`; a fully finite step resets it. Images
+        seen and the step index advance either way (the batch was drawn, and the schedules go on).
         """
         schedule, batch = self.schedule, len(real_img)
         micro = min(self.config.run.micro_batch or batch, batch)
         buffers_before = None
         if self.sync.world_size > 1:
             buffers_before = torch.cat([b.detach().flatten() for b in self._float_buffers()])
+        all_phases_finite = True
         for phase_index, phase in enumerate(self.phases):
             if self.step_index % phase.interval:
                 continue
             phase_start = time.perf_counter()
+            # G's tracked mean w moves in G's forward passes (Dmain's fakes included): a skipped phase
+            # must leave it as it was, like the weights and optimizer state it does not update.
+            buffers_before_phase = [b.detach().clone() for b in self._float_buffers()]
             gen_z, gen_c = self.phase_latents(phase_index, batch)
             self.G.requires_grad_(phase.network is self.G)
             self.D.requires_grad_(phase.network is self.D)
@@ -180,20 +198,30 @@ class Trainer:
                 with self.autocast():
                     phase.run(real_img[part], real_c[part], gen_z[part], gen_c[part], schedule,
                               phase.interval * min(micro, batch - start) / batch)
-            self._optimizer_step(phase)
+            if not self._optimizer_step(phase):
+                self._restore_buffers(buffers_before_phase)
+                all_phases_finite = False
             if self.device.type == "cuda":  # the phase's kernels have run, not merely been queued
                 torch.cuda.synchronize(self.device)
             self.stats.add(f"seconds/{phase.name}", time.perf_counter() - phase_start)
         self.G.requires_grad_(False)
         self.D.requires_grad_(False)
         self._sync_buffers(buffers_before)
-        self._update_ema(batch * self.sync.world_size)
+        # A finite gradient can still overflow a weight (an absurd learning rate), so the networks are
+        # checked too (they are the same on every rank). G_ema follows fully finite steps only.
+        if all_phases_finite and self._networks_finite():
+            self._update_ema(batch * self.sync.world_size)
+            self.nonfinite_streak = 0
+        else:
+            self.nonfinite_streak += 1
         self.nimg += batch * self.sync.world_size
         self.step_index += 1
         self.stats.add("images", batch)
         self.stats.add("steps", 1)
 
-    def _optimizer_step(self, phase: Phase) -> None:
+    def _optimizer_step(self, phase: Phase) -> bool:
+        """Reduce and apply the phase's gradients; False (and nothing applied) when any is not finite
+        on any rank, a decision every rank takes alike."""
         self.stats.report(f"grad_norm/{phase.name}", gradient_norm(phase.network))
         self.sync.reduce_gradients(phase)
         finite = self.sync.all_finite(phase)
@@ -205,9 +233,21 @@ class Trainer:
             self.skipped_steps[key] += 1
         self.stats.report(f"nonfinite_steps/{key}", 0.0 if finite else 1.0)
         self.stats.add(f"skipped_steps/{key}", 0.0 if finite else 1.0)
+        return finite
 
     def _float_buffers(self) -> list[torch.Tensor]:
+        """G's floating buffers (the tracked mean w among them); D keeps no running state."""
         return [b for b in self.G.buffers() if b.is_floating_point()]
+
+    @torch.no_grad()
+    def _restore_buffers(self, saved: list[torch.Tensor]) -> None:
+        for buffer, value in zip(self._float_buffers(), saved):
+            buffer.copy_(value)
+
+    @torch.no_grad()
+    def _networks_finite(self) -> bool:
+        tensors = [*self.G.parameters(), *self._float_buffers(), *self.D.parameters()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
     @torch.no_grad()
     def _sync_buffers(self, before: torch.Tensor | None) -> None:
@@ -232,6 +272,7 @@ class Trainer:
         state = {
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "nimg": self.nimg, "step_index": self.step_index, "skipped_steps": dict(self.skipped_steps),
+            "nonfinite_streak": self.nonfinite_streak,
             "config": self.config.to_dict(),
         }
         if not self.sync.optimizer_sharded:
@@ -249,5 +290,11 @@ class Trainer:
         shards = optimizer_shards or [state]
         self.sync.load_optimizer_state_dict(self.opt_G, [shard["opt_G"] for shard in shards])
         self.sync.load_optimizer_state_dict(self.opt_D, [shard["opt_D"] for shard in shards])
+        # A saved optimizer brings its own learning rate, betas and eps; the config's win, so that a run
+        # resumed with lower learning rates (after a divergence, say) trains with them.
+        for optimizer, network in ((self.opt_G, "G"), (self.opt_D, "D")):
+            for group in optimizer.param_groups:
+                group.update(lazy_regularized_hyperparameters(**self._optimizer_settings(network)))
         self.nimg, self.step_index = state["nimg"], state["step_index"]
         self.skipped_steps = dict(state["skipped_steps"])
+        self.nonfinite_streak = state.get("nonfinite_streak", 0)  # absent from checkpoints of older versions

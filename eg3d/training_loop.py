@@ -28,6 +28,10 @@ LOG_FILE = "log.jsonl"
 STARTS_FILE = "starts.json"  # one entry per start of the worker group
 
 
+class TrainingDiverged(RuntimeError):
+    """run.max_nonfinite_steps consecutive steps had non-finite gradients; the message says what to do."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -190,7 +194,10 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
     """Train from the shards of `manifest_url` into `run_url` (a folder or s3:// prefix), resuming from
     its newest complete checkpoint. `report(record)`, when given, is called on every rank at each log
     interval with the record that goes to log.jsonl; record["ranks"][r] holds rank r's own values (the
-    Ray launcher exports them to Prometheus and forwards the record to Ray Train)."""
+    Ray launcher exports them to Prometheus and forwards the record to Ray Train).
+
+    Raises TrainingDiverged (on every rank) after run.max_nonfinite_steps consecutive steps with a phase
+    skipped for non-finite gradients; no checkpoint is written while such steps go on."""
     run_url, run, sync = str(run_url), config.run, sync or SingleProcess()
     micro_batch, steps = accumulation(config, sync.world_size)
     device = device or resolve_device(run.device)
@@ -225,6 +232,7 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
                 "accumulation_steps": steps, "restarts": restarts,
                 "checkpoint_nimg": checkpoint.nimg if checkpoint is not None else None, **last_quality}
     tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
+    checkpoint_due = False
     while trainer.nimg < total_nimg:
         before = trainer.nimg
         wait_start = time.perf_counter()
@@ -232,12 +240,13 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
         trainer.stats.add("data_wait_seconds", time.perf_counter() - wait_start)
         trainer.train_step(batch["image"], batch["c"])
         done = trainer.nimg >= total_nimg
+        diverged = bool(run.max_nonfinite_steps) and trainer.nonfinite_streak >= run.max_nonfinite_steps
         # Snapshot and checkpoint time is left out of the interval's images per second.
         maintenance_start = time.perf_counter()
         if crossed(before, trainer.nimg, run.snapshot_kimg) or done:  # before the checkpoint that passes it
             standing.update(take_snapshot(trainer, run_url, quality, grid_z, cameras))
         maintenance_seconds += time.perf_counter() - maintenance_start
-        if crossed(before, trainer.nimg, run.log_kimg) or done:
+        if crossed(before, trainer.nimg, run.log_kimg) or done or diverged:
             training_seconds = time.perf_counter() - tick_start - maintenance_seconds
             record = interval_record(trainer, standing, (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9))
             if run_log is not None:
@@ -246,16 +255,47 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
             if report is not None:
                 report(record)
             tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
-        if crossed(before, trainer.nimg, run.checkpoint_kimg) or done:
+        if diverged:
+            if run_log is not None:
+                run_log.flush()
+            reader.close()
+            raise TrainingDiverged(sync.broadcast_object(
+                divergence_message(trainer, store.latest()) if sync.rank == 0 else None))
+        checkpoint_due |= crossed(before, trainer.nimg, run.checkpoint_kimg) or done
+        # No checkpoint while steps are being skipped: one taken on the way to a divergence would push
+        # good ones out of run.keep_checkpoints and be what a rerun resumes from. A checkpoint that falls
+        # due meanwhile is written after the first fully finite step.
+        if checkpoint_due and trainer.nonfinite_streak == 0:
             maintenance_start = time.perf_counter()
             if run_log is not None:  # a remote log.jsonl holds every record up to a checkpoint before it exists
                 run_log.flush()
             save_checkpoint(store, trainer, reader, run.keep_checkpoints,
                             quality={k: v for k, v in standing.items() if k.startswith(QUALITY_KEYS)})
             standing["checkpoint_nimg"] = trainer.nimg
+            checkpoint_due = False
             maintenance_seconds += time.perf_counter() - maintenance_start
+    if checkpoint_due and sync.rank == 0:
+        log(f"the last {trainer.nonfinite_streak} steps had non-finite gradients, so the final checkpoint was "
+            f"not written; a rerun resumes from the newest one and trains the rest again")
     reader.close()
     return trainer
+
+
+def divergence_message(trainer: Trainer, checkpoint: Checkpoint | None) -> str:
+    """What happened, where, and what to do, for a run stopped by run.max_nonfinite_steps."""
+    streak, last_step, opt = trainer.nonfinite_streak, trainer.step_index - 1, trainer.config.optimizer
+    message = (f"training diverged: {streak} consecutive optimizer steps had non-finite gradients (steps "
+               f"{last_step - streak + 1}..{last_step}, the last at {trainer.nimg / 1000:.3f} kimg, "
+               f"{trainer.nimg} images seen; run.max_nonfinite_steps is {trainer.config.run.max_nonfinite_steps}); ")
+    if checkpoint is None:
+        message += "no checkpoint was written before the divergence, so a rerun starts over. "
+    else:
+        message += (f"the newest checkpoint before the divergence is {checkpoint.manifest_url} "
+                    f"({checkpoint.nimg / 1000:.3f} kimg). ")
+    return message + (f"Lower the learning rates or the R1 weight, e.g. --set optimizer.g_lr={opt.g_lr / 2:g} "
+                      f"--set optimizer.d_lr={opt.d_lr / 2:g} or --set loss.r1_gamma=..., and run the same command "
+                      f"(same --storage and --name) again: it "
+                      f"{'starts over' if checkpoint is None else 'resumes from that checkpoint'} with them.")
 
 
 def interval_record(trainer: Trainer, standing: dict, images_per_second: float) -> dict:
@@ -269,7 +309,8 @@ def interval_record(trainer: Trainer, standing: dict, images_per_second: float) 
             "images_per_second": images_per_second, **standing, **vars(trainer.schedule),
             "learning_rate/G": config.optimizer.g_lr, "learning_rate/D": config.optimizer.d_lr,
             "r1_gamma": config.loss.r1_gamma, **run_wide,
-            "skipped_steps": sum(trainer.skipped_steps.values()), "ranks": ranks}
+            "skipped_steps": sum(trainer.skipped_steps.values()), "nonfinite_streak": trainer.nonfinite_streak,
+            "ranks": ranks}
 
 
 def status_line(record: dict, interval_start_nimg: int) -> str:

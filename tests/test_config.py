@@ -59,6 +59,7 @@ def test_bad_overrides_name_the_key(override, named):
     ("rendering.ray_end=null", "rendering.ray_end"),
     ("data.backend=tensorflow", "data.backend"),
     ("run.precision=fp16", "run.precision"),
+    ("run.max_nonfinite_steps=-1", "run.max_nonfinite_steps"),
     ("distributed.backend=horovod", "distributed.backend"),
     ("distributed.zero_stage=2", "distributed.zero_stage"),
     ("distributed.use_gpu=yes", "distributed.use_gpu"),
@@ -68,6 +69,14 @@ def test_bad_overrides_name_the_key(override, named):
 def test_inconsistent_configs_are_rejected(override, named):
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         validate(apply_overrides(tiny(), [override]))
+
+
+def test_max_nonfinite_steps_default_and_off_switches():
+    assert tiny().run.max_nonfinite_steps == 50
+    for off in ("0", "null"):
+        validate(apply_overrides(tiny(), [f"run.max_nonfinite_steps={off}"]))
+    with pytest.raises(ValueError, match=r"run\.max_nonfinite_steps: expected int"):
+        apply_overrides(tiny(), ["run.max_nonfinite_steps=2.5"])
 
 
 def test_config_round_trips_through_json():

@@ -124,6 +124,42 @@ def test_a_nonfinite_gradient_on_one_rank_skips_the_step_on_all(backend, zero_st
         assert result["D_unchanged"]
 
 
+def poisoned_w_avg_step(rank: int, backend: str, zero_stage: int):
+    config = equivalence_config()
+    trainer = Trainer(config, camera_pool=random_cameras(16), sync=make_sync(backend, zero_stage, config))
+    images, cameras = global_batch(0)
+    trainer.train_step(images[rank * 2:rank * 2 + 2], cameras[rank * 2:rank * 2 + 2])
+    before = networks(trainer)
+    original = trainer.phase_latents
+
+    def poisoned(phase_index, local_batch):  # rank 1's fakes in Dmain: NaN, and so its w_avg moves to NaN
+        z, c = original(phase_index, local_batch)
+        return (z * float("nan") if rank == 1 and trainer.phases[phase_index].name == "Dmain" else z), c
+
+    trainer.phase_latents = poisoned
+    images, cameras = global_batch(1)
+    trainer.train_step(images[rank * 2:rank * 2 + 2], cameras[rank * 2:rank * 2 + 2])
+    return {"before": before, "after": networks(trainer), "skipped": dict(trainer.skipped_steps),
+            "streak": trainer.nonfinite_streak}
+
+
+@pytest.mark.parametrize("backend,zero_stage", [("ddp", 0), ("deepspeed", 1)])
+def test_a_skipped_phase_on_two_workers_restores_w_avg_on_both(backend, zero_stage):
+    """Dmain moves G's tracked mean w on each rank, and the ranks' moves are summed after the step: a
+    skipped Dmain must leave it as it was before the step on every rank (not NaN, not rank 0's move),
+    and a skipped step must leave G_ema alone, while the finite G phases still update G alike."""
+    needs(backend)
+    results = run_on_workers(poisoned_w_avg_step, 2, args=(backend, zero_stage))
+    for result in results:
+        assert result["skipped"] == {"G": 0, "D": 1} and result["streak"] == 1  # Dreg is not due at step 1
+        before, after = result["before"], result["after"]
+        assert torch.equal(after["G.mapping.w_avg"], before["G.mapping.w_avg"])
+        assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith(("D.", "G_ema."))), "D, G_ema"
+        assert any(not torch.equal(after[k], v) for k, v in before.items() if k.startswith("G.")), "Gmain stepped"
+    for name, value in results[0]["after"].items():
+        assert torch.equal(results[1]["after"][name], value), name
+
+
 def test_world_sizes_that_cannot_split_the_batch_are_rejected():
     config = micro_config("run.batch_size=8", "run.micro_batch=2")
     assert accumulation(config, 1) == (2, 4)

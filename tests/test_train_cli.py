@@ -157,3 +157,21 @@ def test_two_workers_from_s3_shards_to_s3_snapshots(tmp_path, moto_server, backe
 def test_snapshot_without_weights_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="G_ema.safetensors"):
         load_generator(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_diverged_run_exits_non_zero_with_the_message_and_is_not_retried(tmp_path, capsys):
+    """Through local Ray: the workers stop after run.max_nonfinite_steps steps whose R1 gradients
+    overflow, Ray Train does not restart them (that would only diverge again), and the command prints
+    the divergence and exits with DIVERGED_EXIT_CODE."""
+    from eg3d.train import DIVERGED_EXIT_CODE
+
+    args = cli_args(tmp_path, 0.04, "--set", "loss.r1_gamma=1e300", "--set", "loss.r1_interval=1",
+                    "--set", "run.max_nonfinite_steps=2", "--set", "distributed.max_failures=3")
+    assert train_main(args) == DIVERGED_EXIT_CODE == 3
+    error = capsys.readouterr().err
+    assert "error: training diverged: 2 consecutive optimizer steps had non-finite gradients (steps 0..1, the last " \
+           "at 0.008 kimg, 8 images seen; run.max_nonfinite_steps is 2); no checkpoint was written" in error
+    starts = json.loads((tmp_path / "run" / "starts.json").read_text())
+    assert len(starts) == 1  # one start of the worker group: no retry
+    assert CheckpointStore(str(tmp_path / "run")).latest() is None

@@ -269,3 +269,133 @@ def test_bf16_precision_autocasts_the_forward_passes_and_keeps_fp32_state():
     assert all(math.isfinite(stats[k]) for k in ("loss/G", "loss/D", "loss/D_r1")), stats
     assert all(p.dtype == torch.float32 for p in [*trainer.G.parameters(), *trainer.D.parameters()])
     assert any(not torch.equal(v, before[k]) for k, v in trainer.G.state_dict().items())
+
+
+def training_state(trainer: Trainer) -> dict:
+    """Everything a step may change, copied: networks (w_avg among G's buffers), EMA, optimizer states."""
+    state = {f"{name}.{key}": value for name in ("G", "D", "G_ema")
+             for key, value in getattr(trainer, name).state_dict().items()}
+    state.update(opt_G=trainer.opt_G.state_dict(), opt_D=trainer.opt_D.state_dict())
+    return copy.deepcopy(state)
+
+
+def assert_bit_identical(a, b, where=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_bit_identical(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b)):
+            assert_bit_identical(x, y, f"{where}[{index}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where  # NaN != NaN: a poisoned value fails too
+    else:
+        assert a == b, where
+
+
+def poison_latents(trainer: Trainer, phase_names: set[str]):
+    """NaN latent codes for the named phases: their fakes, losses and gradients become NaN, and Dmain's
+    fakes would carry the NaN into G's tracked mean w."""
+    original = trainer.phase_latents
+
+    def poisoned(phase_index, local_batch):
+        z, c = original(phase_index, local_batch)
+        if trainer.phases[phase_index].name in phase_names:
+            z = torch.full_like(z, float("nan"))
+        return z, c
+
+    trainer.phase_latents = poisoned
+
+
+def test_a_fully_skipped_step_changes_no_state_not_even_w_avg():
+    config = micro_config("loss.r1_interval=1", "loss.density_reg_interval=1")  # every phase at every step
+    trainer = Trainer(config, camera_pool=random_cameras(8))
+    trainer.train_step(*real_batch(0))  # Adam moments and w_avg away from their initial values
+    before = training_state(trainer)
+    assert before["opt_G"]["state"] and before["G.mapping.w_avg"].abs().sum() > 0
+    poison_latents(trainer, {"Gmain", "Greg", "Dmain"})
+    img, c = real_batch(1)
+    img[0, 0, 0, 0] = float("nan")  # Dreg sees only the real images
+    trainer.train_step(img, c)
+    assert trainer.skipped_steps == {"G": 2, "D": 2}
+    assert_bit_identical(training_state(trainer), before)
+    assert trainer.nonfinite_streak == 1
+    assert (trainer.nimg, trainer.step_index) == (8, 2)  # the batch was used up; the schedules go on
+
+
+def test_a_skipped_d_phase_restores_w_avg_while_the_finite_g_phase_steps_as_before():
+    """Only D's phases see the poisoned real images. Gmain runs first and never reads them, so G's
+    update must be bit-identical to a clean run's; w_avg (moved by Dmain's fakes) must stay as it was."""
+    config = micro_config()
+    clean, poisoned = (Trainer(config, camera_pool=random_cameras(8)) for _ in range(2))
+    for trainer in (clean, poisoned):
+        trainer.train_step(*real_batch(0))
+    before = training_state(poisoned)
+    clean.train_step(*real_batch(1))
+    img, c = real_batch(1)
+    img[:, :, 0, 0] = float("nan")
+    poisoned.train_step(img, c)
+    assert poisoned.skipped_steps == {"G": 0, "D": 1}
+    after = training_state(poisoned)
+    assert torch.equal(after["G.mapping.w_avg"], before["G.mapping.w_avg"])
+    assert not torch.equal(clean.G.mapping.w_avg, before["G.mapping.w_avg"])  # a finite Dmain moves it
+    for name, value in clean.G.named_parameters():
+        assert torch.equal(poisoned.G.get_parameter(name), value), name
+    assert_bit_identical(trainer_part(after, "D."), trainer_part(before, "D."))
+    assert_bit_identical(after["opt_D"], before["opt_D"])
+    assert_bit_identical(trainer_part(after, "G_ema."), trainer_part(before, "G_ema."))  # a skipped step
+    assert poisoned.nonfinite_streak == 1
+
+
+def trainer_part(state: dict, prefix: str) -> dict:
+    return {k: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def test_nonfinite_streak_counts_consecutive_skipped_steps_and_survives_a_resume():
+    trainer = Trainer(micro_config(), camera_pool=random_cameras(8))
+    poisoned_steps = {1, 2, 4, 5, 6}
+    streaks = []
+    for step in range(7):
+        img, c = real_batch(step)
+        if step in poisoned_steps:
+            img[0, 0, 0, 0] = float("nan")
+        trainer.train_step(img, c)
+        streaks.append(trainer.nonfinite_streak)
+    assert streaks == [0, 1, 2, 0, 1, 2, 3]
+    resumed = Trainer(micro_config(), camera_pool=random_cameras(8))
+    resumed.load_state_dict(copy.deepcopy(trainer.state_dict()))
+    assert resumed.nonfinite_streak == 3
+    resumed.train_step(*real_batch(7))
+    assert resumed.nonfinite_streak == 0
+
+
+def test_a_non_finite_weight_after_a_finite_step_keeps_g_ema_and_counts():
+    trainer = Trainer(micro_config(), camera_pool=random_cameras(8))
+    trainer.train_step(*real_batch(0))
+    with torch.no_grad():
+        trainer.G.superresolution.parameters().__next__()[0] = float("inf")  # as an overflowing update would
+    ema_before = copy.deepcopy(trainer.G_ema.state_dict())
+    trainer.phases = [p for p in trainer.phases if p.name == "Dreg"]  # reals only: its gradients stay finite
+    trainer.train_step(*real_batch(1))
+    assert trainer.skipped_steps == {"G": 0, "D": 0}
+    assert_bit_identical(trainer.G_ema.state_dict(), ema_before)
+    assert trainer.nonfinite_streak == 1
+
+
+def test_a_resume_takes_the_learning_rates_of_the_new_config():
+    """After a divergence the advice is to resume with lower learning rates: the saved optimizer's
+    own learning rate must not win over the config's."""
+    trainer = Trainer(micro_config(), camera_pool=random_cameras(8))
+    trainer.train_step(*real_batch(0))
+    state = copy.deepcopy(trainer.state_dict())
+    lowered = Trainer(micro_config("optimizer.g_lr=0.001", "optimizer.d_lr=0.0005", "optimizer.betas=[0.1, 0.9]"),
+                      camera_pool=random_cameras(8))
+    lowered.load_state_dict(state)
+    assert lowered.opt_G.param_groups[0]["lr"] == pytest.approx(0.001 * 4 / 5, rel=1e-12)  # density_reg_interval 4
+    assert lowered.opt_D.param_groups[0]["lr"] == pytest.approx(0.0005 * 16 / 17, rel=1e-12)  # r1_interval 16
+    assert lowered.opt_D.param_groups[0]["betas"] == pytest.approx((0.1 ** (16 / 17), 0.9 ** (16 / 17)), rel=1e-12)
+    assert_bit_identical(lowered.opt_G.state_dict()["state"], state["opt_G"]["state"])  # the moments carry over
+    same = Trainer(micro_config(), camera_pool=random_cameras(8))
+    same.load_state_dict(state)
+    assert same.opt_G.state_dict()["param_groups"] == state["opt_G"]["param_groups"]

@@ -7,12 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cluster.checkpoints import CheckpointStore
 from conftest import micro_config
 from dataloading.build import build
 from distributed_helpers import run_on_workers
 from eg3d.config import TrainConfig, accumulation
 from eg3d.synthetic import generate_dataset
-from eg3d.training_loop import train
+from eg3d.training_loop import TrainingDiverged, train
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,68 @@ def test_resume_on_two_workers_and_then_on_one(tmp_path, shards, backend, zero_s
     assert [r["accumulation_steps"] for r in records] == [1, 1, 1, 1, 2, 2]  # 4 = 2 x 1 x 2 = 2 x 2 x 1
     assert records[-1]["blur_sigma"] == pytest.approx(loop_config(0).loss.blur_init_sigma * (
         1 - 0.024 / loop_config(0).loss.blur_fade_kimg))  # schedules follow images seen across the resize
+
+
+def poison_steps(monkeypatch, steps: set[int]):
+    """NaN in one real image at the given step indices: D's phases of those steps are skipped."""
+    from eg3d.training import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self, real_img, real_c):
+        if self.step_index in steps:
+            real_img = real_img.clone()
+            real_img[0, 0, 0, 0] = float("nan")
+        original(self, real_img, real_c)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+def published(run_url) -> list[int]:
+    return [c.nimg for c in CheckpointStore(str(run_url)).published()]
+
+
+def test_a_diverged_run_stops_and_names_the_newest_good_checkpoint(tmp_path, shards):
+    """R1 weighted by 1e300 overflows D's gradients whenever Dreg runs (every step here), from the
+    resumed checkpoint on: the run stops after run.max_nonfinite_steps steps, and the checkpoint that
+    fell due meanwhile (at 16 images) neither is written nor prunes the good one."""
+    run_url = tmp_path / "run"
+    train(loop_config(0.008, "run.keep_checkpoints=1"), manifest_url=shards, run_url=run_url, log=quiet)
+    assert published(run_url) == [8]
+    diverging = loop_config(0.04, "run.keep_checkpoints=1", "loss.r1_gamma=1e300", "loss.r1_interval=1",
+                            "run.max_nonfinite_steps=3")
+    with pytest.raises(TrainingDiverged) as stopped:
+        train(diverging, manifest_url=shards, run_url=run_url, log=quiet)
+    [checkpoint] = CheckpointStore(str(run_url)).published()
+    assert checkpoint.nimg == 8
+    message = str(stopped.value)
+    assert message.startswith("training diverged: 3 consecutive optimizer steps had non-finite gradients")
+    assert "(steps 2..4, the last at 0.020 kimg, 20 images seen; run.max_nonfinite_steps is 3)" in message
+    assert f"the newest checkpoint before the divergence is {checkpoint.manifest_url} (0.008 kimg)" in message
+    assert "--set optimizer.g_lr=0.00125 --set optimizer.d_lr=0.001" in message
+    records = log_records(run_url)
+    assert [(r["kimg"], r["nonfinite_streak"]) for r in records] == [(0.004, 0), (0.008, 0), (0.012, 1), (0.016, 2),
+                                                                    (0.02, 3)]
+    assert records[-1]["skipped_steps"] == 3
+
+    # The advice works: the same run with a sane R1 weight resumes from that checkpoint and finishes.
+    lines = []
+    train(loop_config(0.016, "run.keep_checkpoints=1", "loss.r1_interval=1"), manifest_url=shards,
+          run_url=run_url, log=lines.append)
+    assert any("resumed from" in line and "0.008 kimg" in line for line in lines)
+    assert published(run_url) == [16]
+
+
+def test_a_checkpoint_due_during_skipped_steps_waits_for_a_finite_step(tmp_path, shards, monkeypatch):
+    poison_steps(monkeypatch, {3})  # the step that ends at 16 images, when a checkpoint falls due
+    trainer = train(loop_config(0.024, "run.keep_checkpoints=10", "run.max_nonfinite_steps=2"),
+                    manifest_url=shards, run_url=tmp_path, log=quiet)
+    assert published(tmp_path) == [24, 20, 8]  # 16 held back, written at the next finite step
+    assert trainer.nimg == 24 and trainer.skipped_steps["D"] == 1 and trainer.nonfinite_streak == 0
+
+
+def test_max_nonfinite_steps_zero_never_stops(tmp_path, shards, monkeypatch):
+    poison_steps(monkeypatch, set(range(100)))
+    trainer = train(loop_config(0.016, "run.max_nonfinite_steps=0"), manifest_url=shards, run_url=tmp_path, log=quiet)
+    assert trainer.nimg == 16 and trainer.nonfinite_streak == 4
+    assert published(tmp_path) == []  # every step was skipped in part: no checkpoint of that state
