@@ -78,14 +78,11 @@ def prepare_data(config, data: str | None, run_url: str) -> str:
 
     if data is not None and is_manifest(data):
         manifest_url = data if data.endswith(".json") else data.rstrip("/") + "/manifest.json"
+    elif data is not None and not storage.exists(data):
+        raise FileNotFoundError(f"--data {data}: no such file or folder")
     else:
-        from dataloading.build import build
-
-        source = data or synthetic_dataset(config, run_url)
-        shards = storage.join(run_url, "shards")
-        print(f"building shards of {source} into {shards}")
-        build(source, shards, workers=1, progress=False)
-        manifest_url = storage.join(shards, "manifest.json")
+        manifest_url = build_shards(data or synthetic_dataset(config, run_url), storage.join(run_url, "shards"))
+    print(f"checking {manifest_url} against the config")
     manifest = load_manifest(manifest_url)
     if manifest.resolution != config.model.image_resolution:
         raise ValueError(f"data {data or manifest_url}: images are {manifest.resolution}x{manifest.resolution}, "
@@ -93,6 +90,19 @@ def prepare_data(config, data: str | None, run_url: str) -> str:
     if manifest.sample_count < config.distributed.max_workers:
         raise ValueError(f"data {manifest_url}: {manifest.sample_count} images cannot feed "
                          f"{config.distributed.max_workers} workers")
+    return manifest_url
+
+
+def build_shards(source: str, shards: str) -> str:
+    """Shard a reference-format dataset into the run's own folder; the manifest's URL. Shards already
+    built there (a resume) are only confirmed to be the source's."""
+    from dataloading import storage
+    from dataloading.build import build
+
+    manifest_url = storage.join(shards, "manifest.json")
+    built = storage.exists(manifest_url)
+    print(f"using the shards already built in {shards}" if built else f"building shards of {source} into {shards}")
+    build(source, shards, workers=1, progress=not built)
     return manifest_url
 
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import MICRO_OVERRIDES
+from conftest import MICRO_OVERRIDES, micro_config
 from cluster.checkpoints import CheckpointStore
 from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 from eg3d.snapshot import load_generator, render
 from eg3d.synthetic import generate_dataset
-from eg3d.train import main as train_main
+from eg3d.train import main as train_main, prepare_data
 
 
 def cli_args(storage, kimg, *extra, name="run"):
@@ -68,6 +68,29 @@ def test_dataset_resolution_mismatch_names_the_dataset(tmp_path, capsys):
     error = capsys.readouterr().err
     assert str(data) in error and "16x16" in error and "model.image_resolution is 32" in error
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_missing_data_path_is_reported_as_missing(tmp_path, capsys):
+    missing = tmp_path / "no-such-dataset"
+    assert train_main(cli_args(tmp_path / "runs", 0.004, "--data", str(missing))) == 2
+    captured = capsys.readouterr()
+    assert f"--data {missing}: no such file or folder" in captured.err
+    assert "building shards" not in captured.out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_shards_are_built_once_and_a_rerun_says_it_uses_them(tmp_path, capsys):
+    data, run = tmp_path / "data", tmp_path / "run"
+    generate_dataset(data, count=3, resolution=32, seed=0)
+    capsys.readouterr()
+    assert prepare_data(micro_config(), str(data), str(run)) == str(run / "shards" / "manifest.json")
+    first = capsys.readouterr()
+    assert f"building shards of {data} into {run / 'shards'}" in first.out
+    assert "3/3" in first.err  # the progress bar
+    prepare_data(micro_config(), str(data), str(run))
+    second = capsys.readouterr()
+    assert f"using the shards already built in {run / 'shards'}" in second.out
+    assert "building" not in second.out and "3/3" not in second.err
 
 
 @pytest.mark.slow
