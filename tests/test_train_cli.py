@@ -129,3 +129,11 @@ def test_two_workers_from_s3_shards_to_s3_snapshots(tmp_path, moto_server, backe
 def test_snapshot_without_weights_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="G_ema.safetensors"):
         load_generator(tmp_path)
+
+
+def test_saved_images_clamp_the_unbounded_super_resolution_output():
+    from eg3d.sample_grid import to_uint8
+
+    # The super-resolution output leaves [-1, 1] (-1.59 and 1.87 seen); saved pixels saturate, never wrap.
+    image = torch.tensor([-1.59, -1.0, 0.0, 0.5, 1.0, 1.87]).reshape(1, 1, 1, 6).expand(1, 3, 1, 6)
+    assert to_uint8(image)[0, 0, :, 0].tolist() == [0, 0, 128, 191, 255, 255]  # (x + 1) * 127.5, rounded
