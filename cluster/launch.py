@@ -125,10 +125,11 @@ def connect() -> bool:
         return False
     for name, value in LOCAL_RAY_ENVIRONMENT.items():
         os.environ.setdefault(name, value)  # the user's own choice wins
-    # Ray warns that it turned token authentication on (its default) when RAY_AUTH_MODE is unset; this says so.
+    # Ray warns that it turned token authentication on (its default) when RAY_AUTH_MODE is unset; we say so.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    print("starting a local Ray (with token authentication, Ray's default: the token is kept in ~/.ray/auth_token; "
-          "RAY_AUTH_MODE=disabled turns it off)")
+    token_auth = os.environ.get("RAY_AUTH_MODE", "token") == "token"
+    print("starting a local Ray" + (" with token authentication (Ray's default; the token is kept in "
+                                    "~/.ray/auth_token, and RAY_AUTH_MODE=disabled turns it off)" if token_auth else ""))
     # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls (it warns
     # every few seconds without it); on loopback only.
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
