@@ -27,10 +27,16 @@ def log_records(text: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_train_writes_logs_checkpoints_snapshots_and_resumes(tmp_path):
+def test_train_writes_logs_checkpoints_snapshots_and_resumes(tmp_path, capfd):
     """The embedded default's path (local Ray, synthetic data, one worker), then the same command resumes."""
     out = tmp_path / "run"
     assert train_main(cli_args(tmp_path, 0.008)) == 0
+    printed = "".join(capfd.readouterr())
+    assert f"building shards of {out / 'synthetic-data'} into {out / 'shards'}" in printed
+    assert "starting a local Ray with token authentication" in printed
+    assert "kimg 0.008/0.008 (100.0%)" in printed
+    # Ray's warning about token auth and the preemption watcher's error-level notice are not shown.
+    assert "Token authentication is enabled" not in printed and "PreemptionWatcher" not in printed
     assert (out / "synthetic-data" / "dataset.json").is_file()
     assert (out / "shards" / "manifest.json").is_file()
     records = log_records((out / "log.jsonl").read_text())
@@ -40,6 +46,8 @@ def test_train_writes_logs_checkpoints_snapshots_and_resumes(tmp_path):
     assert CheckpointStore(str(out)).latest().nimg == 8
 
     assert train_main(cli_args(tmp_path, 0.024)) == 0  # the same command with a longer target resumes
+    printed = "".join(capfd.readouterr())
+    assert f"using the shards already built in {out / 'shards'}" in printed and "building shards" not in printed
     records = log_records((out / "log.jsonl").read_text())
     assert [r["kimg"] for r in records] == [0.004, 0.008, 0.012, 0.016, 0.02, 0.024]
     assert [c.nimg for c in CheckpointStore(str(out)).published()] == [24, 16]  # keep 2
