@@ -21,6 +21,12 @@ from monitoring.exporter import PrometheusExporter, targets_url, write_targets
 # forwarded (they would show in Ray's dashboard): workers take them from their own environment.
 FORWARDED_ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
 DRIVER_SUFFIX = "-driver"  # the driver's Prometheus targets file, beside the workers' (rank 0 rewrites that)
+# Ray Train's PreemptionWatcher watches for nodes being drained (cloud preemption), which the one node of a
+# local Ray never is; starting it logs an error-level "E ... core_worker.cc ... PreemptionWatcher ...
+# max_restarts > 0" notice from the TrainController that reads like a failure.
+LOCAL_RAY_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+PREEMPTION_NOTICE = ("note: Ray Train may log an 'E ... PreemptionWatcher ... max_restarts > 0' line from its "
+                     "TrainController: a notice about its node-preemption watcher, not a failure of this run")
 
 
 @dataclass
@@ -119,8 +125,17 @@ def connect() -> bool:
         return False
     address = os.environ.get("RAY_ADDRESS")
     if address:
+        print(f"connecting to the Ray cluster at {address}")
+        print(PREEMPTION_NOTICE)
         ray.init(address=address, log_to_driver=True)
         return False
+    for name, value in LOCAL_RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)  # the user's own choice wins
+    # Ray warns that it turned token authentication on (its default) when RAY_AUTH_MODE is unset; we say so.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    token_auth = os.environ.get("RAY_AUTH_MODE", "token") == "token"
+    print("starting a local Ray" + (" with token authentication (Ray's default; the token is kept in "
+                                    "~/.ray/auth_token, and RAY_AUTH_MODE=disabled turns it off)" if token_auth else ""))
     # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls (it warns
     # every few seconds without it); on loopback only.
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
@@ -214,6 +229,8 @@ def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_loca
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from eg3d.training_loop import PROGRESS_SECONDS
+
     d = config.distributed
     cpus = cpus_per_worker(config, started_locally)
     gpu = use_gpu(config)
@@ -232,4 +249,8 @@ def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_loca
                              failure_config=FailureConfig(max_failures=d.max_failures),
                              worker_runtime_env={"env_vars": forwarded} if forwarded else None),
     )
+    size = f"{workers[0]} to {workers[1]}" if isinstance(workers, tuple) else f"{workers}"
+    print(f"starting {size} Ray Train worker(s), each with {cpus:g} CPU(s){' and 1 GPU' if gpu else ''}; "
+          f"rank 0 prints its progress every {config.run.log_kimg:g} kimg and at least every "
+          f"{PROGRESS_SECONDS:g} s")
     return trainer.fit().return_value

@@ -5,6 +5,7 @@ single fields with `--set section.field=value`.
 """
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -228,12 +229,21 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         section, dot, name = key.strip().partition(".")
         if not sep or not dot:
             raise ValueError(f"override {item!r}: expected section.field=value, e.g. loss.r1_gamma=2")
-        if section not in values or not isinstance(values[section], dict):
-            raise ValueError(f"override {item!r}: unknown config section {section!r}")
+        sections = [s for s, fields in values.items() if isinstance(fields, dict)]
+        if section not in sections:
+            raise ValueError(f"override {item!r}: unknown config section {section!r}"
+                             f"{_did_you_mean(section, sections)}")
         if name not in values[section]:
-            raise ValueError(f"override {item!r}: unknown config field {key.strip()!r}")
+            raise ValueError(f"override {item!r}: unknown config field {key.strip()!r}"
+                             f"{_did_you_mean(name, values[section], prefix=section + '.')}")
         values[section][name] = _parse_literal(text.strip())
     return TrainConfig.from_dict(values)
+
+
+def _did_you_mean(word: str, choices, *, prefix: str = "") -> str:
+    """"; did you mean loss.r1_gamma?" for the closest choice, or "" when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
 
 
 def validate(config: TrainConfig) -> None:

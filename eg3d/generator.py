@@ -53,7 +53,8 @@ class TriPlaneGenerator(nn.Module):
         return planes.reshape(len(planes), 3, self.plane_channels, planes.shape[-2], planes.shape[-1])
 
     def synthesis(self, ws, c, *, neural_rendering_resolution: int, noise_mode: str = "random") -> dict:
-        """Render ws from cameras c: {'image', 'image_raw', 'image_depth'} (images NCHW in [-1, 1])."""
+        """Render ws from cameras c: {'image', 'image_raw', 'image_depth'}, images NCHW. image_raw is the
+        rendered feature image's RGB, mapped to [-1, 1]; image, the super-resolution output, is not bounded."""
         planes = self.planes(ws, noise_mode)
         origins, directions = camera.pixel_rays(c, neural_rendering_resolution)
         feature, depth, _ = self.renderer(planes, self.decoder, origins, directions, jitter=self.training)

@@ -47,7 +47,8 @@ def load_generator(directory: str | Path, device: str | torch.device = "cpu") ->
 def render(G: TriPlaneGenerator, z: torch.Tensor, c: torch.Tensor, *, truncation_psi: float = 1.0,
            truncation_cutoff: int | None = None, c_condition: torch.Tensor | None = None,
            neural_rendering_resolution: int | None = None, noise_mode: str = "const") -> dict:
-    """Images (in [-1, 1]) and depth for latent codes z rendered from cameras c."""
+    """Images and depth for latent codes z rendered from cameras c. image_raw is in [-1, 1]; image, the
+    super-resolution output, is not bounded: clamp it to [-1, 1] for display (as sample_grid.to_uint8 does)."""
     if neural_rendering_resolution is None:
         r = G.rendering_config
         neural_rendering_resolution = r.neural_rendering_resolution_final or r.neural_rendering_resolution_initial

@@ -82,15 +82,11 @@ def prepare_data(config, data: str | None, run_url: str) -> str:
 
     if data is not None and is_manifest(data):
         manifest_url = data if data.endswith(".json") else data.rstrip("/") + "/manifest.json"
+    elif data is not None and not storage.exists(data):
+        raise FileNotFoundError(f"--data {data}: no such file or folder")
     else:
-        from dataloading.build import build, summary
-
-        source = data or synthetic_dataset(config, run_url)
-        shards = storage.join(run_url, "shards")
-        print(f"building shards of {source} into {shards}")
-        build(source, shards, workers=1, progress=False)
-        print(summary(shards))
-        manifest_url = storage.join(shards, "manifest.json")
+        manifest_url = build_shards(data or synthetic_dataset(config, run_url), storage.join(run_url, "shards"))
+    print(f"checking {manifest_url} against the config")
     manifest = load_manifest(manifest_url)
     check_cameras_see_the_box(config, manifest_url)
     if manifest.resolution != config.model.image_resolution:
@@ -120,6 +116,21 @@ def check_cameras_see_the_box(config, manifest_url: str) -> None:
     if blind:
         print(f"warning: data {manifest_url}: {blind} of {len(report.labels)} cameras see none of "
               f"{report.check.describe()} with {settings}; their images teach the generator nothing useful")
+
+
+def build_shards(source: str, shards: str) -> str:
+    """Shard a reference-format dataset into the run's own folder; the manifest's URL. Shards already
+    built there (a resume) are only confirmed to be the source's."""
+    from dataloading import storage
+    from dataloading.build import build, summary
+
+    manifest_url = storage.join(shards, "manifest.json")
+    built = storage.exists(manifest_url)
+    print(f"using the shards already built in {shards}" if built else f"building shards of {source} into {shards}")
+    build(source, shards, workers=1, progress=not built)
+    if not built:
+        print(summary(shards))
+    return manifest_url
 
 
 def synthetic_dataset(config, run_url: str) -> str:

@@ -6,6 +6,7 @@ snapshot) fires when the count crosses a multiple of it, so a resume, on any num
 continues on the same schedule.
 """
 
+import datetime
 import json
 import tempfile
 import time
@@ -26,6 +27,7 @@ from .training import SingleProcess, Trainer
 
 LOG_FILE = "log.jsonl"
 STARTS_FILE = "starts.json"  # one entry per start of the worker group
+PROGRESS_SECONDS = 30.0  # rank 0 prints its progress at least this often, between log intervals too
 
 
 class TrainingDiverged(RuntimeError):
@@ -233,6 +235,7 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
                 "checkpoint_nimg": checkpoint.nimg if checkpoint is not None else None, **last_quality}
     tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
     checkpoint_due = False
+    last_line = tick_start  # when rank 0 last printed its progress
     while trainer.nimg < total_nimg:
         before = trainer.nimg
         wait_start = time.perf_counter()
@@ -246,15 +249,20 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
         if crossed(before, trainer.nimg, run.snapshot_kimg) or done:  # before the checkpoint that passes it
             standing.update(take_snapshot(trainer, run_url, quality, grid_z, cameras))
         maintenance_seconds += time.perf_counter() - maintenance_start
+        training_seconds = time.perf_counter() - tick_start - maintenance_seconds
+        images_per_second = (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9)
         if crossed(before, trainer.nimg, run.log_kimg) or done or diverged:
-            training_seconds = time.perf_counter() - tick_start - maintenance_seconds
-            record = interval_record(trainer, standing, (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9))
+            record = interval_record(trainer, standing, images_per_second)
             if run_log is not None:
                 run_log.append(record)
                 log(status_line(record, tick_nimg))
             if report is not None:
                 report(record)
             tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
+            last_line = tick_start
+        elif sync.rank == 0 and time.perf_counter() - last_line >= PROGRESS_SECONDS:
+            log(progress_text(trainer.nimg, total_nimg, images_per_second))
+            last_line = time.perf_counter()
         if diverged:
             if run_log is not None:
                 run_log.flush()
@@ -313,8 +321,17 @@ def interval_record(trainer: Trainer, standing: dict, images_per_second: float) 
             "ranks": ranks}
 
 
+def progress_text(nimg: int, target_nimg: int, images_per_second: float) -> str:
+    """"kimg 0.400/2.000 (20.0%)  img/s 6.9  ETA 0:03:52": the time left at the current speed."""
+    eta = str(datetime.timedelta(seconds=round((target_nimg - nimg) / images_per_second))) \
+        if images_per_second > 0 else "unknown"
+    return (f"kimg {nimg / 1000:.3f}/{target_nimg / 1000:.3f} ({100 * nimg / max(target_nimg, 1):.1f}%)  "
+            f"img/s {images_per_second:.1f}  ETA {eta}")
+
+
 def status_line(record: dict, interval_start_nimg: int) -> str:
-    line = (f"kimg {record['kimg']:.3f}  img/s {record['images_per_second']:.1f}  workers {record['world_size']}  "
+    line = (f"{progress_text(record['nimg'], record['target_nimg'], record['images_per_second'])}  "
+            f"workers {record['world_size']}  "
             f"G {record.get('loss/G', float('nan')):.3f}  D {record.get('loss/D', float('nan')):.3f}")
     for extractor, name in (("inception_v3", "FID"), ("random", "random-feature FD")):
         if interval_start_nimg < record.get(f"quality_nimg/{extractor}", -1) <= record["nimg"]:  # measured now

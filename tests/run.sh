@@ -6,7 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The CPU build of torch first, so that resolving the project never pulls a CUDA build.
 python -c "import torch" 2>/dev/null || pip install --quiet torch==2.13.0
-pip install --quiet -e ".[test,dali,deepspeed]"  # DALI runs CPU pipelines here, DeepSpeed its CPU accelerator
+# The AWS client stack is held to tests/constraints.txt: moto takes any boto3, the newest boto3 needs a newer
+# botocore than s3fs's aiobotocore allows, and pip 24 and later then walk back through every aiobotocore, moto
+# and aws-xray-sdk release (half an hour, then a failed build of a Python 2 backport). Resolved on their own
+# they take seconds; to move to newer releases, regenerate the file (then run the suite):
+#   { echo "# Made by the command in tests/run.sh; tests/run.sh installs the test extras with these versions."
+#     pip install --dry-run --ignore-installed --quiet --report - 's3fs>=2026.9.0' boto3 \
+#       | jq -r '.install[].metadata | "\(.name)==\(.version)"' \
+#       | grep -iE '^(s3fs|fsspec|aiobotocore|botocore|boto3|s3transfer)==' | sort -f; } > tests/constraints.txt
+pip install --quiet -c tests/constraints.txt -e ".[test,dali,deepspeed]"  # DALI: CPU pipelines; DeepSpeed: CPU
 # Debian's Prometheus server and promtool: the monitoring tests check rules and scrape a real run with them.
 if ! command -v promtool >/dev/null; then
   apt-get install -y -qq --no-install-recommends prometheus >/dev/null \

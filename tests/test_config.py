@@ -52,6 +52,24 @@ def test_bad_overrides_name_the_key(override, named):
         apply_overrides(tiny(), [override])
 
 
+@pytest.mark.parametrize("override, suggestion", [
+    ("loss.r1_gama=2", "; did you mean loss.r1_gamma?"),
+    ("los.r1_gamma=2", "; did you mean loss?"),
+    ("render.depth_resolution=16", "; did you mean rendering?"),
+    ("run.batchsize=8", "; did you mean run.batch_size?"),
+])
+def test_unknown_keys_suggest_the_closest(override, suggestion):
+    with pytest.raises(ValueError) as error:
+        apply_overrides(tiny(), [override])
+    assert str(error.value).endswith(suggestion)
+
+
+def test_unknown_key_with_nothing_close_suggests_nothing():
+    with pytest.raises(ValueError) as error:
+        apply_overrides(tiny(), ["loss.xyz=1"])
+    assert str(error.value) == "override 'loss.xyz=1': unknown config field 'loss.xyz'"
+
+
 @pytest.mark.parametrize("override, named", [
     ("run.micro_batch=3", "run.batch_size"),
     ("model.image_resolution=96", "model.image_resolution"),

@@ -21,6 +21,7 @@ from cluster.checkpoints import CheckpointStore
 from conftest import MICRO_OVERRIDES
 from dataloading import storage
 from distributed_helpers import free_port
+from ray_jobs import submit_job
 from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -118,7 +119,7 @@ def assert_contiguous(records: list[dict], total_kimg: float) -> None:
 def test_ray_job_submit_trains_from_s3_to_s3(ray_cluster, shards):
     entrypoint = ["python", *train_command("submitted", 0.016)[1:]]  # the cluster's own interpreter
     command = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{ray_cluster.dashboard_port}", "--", *entrypoint]
-    result = subprocess.run(command, env=ray_cluster.env, capture_output=True, text=True, timeout=400)
+    result = submit_job(command, env=ray_cluster.env, timeout=400)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout + result.stderr
     assert_contiguous(log_records("submitted"), 0.016)

@@ -141,9 +141,23 @@ def test_catalog_names_follow_prometheus_conventions():
 def test_the_status_line_shows_a_quality_measurement_in_the_interval_it_was_taken():
     from eg3d.training_loop import status_line
 
-    record = {"kimg": 1.2, "nimg": 1200, "images_per_second": 5.0, "world_size": 2, "loss/G": 0.5, "loss/D": 1.25,
-              "quality_nimg/random": 1000, "frechet_distance/random": 7.05}
-    assert status_line(record, 800) == "kimg 1.200  img/s 5.0  workers 2  G 0.500  D 1.250  random-feature FD 7.05"
+    record = {"kimg": 1.2, "nimg": 1200, "target_nimg": 2000, "images_per_second": 5.0, "world_size": 2,
+              "loss/G": 0.5, "loss/D": 1.25, "quality_nimg/random": 1000, "frechet_distance/random": 7.05}
+    # 800 images left at 5 images/s: 160 s.
+    assert status_line(record, 800) == ("kimg 1.200/2.000 (60.0%)  img/s 5.0  ETA 0:02:40  workers 2  "
+                                        "G 0.500  D 1.250  random-feature FD 7.05")
     assert "FD" not in status_line(record, 1200)  # measured in an earlier interval
     record.update({"quality_nimg/inception_v3": 1200, "frechet_distance/inception_v3": 12.5})
     assert status_line(record, 1000).endswith("D 1.250  FID 12.50")
+
+
+@pytest.mark.parametrize("nimg, target_nimg, images_per_second, expected", [
+    (400, 2000, 6.9, "kimg 0.400/2.000 (20.0%)  img/s 6.9  ETA 0:03:52"),  # 1600 / 6.9 = 231.9 s
+    (0, 25_000_000, 32.0, "kimg 0.000/25000.000 (0.0%)  img/s 32.0  ETA 9 days, 1:00:50"),  # 781250 s
+    (2000, 2000, 7.0, "kimg 2.000/2.000 (100.0%)  img/s 7.0  ETA 0:00:00"),
+    (8, 2000, 0.0, "kimg 0.008/2.000 (0.4%)  img/s 0.0  ETA unknown"),
+])
+def test_progress_shows_target_percentage_speed_and_time_left(nimg, target_nimg, images_per_second, expected):
+    from eg3d.training_loop import progress_text
+
+    assert progress_text(nimg, target_nimg, images_per_second) == expected

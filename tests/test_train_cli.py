@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import MICRO_OVERRIDES
+from conftest import MICRO_OVERRIDES, micro_config
 from cluster.checkpoints import CheckpointStore
 from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 from eg3d.snapshot import load_generator, render
 from eg3d.synthetic import generate_dataset
-from eg3d.train import main as train_main
+from eg3d.train import main as train_main, prepare_data
 
 
 def cli_args(storage, kimg, *extra, name="run"):
@@ -27,10 +27,16 @@ def log_records(text: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_train_writes_logs_checkpoints_snapshots_and_resumes(tmp_path):
+def test_train_writes_logs_checkpoints_snapshots_and_resumes(tmp_path, capfd):
     """The embedded default's path (local Ray, synthetic data, one worker), then the same command resumes."""
     out = tmp_path / "run"
     assert train_main(cli_args(tmp_path, 0.008)) == 0
+    printed = "".join(capfd.readouterr())
+    assert f"building shards of {out / 'synthetic-data'} into {out / 'shards'}" in printed
+    assert "starting a local Ray with token authentication" in printed
+    assert "kimg 0.008/0.008 (100.0%)" in printed
+    # Ray's warning about token auth and the preemption watcher's error-level notice are not shown.
+    assert "Token authentication is enabled" not in printed and "PreemptionWatcher" not in printed
     assert (out / "synthetic-data" / "dataset.json").is_file()
     assert (out / "shards" / "manifest.json").is_file()
     records = log_records((out / "log.jsonl").read_text())
@@ -40,6 +46,8 @@ def test_train_writes_logs_checkpoints_snapshots_and_resumes(tmp_path):
     assert CheckpointStore(str(out)).latest().nimg == 8
 
     assert train_main(cli_args(tmp_path, 0.024)) == 0  # the same command with a longer target resumes
+    printed = "".join(capfd.readouterr())
+    assert f"using the shards already built in {out / 'shards'}" in printed and "building shards" not in printed
     records = log_records((out / "log.jsonl").read_text())
     assert [r["kimg"] for r in records] == [0.004, 0.008, 0.012, 0.016, 0.02, 0.024]
     assert [c.nimg for c in CheckpointStore(str(out)).published()] == [24, 16]  # keep 2
@@ -121,6 +129,29 @@ def test_cameras_outside_the_preset_ray_range_are_refused_before_training(tmp_pa
     assert "sit 6.00 from the origin" in error and "scale the camera positions" in error
 
 
+def test_a_missing_data_path_is_reported_as_missing(tmp_path, capsys):
+    missing = tmp_path / "no-such-dataset"
+    assert train_main(cli_args(tmp_path / "runs", 0.004, "--data", str(missing))) == 2
+    captured = capsys.readouterr()
+    assert f"--data {missing}: no such file or folder" in captured.err
+    assert "building shards" not in captured.out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_shards_are_built_once_and_a_rerun_says_it_uses_them(tmp_path, capsys):
+    data, run = tmp_path / "data", tmp_path / "run"
+    generate_dataset(data, count=3, resolution=32, seed=0)
+    capsys.readouterr()
+    assert prepare_data(micro_config(), str(data), str(run)) == str(run / "shards" / "manifest.json")
+    first = capsys.readouterr()
+    assert f"building shards of {data} into {run / 'shards'}" in first.out
+    assert "3/3" in first.err  # the progress bar
+    prepare_data(micro_config(), str(data), str(run))
+    second = capsys.readouterr()
+    assert f"using the shards already built in {run / 'shards'}" in second.out
+    assert "building" not in second.out and "3/3" not in second.err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ddp", "deepspeed"])
 def test_two_workers_from_s3_shards_to_s3_snapshots(tmp_path, moto_server, backend):
@@ -175,3 +206,11 @@ def test_a_diverged_run_exits_non_zero_with_the_message_and_is_not_retried(tmp_p
     starts = json.loads((tmp_path / "run" / "starts.json").read_text())
     assert len(starts) == 1  # one start of the worker group: no retry
     assert CheckpointStore(str(tmp_path / "run")).latest() is None
+
+
+def test_saved_images_clamp_the_unbounded_super_resolution_output():
+    from eg3d.sample_grid import to_uint8
+
+    # The super-resolution output leaves [-1, 1] (-1.59 and 1.87 seen); saved pixels saturate, never wrap.
+    image = torch.tensor([-1.59, -1.0, 0.0, 0.5, 1.0, 1.87]).reshape(1, 1, 1, 6).expand(1, 3, 1, 6)
+    assert to_uint8(image)[0, 0, :, 0].tolist() == [0, 0, 128, 191, 255, 255]  # (x + 1) * 127.5, rounded
