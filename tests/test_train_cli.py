@@ -99,13 +99,19 @@ def six_units_away(labels: np.ndarray) -> None:
     labels[:, [3, 7, 11]] *= 6 / 2.7  # camera centres moved out along their rays, from radius 2.7 to 6
 
 
-def test_data_with_opengl_cameras_is_refused_with_the_build_summary(tmp_path, capsys, monkeypatch):
+def relabelled_dataset(tmp_path, monkeypatch, change):
+    """Four synthetic images whose labels went through `change`; launching workers fails the test."""
     import cluster.launch
 
     monkeypatch.setattr(cluster.launch, "launch", no_launch)
     data = tmp_path / "data"
     generate_dataset(data, count=4, resolution=32, seed=0)
-    relabel(data, opengl_axes)
+    relabel(data, change)
+    return data
+
+
+def test_data_with_opengl_cameras_is_refused_with_the_build_summary(tmp_path, capsys, monkeypatch):
+    data = relabelled_dataset(tmp_path, monkeypatch, opengl_axes)
     assert train_main(cli_args(tmp_path / "run", 0.004, "--data", str(data))) == 2
     error = capsys.readouterr().err
     assert "4 of 4 cameras see none of the tri-plane box" in error and "python -m dataloading.convert" in error
@@ -114,12 +120,7 @@ def test_data_with_opengl_cameras_is_refused_with_the_build_summary(tmp_path, ca
 
 
 def test_cameras_outside_the_preset_ray_range_are_refused_before_training(tmp_path, capsys, monkeypatch):
-    import cluster.launch
-
-    monkeypatch.setattr(cluster.launch, "launch", no_launch)
-    data = tmp_path / "data"
-    generate_dataset(data, count=4, resolution=32, seed=0)
-    relabel(data, six_units_away)
+    data = relabelled_dataset(tmp_path, monkeypatch, six_units_away)
     # The build checks rays at any depth, which still hit the box from 6 units away; tiny samples 2.25..3.3.
     assert train_main(cli_args(tmp_path / "run", 0.004, "--data", str(data))) == 2
     out, error = capsys.readouterr()

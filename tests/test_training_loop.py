@@ -68,14 +68,17 @@ def test_a_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, shards):
 
 @pytest.mark.parametrize("progress_seconds, expected_lines", [
     (0.0, ["kimg 0.004/0.008 (50.0%)  img/s ", "kimg 0.008/0.008 (100.0%)  img/s "]),  # every step
-    (3600.0, ["kimg 0.008/0.008 (100.0%)  img/s "]),  # only the log interval's status line
+    # after the first step, then only the log interval's status line
+    (3600.0, ["kimg 0.004/0.008 (50.0%)  img/s ", "kimg 0.008/0.008 (100.0%)  img/s "]),
+    (3600.0, ["kimg 0.004/0.012 (33.3%)  img/s ", "kimg 0.012/0.012 (100.0%)  img/s "]),
 ])
 def test_progress_is_printed_between_log_intervals(tmp_path, shards, monkeypatch, progress_seconds, expected_lines):
     from eg3d import training_loop
 
     monkeypatch.setattr(training_loop, "PROGRESS_SECONDS", progress_seconds)
     lines = []
-    train(loop_config(0.008, "run.log_kimg=1", "metrics.num_generated=0"), manifest_url=shards, run_url=tmp_path,
+    total_kimg = float(expected_lines[-1].split("/")[1].split()[0])
+    train(loop_config(total_kimg, "run.log_kimg=1", "metrics.num_generated=0"), manifest_url=shards, run_url=tmp_path,
           log=lines.append)
     progress = [line for line in lines if line.startswith("kimg ")]
     assert [line[:len(start)] for line, start in zip(progress, expected_lines)] == expected_lines
