@@ -31,10 +31,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, fn, args):
         result = fn(rank, *args)
         with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as file:
             pickle.dump(result, file)
-        # Every rank waits for all before tearing down: two-rank DeepSpeed runs were seen to abort now and
-        # then at the end ("terminate called without an active exception", SIGABRT) when one rank finished
-        # while the other was still inside DeepSpeed's shared-memory CPU all-reduce; with the barrier, none
-        # did in 55 repetitions. faulthandler prints the Python stack should a worker still die of a signal.
+        # Every rank waits for all before tearing down: two-rank DeepSpeed runs aborted now and then
+        # ("terminate called without an active exception", SIGABRT; about 1 in 10 runs of a test) without
+        # it and none did in 55 repetitions with it. The cause is not pinned down; faulthandler prints the
+        # Python stack should a worker still die of a signal.
         dist.barrier()
     finally:
         dist.destroy_process_group()
