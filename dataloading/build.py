@@ -61,7 +61,7 @@ from tqdm import tqdm
 
 from . import storage
 from .camera_checks import PIXEL_FOCAL, CameraCheck, CameraReport, check_cameras, describe_statistics
-from .pixels import WHITE, oriented_size, to_rgb8
+from .pixels import WHITE, orientation, oriented_size, to_rgb8
 from .reference_format import IMAGE_EXTENSIONS, LABEL_SIZE, METADATA, load_label_list, parse_label_entry
 
 MANIFEST, LABELS, REJECTS = "manifest.json", "labels.npy", "rejects.json"
@@ -259,8 +259,8 @@ class Settings:
         pixels in the target format, else the converted image encoded. Rejected names the fault."""
         try:
             with Image.open(io.BytesIO(data)) as image:
-                pixels, changed = to_rgb8(image, self.background)
-                self._check_size(*pixels.size)
+                pixels, changed = to_rgb8(image, self.background)  # reads the bit depth before anything loads
+                self._check_size(*pixels.size, turned=orientation(image) != 1)
                 if not (changed or self.reencode) and image.format == _PIL_FORMAT[self.image_format]:
                     return data
                 buffer = io.BytesIO()
@@ -274,10 +274,12 @@ class Settings:
         except ValueError as error:  # UnsupportedPixelFormat, or mode I values beyond 16 bits
             raise Rejected("unsupported pixel format", str(error)) from None
 
-    def _check_size(self, width: int, height: int) -> None:
-        upright = " (turned upright by its EXIF orientation)"
+    def _check_size(self, width: int, height: int, *, turned: bool = False) -> None:
+        upright = " (turned upright by its EXIF orientation)" if turned else ""
         if width != height:
-            raise Rejected("wrong image size", f"image is {width}x{height}{upright}, expected a square image")
+            raise Rejected("wrong image size", f"image is {width}x{height}{upright}, expected a square image: "
+                                               f"crop it to a square (python -m dataloading.convert does, "
+                                               f"adjusting the intrinsics)")
         if self.resolution is not None and width != self.resolution:
             raise Rejected("wrong image size", f"image is {width}x{height}{upright}, expected "
                                                f"{self.resolution}x{self.resolution} (the first valid image's size, "

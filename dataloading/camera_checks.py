@@ -160,7 +160,7 @@ class CameraReport:
                     f"{self.axis_distance[row]:.2f} from the origin")
             if rescued > SEES_NOTHING:
                 text += (f"; with the y and z camera axes flipped (OpenGL/Blender -> OpenCV) it would see {rescued:.0%}"
-                         f": convert the dataset with python -m dataloading.convert (it reads NeRF transforms.json)")
+                         f": python -m dataloading.convert DATASET OUT --axes opengl fixes the labels")
             faults[row] = text
         return faults
 
@@ -192,16 +192,19 @@ def likely_fixes(labels: np.ndarray, check: CameraCheck) -> list[str]:
     if rescued > SEES_NOTHING:
         fixes.append(f"the cam2world matrices look like OpenGL/Blender camera axes (x right, y up, z backward); "
                      f"with columns 1 and 2 negated (OpenCV axes: y down, z forward) the median camera would see "
-                     f"{rescued:.0%} of the box. Convert the dataset with python -m dataloading.convert (NeRF transforms.json -> OpenCV axes; see its --help).")
+                     f"{rescued:.0%} of the box. Fix the labels with python -m dataloading.convert DATASET OUT --axes "
+                     f"opengl (DATASET: the folder with dataset.json), or convert the original transforms.json with "
+                     f"python -m dataloading.convert, which reads OpenGL axes.")
     look_at = look_at_point(labels[:, :16].reshape(-1, 4, 4))
     if np.linalg.norm(look_at) > check.box_warp / 2:
         fixes.append(f"the cameras look at ({_numbers(look_at)}), {np.linalg.norm(look_at):.2f} from the origin, "
-                     f"outside the box: recentre the world on the object (subtract that point from every "
-                     f"cam2world translation), or scale it so the object fits in the box.")
+                     f"outside the box: recentre the world on the object, e.g. python -m dataloading.convert DATASET OUT "
+                     f"--recenter --radius 2.7 (the FFHQ-like presets' camera distance).")
     elif check.ray_start is not None and np.median(axis_distance(labels)) <= check.box_warp / 2:
         radius = np.median(np.linalg.norm(split(labels)[0], axis=1))
         fixes.append(f"the cameras aim at the box but sit {radius:.2f} from the origin, where samples at depths "
-                     f"{check.ray_start:g}..{check.ray_end:g} miss it: scale the camera positions, or choose "
+                     f"{check.ray_start:g}..{check.ray_end:g} miss it: scale the camera positions (python -m "
+                     f"dataloading.convert DATASET OUT --radius 2.7 for the FFHQ-like presets), or choose "
                      f"rendering.ray_start/ray_end around that distance.")
     return fixes or ["check that the matrices are cam2world (not world2cam: invert those) in OpenCV axes "
                      "(x right, y down, z forward) and that the object sits at the world origin."]

@@ -63,6 +63,7 @@ from tqdm import tqdm
 
 from .camera_checks import look_at_point
 from .pixels import to_rgb8
+from .reference_format import METADATA, load_label_list, parse_label_entry
 
 IMAGES_PER_FOLDER = 1000
 SOURCE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG", ".webp", ".bmp")
@@ -494,19 +495,49 @@ def default_images_folder(model: Path) -> Path:
     raise ValueError(f"{model}: no images folder at {', '.join(map(str, candidates))}; give it with --images")
 
 
-def read_frames(source, *, images=None, max_distortion: float = MAX_DISTORTION) -> list[Frame]:
-    """A transforms.json (or a folder holding one) or a COLMAP text model folder -> its frames."""
+def read_reference(path, *, axes: str = "opencv") -> list[Frame]:
+    """Frames of a dataset already in the reference format (a folder with dataset.json; see eg3d.camera),
+    to crop, resize, re-place or re-axis it. `axes="opengl"`: its cam2world columns are OpenGL camera axes
+    (y up, z backward), a common slip, turned into OpenCV's. ValueError naming the file and entry."""
+    path = Path(path)
+    root = path.parent if path.is_file() else path
+    listed = load_label_list((root / METADATA).read_bytes(), f"{root / METADATA}")
+    frames = []
+    for index, entry in enumerate(listed):
+        name, label, fault = parse_label_entry(entry)
+        where = f"{root / METADATA}: labels[{index}]"
+        if fault is not None:
+            raise ValueError(f"{where}: {fault}")
+        source = root / name
+        if not source.is_file():
+            raise ValueError(f"{where}: {name} is listed but missing")
+        width, height = image_size(source, where)
+        cam2world = label[:16].reshape(4, 4)
+        intrinsics = label[16:].reshape(3, 3) * [[width], [height], [1]]  # normalized -> pixels
+        frames.append(Frame(source, where, opengl_to_opencv(cam2world) if axes == "opengl" else cam2world,
+                            intrinsics, width, height))
+    return frames
+
+
+def read_frames(source, *, images=None, max_distortion: float = MAX_DISTORTION, axes: str | None = None) -> list[Frame]:
+    """A transforms.json (or a folder holding one), a COLMAP text model folder, or a reference-format
+    dataset (dataset.json, or its folder) -> its frames."""
     source = Path(source)
-    if source.is_dir() and (source / "transforms.json").is_file():
-        source = source / "transforms.json"
+    for name in ("transforms.json", METADATA):
+        if source.is_dir() and (source / name).is_file():
+            source = source / name
+    if axes is not None and source.name != METADATA:
+        raise ValueError(f"--axes is for datasets in the reference format (dataset.json); {source} fixes its own axes")
     if source.is_file() and source.suffix == ".json":
         if images is not None:
-            raise ValueError("--images is for COLMAP models; a transforms.json names its images itself")
+            raise ValueError(f"--images is for COLMAP models; {source.name} names its images itself")
+        if source.name == METADATA:
+            return read_reference(source, axes=axes or "opencv")
         return read_nerf(source, max_distortion=max_distortion)
     if source.is_dir():
         return read_colmap(source, images, max_distortion=max_distortion)
-    raise ValueError(f"{source}: expected a transforms.json file or a COLMAP text model folder "
-                     f"(cameras.txt, images.txt)")
+    raise ValueError(f"{source}: expected a transforms.json file, a COLMAP text model folder (cameras.txt, "
+                     f"images.txt) or a dataset in the reference format (dataset.json)")
 
 
 # --- output ---------------------------------------------------------------------------------------------
@@ -558,9 +589,10 @@ def publish(staging: Path, out: Path) -> None:
 
 def convert(source, out, *, images=None, up: str | None = None, recenter: bool = False, radius: float | None = None,
             resolution: int | None = None, background: str = "white", max_distortion: float = MAX_DISTORTION,
-            overwrite: bool = False, progress: bool = True) -> dict:
-    """Convert a transforms.json or COLMAP text model to the reference dataset format in `out`; returns a
-    summary (see `summarize`). Nothing is written to `out` unless the whole conversion succeeds."""
+            overwrite: bool = False, progress: bool = True, axes: str | None = None) -> dict:
+    """Convert a transforms.json, a COLMAP text model or a reference-format dataset to the reference dataset
+    format in `out`; returns a summary (see `summarize`). Nothing is written to `out` unless the whole
+    conversion succeeds."""
     if up is not None and up != "auto" and up not in AXES:
         raise ValueError(f"--up must be auto or one of {', '.join(AXES)}, got {up!r}")
     if (radius is not None and not radius > 0) or (resolution is not None and resolution < 1):
@@ -569,7 +601,9 @@ def convert(source, out, *, images=None, up: str | None = None, recenter: bool =
         raise ValueError(f"--background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
     out = Path(out)
     check_destination(out, overwrite)
-    frames = read_frames(source, images=images, max_distortion=max_distortion)
+    if axes not in (None, "opencv", "opengl"):
+        raise ValueError(f"--axes must be opencv or opengl, got {axes!r}")
+    frames = read_frames(source, images=images, max_distortion=max_distortion, axes=axes)
     if resolution is None:
         _check_one_size(frames)
     cam2world = place_world(np.stack([f.cam2world for f in frames]), up=up, recenter=recenter, radius=radius)
@@ -587,7 +621,7 @@ def convert(source, out, *, images=None, up: str | None = None, recenter: bool =
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return summarize(frames, cam2world, out)
+    return summarize(frames, cam2world, out, resolution)
 
 
 def _check_one_size(frames: list[Frame]) -> None:
@@ -600,9 +634,9 @@ def _check_one_size(frames: list[Frame]) -> None:
                          f"pass --resolution N to resize them all to N x N")
 
 
-def summarize(frames: list[Frame], cam2world: np.ndarray, out: Path) -> dict:
+def summarize(frames: list[Frame], cam2world: np.ndarray, out: Path, resolution: int | None = None) -> dict:
     """Image count, camera distances from the origin, the look-at point (None for parallel axes) and how
-    far the optical axes pass from it, in the output world."""
+    far the optical axes pass from it, in the output world; how many images were upscaled to `resolution`."""
     distances = np.linalg.norm(cam2world[:, :3, 3], axis=1)
     try:
         point = look_at_point(cam2world, parallel_ok=False)
@@ -611,6 +645,8 @@ def summarize(frames: list[Frame], cam2world: np.ndarray, out: Path) -> dict:
         point, miss = None, None
     return {"out": str(out), "images": len(frames),
             "cropped": sum(f.width != f.height for f in frames),
+            "upscaled": sum(resolution is not None and min(f.width, f.height) < resolution for f in frames),
+            "resolution": resolution,
             "radius": (float(distances.min()), float(distances.mean()), float(distances.max())),
             "look_at": None if point is None else point.tolist(), "axis_miss": miss}
 
@@ -627,13 +663,32 @@ def format_summary(summary: dict) -> str:
         f"{summary['images']} images -> {summary['out']} ({summary['cropped']} centre-cropped to a square)",
         f"camera distance from the origin: min {low:.4g}, mean {mean:.4g}, max {high:.4g}",
         f"look-at point: {look_at}",
+        *placement_notes(summary),
         f"next: python -m dataloading.build {summary['out']} SHARDS   # SHARDS: a folder or s3://bucket/prefix",
     ])
 
 
+def placement_notes(summary: dict) -> list[str]:
+    """Warnings for a world EG3D's presets cannot render (they sample depths 2.25..3.3 around a unit box at
+    the origin, shapenet128 0.1..2.6 in a box of side 1.6) and for images upscaled by --resolution."""
+    notes = []
+    mean, look_at = summary["radius"][1], summary["look_at"]
+    if look_at is not None and float(np.linalg.norm(look_at)) > 0.25 * mean:
+        notes.append("note: the cameras look at a point far from the origin, where EG3D's tri-plane box is: "
+                     "add --recenter (and --radius 2.7 for the FFHQ-like presets)")
+    if not 2.0 <= mean <= 3.5:
+        notes.append(f"note: the cameras are {mean:.3g} from the origin on average; ffhq512, afhq512 and tiny render "
+                     f"depths 2.25..3.3 (cameras at 2.7): add --radius 2.7")
+    if summary["upscaled"]:
+        notes.append(f"note: {summary['upscaled']} images were smaller than --resolution {summary['resolution']} and "
+                     f"were upscaled; a preset of the source's size trains on sharper images")
+    return notes
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="a transforms.json (or its folder), or a COLMAP text model folder")
+    parser.add_argument("source", help="a transforms.json (or its folder), a COLMAP text model folder, or a "
+                        "reference-format dataset (dataset.json or its folder)")
     parser.add_argument("out", help="output folder (new or empty)")
     parser.add_argument("--images", default=None, help="COLMAP: the images folder (default: images/ near the model)")
     parser.add_argument("--up", choices=["auto", *AXES], default=None, help="world axis that becomes +y, or auto: "
@@ -645,11 +700,13 @@ def main(argv=None) -> None:
     parser.add_argument("--max-distortion", type=float, default=MAX_DISTORTION,
                         help="largest lens distortion accepted, as a fraction of the shorter image side")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    parser.add_argument("--axes", choices=("opencv", "opengl"), default=None, help="dataset.json sources: the camera "
+                        "axes its cam2world uses (opengl: y up, z backward, turned into OpenCV's; default opencv)")
     args = parser.parse_args(argv)
     try:
         summary = convert(args.source, args.out, images=args.images, up=args.up, recenter=args.recenter,
                           radius=args.radius, resolution=args.resolution, background=args.background,
-                          max_distortion=args.max_distortion, overwrite=args.overwrite)
+                          max_distortion=args.max_distortion, overwrite=args.overwrite, axes=args.axes)
     except (ValueError, FileNotFoundError, PermissionError) as error:
         raise SystemExit(f"error: {error}") from None
     print(format_summary(summary))

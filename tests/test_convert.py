@@ -228,6 +228,40 @@ def test_blender_scene_sees_the_ffhq_box_only_after_conversion(tmp_path):
     assert manifest["rejected"] == 0 and manifest["cameras"]["seeing_nothing"] == 0
 
 
+def test_reference_dataset_with_opengl_labels_comes_back_in_opencv_axes(synthetic, tmp_path, capsys):
+    """An EG3D-format dataset whose labels used OpenGL axes (a common slip): convert --axes opengl turns
+    them back into the original labels, and the images are kept pixel for pixel."""
+    paths, labels = synthetic
+    source = tmp_path / "flipped"
+    source.mkdir()
+    for path in paths:
+        shutil.copy(path, source / path.name)
+    flipped = labels.copy()
+    flipped[:, :16] = (labels[:, :16].reshape(-1, 4, 4) @ FLIP_YZ).reshape(-1, 16)
+    entries = [[path.name, label.tolist()] for path, label in zip(paths, flipped)]
+    (source / "dataset.json").write_text(json.dumps({"labels": entries}))
+    main([str(source), str(tmp_path / "out"), "--axes", "opengl"])
+    got, images = converted(tmp_path / "out")
+    np.testing.assert_allclose(got, labels, atol=1e-9)
+    assert_same_images(images, paths)
+    assert "note:" not in capsys.readouterr().out  # the synthetic world is already EG3D's
+    with pytest.raises(ValueError, match="--axes is for datasets in the reference format"):
+        convert(write_transforms(tmp_path / "nerf", labels, paths, top={"camera_angle_x": 0.4}),
+                tmp_path / "other", axes="opengl", progress=False)
+
+
+def test_summary_notes_a_world_the_presets_cannot_render(synthetic, tmp_path, capsys):
+    paths, labels = synthetic
+    moved = labels.copy()
+    moved[:, [3, 7, 11]] = moved[:, [3, 7, 11]] * 3 + [5.0, 0.0, 0.0]  # 8.1 away, looking at (5, 0, 0)
+    source = write_transforms(tmp_path / "nerf", moved, paths, top={"camera_angle_x": 0.4})
+    main([str(source), str(tmp_path / "out"), "--resolution", str(2 * RESOLUTION)])
+    out = capsys.readouterr().out
+    assert "note: the cameras look at a point far from the origin" in out and "add --recenter" in out
+    assert "add --radius 2.7" in out
+    assert f"note: 4 images were smaller than --resolution {2 * RESOLUTION} and were upscaled" in out
+
+
 def test_exif_orientation_is_not_applied(tmp_path):
     """COLMAP and NeRF tools solve cameras on the stored pixels, ignoring EXIF orientation: the importer
     keeps that layout (a turned image would no longer match its camera) and writes no orientation tag."""

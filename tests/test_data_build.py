@@ -168,7 +168,7 @@ def test_rejects_are_counted_per_kind_with_the_first_three_of_each(tmp_path, cap
     assert names[3] + ":" not in out and "    ... and 1 more\n" in out
     assert f"  intrinsics in pixels: 1\n    {names[4]}: intrinsics look like pixel units" in out
     assert "divide fx and cx by the image width and fy and cy by the height" in out
-    assert f"  wrong image size: 1\n    {names[5]}: image is 32x24" in out
+    assert f"  wrong image size: 1\n    {names[5]}: image is 32x24, expected a square image: crop it" in out
     assert f"  unsupported pixel format: 1\n    {names[6]}: unsupported pixel format (PIL mode F)" in out
     assert f"  missing file: 1\n    {names[7]}: listed in dataset.json but the file is missing" in out
     assert "cameras (4): 2.70 from the origin" in out and "0 see nothing" in out
