@@ -238,8 +238,14 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         if name not in values[section]:
             raise ValueError(f"override {item!r}: unknown config field {key.strip()!r}"
                              f"{_did_you_mean(name, values[section], prefix=section + '.')}")
-        values[section][name] = _parse_literal(text.strip())
+        # A plain-text field takes the text as it is: distributed.use_gpu=true is the string "true".
+        as_text = _field_types(section)[name] is str
+        values[section][name] = text.strip() if as_text else _parse_literal(text.strip())
     return TrainConfig.from_dict(values)
+
+
+def _field_types(section: str) -> dict:
+    return typing.get_type_hints(typing.get_type_hints(TrainConfig)[section])
 
 
 def _did_you_mean(word: str, choices, *, prefix: str = "") -> str:
