@@ -85,12 +85,11 @@ class DDPSync(DistributedSync):
 FILE_KEYS = ("zero_optimization", "communication_data_type", "prescale_gradients", "gradient_predivide_factor",
              "wall_clock_breakdown", "comms_logger")
 # Keys of ours that a file may repeat but not change, and why.
+_SPLIT = "run.batch_size split over the workers in micro-batches of run.micro_batch, recomputed at every (re)start"
 OWNED_KEYS = {
     "train_batch_size": "run.batch_size, the batch of every optimizer step",
-    "train_micro_batch_size_per_gpu": "run.batch_size split over the workers in micro-batches of run.micro_batch, "
-                                      "recomputed at every (re)start",
-    "gradient_accumulation_steps": "run.batch_size split over the workers in micro-batches of run.micro_batch, "
-                                   "recomputed at every (re)start",
+    "train_micro_batch_size_per_gpu": _SPLIT,
+    "gradient_accumulation_steps": _SPLIT,
     "managed_gradient_accumulation": "the trainer accumulates its micro-batches itself",
     "zero_optimization.stage": "distributed.zero_stage (--set distributed.zero_stage=0|1)",
     "zero_optimization.elastic_checkpoint": "optimizer shards must reload under any world size",
@@ -164,7 +163,7 @@ def load_deepspeed_file(config) -> DeepSpeedFile | None:
 
     d = config.distributed
     if d.deepspeed_config is None:
-        return
+        return None
     file = DeepSpeedFile.load(d.deepspeed_config)
     for world_size in range(d.min_workers, d.max_workers + 1):
         micro_batch, _ = accumulation(config, world_size)
