@@ -13,7 +13,15 @@ every micro-batch goes through `engine.backward`, and `engine.step()` reduces an
 phase. Losses call the raw modules (`engine.module`), since a G loss runs through D's network while
 D's engine is not the one stepping. At ZeRO 1 each rank holds a shard of the optimizer state; the
 shards are saved per rank in DeepSpeed's elastic format, which reloads under any world size.
+
+The DeepSpeed config is built here. `distributed.deepspeed_config` names a JSON file (any fsspec URL) whose
+communication settings (bucket sizes, overlap, communication dtype) are merged over it; the keys that the
+world-size-independent batch handling, the ZeRO stage and the checkpoints depend on stay ours.
 """
+
+import copy
+import json
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -73,12 +81,104 @@ class DDPSync(DistributedSync):
             p.grad = reduced.view_as(p).clone()
 
 
+# Top-level keys a DeepSpeed file may add to ours: how gradients travel, and DeepSpeed's own diagnostics.
+FILE_KEYS = ("zero_optimization", "communication_data_type", "prescale_gradients", "gradient_predivide_factor",
+             "wall_clock_breakdown", "comms_logger")
+# Keys of ours that a file may repeat but not change, and why.
+_SPLIT = "run.batch_size split over the workers in micro-batches of run.micro_batch, recomputed at every (re)start"
+OWNED_KEYS = {
+    "train_batch_size": "run.batch_size, the batch of every optimizer step",
+    "train_micro_batch_size_per_gpu": _SPLIT,
+    "gradient_accumulation_steps": _SPLIT,
+    "managed_gradient_accumulation": "the trainer accumulates its micro-batches itself",
+    "zero_optimization.stage": "distributed.zero_stage (--set distributed.zero_stage=0|1)",
+    "zero_optimization.elastic_checkpoint": "optimizer shards must reload under any world size",
+    "zero_optimization.overlap_comm": "DeepSpeed 0.19 overlaps communication with a backward pass only at ZeRO 2 "
+                                      "when the trainer accumulates micro-batches itself",
+    "gradient_clipping": "EG3D does not clip gradients, under either backend",
+    "steps_per_print": "progress is reported by eg3d-train",
+}
+
+
+def deepspeed_config(*, zero_stage: int, global_batch: int, micro_batch: int, world_size: int) -> dict:
+    """The config every DeepSpeed engine is built with, before a file's settings are merged over it."""
+    return {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": global_batch // (micro_batch * world_size),
+        "managed_gradient_accumulation": False,
+        "zero_optimization": {"stage": zero_stage, "elastic_checkpoint": True, "overlap_comm": False},
+        "gradient_clipping": 0.0,  # EG3D does not clip; DeepSpeed 0.19 clips at 1.0 unless told
+        "steps_per_print": 2 ** 62,
+    }
+
+
+@dataclass(frozen=True)
+class DeepSpeedFile:
+    """The settings of a DeepSpeed JSON file, read once by the driver and sent to the workers."""
+
+    url: str
+    settings: dict
+
+    @classmethod
+    def load(cls, url: str) -> "DeepSpeedFile":
+        from dataloading import storage
+
+        try:
+            settings = json.loads(storage.read_bytes(url))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"distributed.deepspeed_config {url}: not valid JSON: {error}") from None
+        if not isinstance(settings, dict):
+            raise ValueError(f"distributed.deepspeed_config {url}: expected a JSON object, got {type(settings).__name__}")
+        return cls(url, settings)
+
+    def merged_over(self, ours: dict) -> dict:
+        """`ours` with this file's settings merged over it (one level deep, as zero_optimization is a section)."""
+        where = f"distributed.deepspeed_config {self.url}"
+        unknown = sorted(set(self.settings) - set(ours) - set(FILE_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unsupported key(s) {', '.join(unknown)}; a DeepSpeed file here may set "
+                             f"{', '.join(FILE_KEYS)} (the batch keys and the ZeRO stage are eg3d-train's own)")
+        merged = copy.deepcopy(ours)
+        for key, value in self.settings.items():
+            if isinstance(ours.get(key), dict):
+                if not isinstance(value, dict):
+                    raise ValueError(f"{where}: {key} must be a JSON object, got {value!r}")
+                merged[key].update(value)
+            else:
+                merged[key] = value
+        for path, reason in OWNED_KEYS.items():
+            section, _, name = path.rpartition(".")
+            theirs = self.settings.get(section, {}) if section else self.settings
+            expected = ours[section][name] if section else ours[name]
+            if name in theirs and theirs[name] != expected:
+                raise ValueError(f"{where}: {path} is {theirs[name]!r}, but it must be {expected!r}, set by eg3d-train "
+                                 f"from {reason}; remove it from the file")
+        return merged
+
+
+def load_deepspeed_file(config) -> DeepSpeedFile | None:
+    """distributed.deepspeed_config, read by the driver and checked for every world size the run may take."""
+    from eg3d.config import accumulation
+
+    d = config.distributed
+    if d.deepspeed_config is None:
+        return None
+    file = DeepSpeedFile.load(d.deepspeed_config)
+    for world_size in range(d.min_workers, d.max_workers + 1):
+        micro_batch, _ = accumulation(config, world_size)
+        file.merged_over(deepspeed_config(zero_stage=d.zero_stage, global_batch=config.run.batch_size,
+                                          micro_batch=micro_batch, world_size=world_size))
+    return file
+
+
 class DeepSpeedSync(DistributedSync):
-    def __init__(self, *, zero_stage: int, global_batch: int, micro_batch: int):
+    def __init__(self, *, zero_stage: int, global_batch: int, micro_batch: int, file: DeepSpeedFile | None = None):
         super().__init__()
         if zero_stage not in (0, 1):
             raise ValueError(f"distributed.zero_stage must be 0 or 1 for EG3D, got {zero_stage}")
         self.zero_stage, self.global_batch, self.micro_batch = zero_stage, global_batch, micro_batch
+        self.file = file
         self.optimizer_sharded = zero_stage > 0
         self.engines: dict[int, object] = {}  # id(network) or id(optimizer) -> engine
         self._unreached: list[torch.nn.Parameter] = []
@@ -87,15 +187,10 @@ class DeepSpeedSync(DistributedSync):
         import deepspeed
 
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the existing process group
-        config = {
-            "train_batch_size": self.global_batch,
-            "train_micro_batch_size_per_gpu": self.micro_batch,
-            "gradient_accumulation_steps": self.global_batch // (self.micro_batch * self.world_size),
-            "managed_gradient_accumulation": False,
-            "zero_optimization": {"stage": self.zero_stage, "elastic_checkpoint": True},
-            "gradient_clipping": 0.0,  # EG3D does not clip; DeepSpeed 0.19 clips at 1.0 unless told
-            "steps_per_print": 2 ** 62,
-        }
+        config = deepspeed_config(zero_stage=self.zero_stage, global_batch=self.global_batch,
+                                  micro_batch=self.micro_batch, world_size=self.world_size)
+        if self.file is not None:
+            config = self.file.merged_over(config)
         for network, optimizer in ((trainer.G, trainer.opt_G), (trainer.D, trainer.opt_D)):
             engine, _, _, _ = deepspeed.initialize(model=network, optimizer=optimizer, config=config)
             self.engines[id(network)] = self.engines[id(optimizer)] = engine
@@ -148,9 +243,11 @@ class DeepSpeedSync(DistributedSync):
             wrapped.load_state_dict(states[0])
 
 
-def make_sync(backend: str, *, zero_stage: int = 0, global_batch: int, micro_batch: int) -> DistributedSync:
+def make_sync(backend: str, *, zero_stage: int = 0, global_batch: int, micro_batch: int,
+              deepspeed_file: DeepSpeedFile | None = None) -> DistributedSync:
     if backend == "ddp":
         return DDPSync()
     if backend == "deepspeed":
-        return DeepSpeedSync(zero_stage=zero_stage, global_batch=global_batch, micro_batch=micro_batch)
+        return DeepSpeedSync(zero_stage=zero_stage, global_batch=global_batch, micro_batch=micro_batch,
+                             file=deepspeed_file)
     raise ValueError(f"distributed.backend must be one of {BACKENDS}, got {backend!r}")

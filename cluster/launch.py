@@ -38,6 +38,7 @@ class Job:
     storage_url: str
     name: str
     cpus_per_worker: float
+    deepspeed_file: object = None  # backends.DeepSpeedFile: distributed.deepspeed_config as the driver read it
 
     @property
     def run_url(self) -> str:
@@ -65,7 +66,7 @@ def worker_loop(job: dict) -> str | None:
         torch.cuda.set_device(device)
     micro_batch, _ = accumulation(config, ray.train.get_context().get_world_size())
     sync = make_sync(config.distributed.backend, zero_stage=config.distributed.zero_stage,
-                     global_batch=config.run.batch_size, micro_batch=micro_batch)
+                     global_batch=config.run.batch_size, micro_batch=micro_batch, deepspeed_file=job.deepspeed_file)
     quiet_ray_train_reports()
     exporter = start_exporter(job, config, sync)
     try:
@@ -183,9 +184,10 @@ def use_gpu(config) -> bool:
 
 
 def launch(config, *, manifest_url: str, storage_url: str, name: str,
-           driver_record: tuple[dict, dict] = ({}, {})) -> None:
+           driver_record: tuple[dict, dict] = ({}, {}), deepspeed_file=None) -> None:
     """Run (or resume) the training run `name` under `storage_url` on the Ray cluster. `driver_record`:
-    the driver's (run-wide, own) values for its /metrics.
+    the driver's (run-wide, own) values for its /metrics; `deepspeed_file`: distributed.deepspeed_config's
+    `backends.DeepSpeedFile`, read by the driver.
 
     Raises TrainingDiverged when the workers stopped the run for non-finite gradients
     (run.max_nonfinite_steps), and Ray Train's error when the workers failed more than
@@ -200,7 +202,7 @@ def launch(config, *, manifest_url: str, storage_url: str, name: str,
     started_locally = connect()
     try:
         diverged = _fit(config, manifest_url=manifest_url, storage_url=storage_url, name=name,
-                        started_locally=started_locally)
+                        started_locally=started_locally, deepspeed_file=deepspeed_file)
         if diverged is not None:
             raise TrainingDiverged(diverged)
     finally:
@@ -224,7 +226,8 @@ def start_driver_exporter(config, *, storage_url: str, name: str):
     return exporter
 
 
-def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_locally: bool) -> str | None:
+def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_locally: bool,
+         deepspeed_file=None) -> str | None:
     """Run the workers; what rank 0's `worker_loop` returned (the divergence message, or None)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -237,7 +240,7 @@ def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_loca
     workers = d.max_workers if d.min_workers == d.max_workers else (d.min_workers, d.max_workers)
     storage_path, filesystem = storage_for_ray(storage_url)
     job = Job(config=config.to_dict(), manifest_url=manifest_url, storage_url=storage_url, name=name,
-              cpus_per_worker=cpus)
+              cpus_per_worker=cpus, deepspeed_file=deepspeed_file)
     resources = {"CPU": cpus, **({"GPU": 1} if gpu else {})}
     forwarded = {k: os.environ[k] for k in FORWARDED_ENVIRONMENT if k in os.environ}
     trainer = TorchTrainer(

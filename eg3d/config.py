@@ -120,6 +120,8 @@ class DistributedConfig:
     cpus_per_worker: float | None = None  # None: 1 on a cluster; the local machine split between workers
     max_failures: int = 3  # worker-group restarts from the newest checkpoint before the run fails; -1: no limit
     resize_check_seconds: float = 60.0  # how often an elastic run looks for more workers
+    # deepspeed: a JSON file (path or URL) of communication settings merged over the code-built DeepSpeed config
+    deepspeed_config: str | None = None
 
 
 @dataclass
@@ -236,8 +238,14 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         if name not in values[section]:
             raise ValueError(f"override {item!r}: unknown config field {key.strip()!r}"
                              f"{_did_you_mean(name, values[section], prefix=section + '.')}")
-        values[section][name] = _parse_literal(text.strip())
+        # A plain-text field takes the text as it is: distributed.use_gpu=true is the string "true".
+        as_text = _field_types(section)[name] is str
+        values[section][name] = text.strip() if as_text else _parse_literal(text.strip())
     return TrainConfig.from_dict(values)
+
+
+def _field_types(section: str) -> dict:
+    return typing.get_type_hints(typing.get_type_hints(TrainConfig)[section])
 
 
 def _did_you_mean(word: str, choices, *, prefix: str = "") -> str:
@@ -270,6 +278,9 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"config: distributed.backend must be ddp or deepspeed, got {d.backend!r}")
     if d.zero_stage not in (0, 1):
         raise ValueError(f"config: distributed.zero_stage must be 0 or 1, got {d.zero_stage}")
+    if d.deepspeed_config is not None and (d.backend != "deepspeed" or not d.deepspeed_config.strip()):
+        raise ValueError(f"config: distributed.deepspeed_config ({d.deepspeed_config!r}) must be a file's path or URL, "
+                         f"and is read by the deepspeed backend only (distributed.backend is {d.backend!r})")
     if d.use_gpu not in ("auto", "true", "false"):
         raise ValueError(f"config: distributed.use_gpu must be auto, true or false, got {d.use_gpu!r}")
     if not 1 <= d.min_workers <= d.max_workers:

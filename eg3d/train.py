@@ -158,9 +158,12 @@ def absolute(url: str) -> str:
 
 
 def main(argv=None) -> int:
+    from cluster.backends import load_deepspeed_file
+
     args = parse_args(argv)
     try:
         config = build_config(args)
+        deepspeed_file = load_deepspeed_file(config)  # a bad file stops the run before any worker starts
         storage_url = absolute(args.storage or config.run.out)  # workers do not share the driver's cwd
         name = args.name or config.preset
         run_url = storage_url.rstrip("/") + "/" + name
@@ -180,7 +183,7 @@ def main(argv=None) -> int:
     record = {"run_start_timestamp": time.time(), "dataset_images": load_manifest(manifest_url).sample_count}
     try:
         launch(config, manifest_url=manifest_url, storage_url=storage_url, name=name,
-               driver_record=(record, driver_values))
+               driver_record=(record, driver_values), deepspeed_file=deepspeed_file)
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return DIVERGED_EXIT_CODE

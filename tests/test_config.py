@@ -35,6 +35,7 @@ def test_overrides_convert_and_validate_types():
     assert config.rendering.ray_start is None and config.rendering.ray_end is None
     assert config.model.sr_channels == (8, 4)
     assert config.data.xflip is True and config.run.out == "some/dir"
+    assert apply_overrides(tiny(), ["distributed.use_gpu=true"]).distributed.use_gpu == "true"  # a text field
     assert tiny().loss.r1_gamma == 1.0  # presets are fresh objects
 
 
