@@ -495,6 +495,10 @@ def describe_rejects(rejects: list[dict], total: int) -> str:
     return "\n".join(lines)
 
 
+class DestinationMismatch(ValueError):
+    """DEST holds shards of another source, or built with other settings."""
+
+
 def _complete_marker(dest: str, index: int, plan: dict, present: dict[str, int], verify: bool) -> dict | None:
     """The marker of shard `index` if that shard is complete in DEST, else None (it gets rebuilt)."""
     stem = shard_stem(index)
@@ -505,7 +509,7 @@ def _complete_marker(dest: str, index: int, plan: dict, present: dict[str, int],
         built = marker.get("plan") or {}
         differences = ", ".join(f"{key} {built.get(key)!r} there, {value!r} here" for key, value in plan.items()
                                 if built.get(key) != value)
-        raise ValueError(f"{dest}: holds shards built from another source or with other settings ({stem}: "
+        raise DestinationMismatch(f"{dest}: holds shards built from another source or with other settings ({stem}: "
                          f"{differences}); build into an empty destination, or rerun with its settings")
     if not marker["keys"]:
         return marker

@@ -90,8 +90,13 @@ def prepare_data(config, data: str | None, run_url: str) -> str:
     manifest = load_manifest(manifest_url)
     check_cameras_see_the_box(config, manifest_url)
     if manifest.resolution != config.model.image_resolution:
-        raise ValueError(f"data {data or manifest_url}: images are {manifest.resolution}x{manifest.resolution}, "
-                         f"but model.image_resolution is {config.model.image_resolution}")
+        size = manifest.resolution
+        fitting = [name for name in sorted(PRESETS) if get_preset(name).model.image_resolution == size]
+        choice = f"choose a preset of that size ({', '.join(fitting)}) or " if fitting else ""
+        raise ValueError(f"data {data or manifest_url}: images are {size}x{size}, but preset {config.preset} trains "
+                         f"at {config.model.image_resolution}x{config.model.image_resolution} (model.image_resolution): "
+                         f"{choice}resize the data (python -m dataloading.convert DATASET OUT --resolution "
+                         f"{config.model.image_resolution})")
     if manifest.sample_count < config.distributed.max_workers:
         raise ValueError(f"data {manifest_url}: {manifest.sample_count} images cannot feed "
                          f"{config.distributed.max_workers} workers")
@@ -120,16 +125,23 @@ def check_cameras_see_the_box(config, manifest_url: str) -> None:
 
 def build_shards(source: str, shards: str) -> str:
     """Shard a reference-format dataset into the run's own folder; the manifest's URL. Shards already
-    built there (a resume) are only confirmed to be the source's."""
+    built there (a resume) are only confirmed to be the source's: data changed since is an error."""
     from dataloading import storage
-    from dataloading.build import build, summary
+    from dataloading.build import DestinationMismatch, build, summary
 
     manifest_url = storage.join(shards, "manifest.json")
-    built = storage.exists(manifest_url)
-    print(f"using the shards already built in {shards}" if built else f"building shards of {source} into {shards}")
-    build(source, shards, workers=1, progress=not built)
-    if not built:
+    if not storage.exists(manifest_url):
+        print(f"building shards of {source} into {shards}")
+        build(source, shards, workers=1)
         print(summary(shards))
+        return manifest_url
+    try:
+        build(source, shards, workers=1, progress=False)
+    except DestinationMismatch as error:
+        raise ValueError(f"--data {source} is not the data this run was sharded from ({error}). To train on the "
+                         f"new data, use a new --name, or delete {shards} to shard it anew (the run's checkpoints "
+                         f"then resume on the new data)") from None
+    print(f"using the shards already built in {shards}")
     return manifest_url
 
 
@@ -157,6 +169,14 @@ def absolute(url: str) -> str:
     return os.path.abspath(url.removeprefix("file://")) if storage.is_local(url) else url
 
 
+def finished_checkpoint(config, run_url: str):
+    """The run's newest checkpoint when it has reached run.total_kimg (then no worker needs to start), else None."""
+    from cluster.checkpoints import CheckpointStore
+
+    latest = CheckpointStore(run_url).latest()
+    return latest if latest is not None and latest.nimg >= int(config.run.total_kimg * 1000) else None  # as the loop counts
+
+
 def main(argv=None) -> int:
     from cluster.backends import load_deepspeed_file
 
@@ -179,6 +199,11 @@ def main(argv=None) -> int:
 
     from .training_loop import TrainingDiverged
 
+    finished = finished_checkpoint(config, run_url)
+    if finished is not None:
+        print(f"{run_url} has already trained its {config.run.total_kimg:g} kimg (its newest checkpoint is at "
+              f"{finished.nimg / 1000:g} kimg): nothing to do; pass a larger --kimg to train further")
+        return 0
     _, (driver_values,) = stats.collect_all()
     record = {"run_start_timestamp": time.time(), "dataset_images": load_manifest(manifest_url).sample_count}
     try:

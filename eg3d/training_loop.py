@@ -323,7 +323,7 @@ def interval_record(trainer: Trainer, standing: dict, images_per_second: float) 
 
 def progress_text(nimg: int, target_nimg: int, images_per_second: float) -> str:
     """"kimg 0.400/2.000 (20.0%)  img/s 6.9  ETA 0:03:52": the time left at the current speed."""
-    eta = str(datetime.timedelta(seconds=round((target_nimg - nimg) / images_per_second))) \
+    eta = str(datetime.timedelta(seconds=round(max(target_nimg - nimg, 0) / images_per_second))) \
         if images_per_second > 0 else "unknown"
     return (f"kimg {nimg / 1000:.3f}/{target_nimg / 1000:.3f} ({100 * nimg / max(target_nimg, 1):.1f}%)  "
             f"img/s {images_per_second:.1f}  ETA {eta}")

@@ -156,6 +156,7 @@ def test_the_status_line_shows_a_quality_measurement_in_the_interval_it_was_take
     (0, 25_000_000, 32.0, "kimg 0.000/25000.000 (0.0%)  img/s 32.0  ETA 9 days, 1:00:50"),  # 781250 s
     (2000, 2000, 7.0, "kimg 2.000/2.000 (100.0%)  img/s 7.0  ETA 0:00:00"),
     (8, 2000, 0.0, "kimg 0.008/2.000 (0.4%)  img/s 0.0  ETA unknown"),
+    (56, 50, 7.4, "kimg 0.056/0.050 (112.0%)  img/s 7.4  ETA 0:00:00"),  # the last batch passes the target
 ])
 def test_progress_shows_target_percentage_speed_and_time_left(nimg, target_nimg, images_per_second, expected):
     from eg3d.training_loop import progress_text

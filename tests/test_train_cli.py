@@ -45,6 +45,11 @@ def test_train_writes_logs_checkpoints_snapshots_and_resumes(tmp_path, capfd):
         assert np.isfinite(records[-1][key]), key
     assert CheckpointStore(str(out)).latest().nimg == 8
 
+    assert train_main(cli_args(tmp_path, 0.008)) == 0  # the same command again: finished, no worker starts
+    printed = "".join(capfd.readouterr())
+    assert f"{out} has already trained its 0.008 kimg (its newest checkpoint is at 0.008 kimg): nothing to do; " \
+           f"pass a larger --kimg" in printed and "starting" not in printed
+
     assert train_main(cli_args(tmp_path, 0.024)) == 0  # the same command with a longer target resumes
     printed = "".join(capfd.readouterr())
     assert f"using the shards already built in {out / 'shards'}" in printed and "building shards" not in printed
@@ -74,7 +79,8 @@ def test_dataset_resolution_mismatch_names_the_dataset(tmp_path, capsys):
     generate_dataset(data, count=2, resolution=16, seed=0)
     assert train_main(cli_args(tmp_path / "run", 0.004, "--data", str(data))) == 2
     error = capsys.readouterr().err
-    assert str(data) in error and "16x16" in error and "model.image_resolution is 32" in error
+    assert str(data) in error and "images are 16x16, but preset tiny trains at 32x32" in error
+    assert "python -m dataloading.convert DATASET OUT --resolution 32" in error
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -137,6 +143,21 @@ def test_a_missing_data_path_is_reported_as_missing(tmp_path, capsys):
     assert f"--data {missing}: no such file or folder" in captured.err
     assert "building shards" not in captured.out
     assert not (tmp_path / "runs").exists()
+
+
+def test_changed_data_under_a_run_is_refused_with_the_ways_out(tmp_path, capsys):
+    data, run = tmp_path / "data", tmp_path / "run"
+    generate_dataset(data, count=3, resolution=32, seed=0)
+    prepare_data(micro_config(), str(data), str(run))
+    first = json.loads((data / "dataset.json").read_text())["labels"][0][0]
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(data / first)  # the user fixes an image
+    capsys.readouterr()
+    with pytest.raises(ValueError) as error:
+        prepare_data(micro_config(), str(data), str(run))
+    message = str(error.value)
+    assert f"--data {data} is not the data this run was sharded from" in message and "source_sha256" in message
+    assert "use a new --name" in message and f"delete {run / 'shards'}" in message
+    assert "using the shards" not in capsys.readouterr().out
 
 
 def test_shards_are_built_once_and_a_rerun_says_it_uses_them(tmp_path, capsys):
