@@ -174,7 +174,8 @@ def finished_checkpoint(config, run_url: str):
     from cluster.checkpoints import CheckpointStore
 
     latest = CheckpointStore(run_url).latest()
-    return latest if latest is not None and latest.nimg >= int(config.run.total_kimg * 1000) else None  # as the loop counts
+    target_nimg = int(config.run.total_kimg * 1000)  # as the worker loop counts it
+    return latest if latest is not None and latest.nimg >= target_nimg else None
 
 
 def main(argv=None) -> int:
