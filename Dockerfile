@@ -14,7 +14,7 @@ FROM rayproject/ray:${RAY_VERSION}-py311-${CUDA}
 
 ARG RAY_VERSION
 ARG TORCH_VERSION=2.13.0
-# PyTorch's wheel index for the image's CUDA (the `whl/cu128` index that the install selector on pytorch.org
+# PyTorch's wheel index for the image's CUDA (the `whl/cu128` index that PyTorch's install selector
 # shows). Left empty, torch comes from the default index, whose Linux x86_64 wheels are a CUDA 12 build.
 ARG TORCH_INDEX_URL=""
 
