@@ -5,9 +5,9 @@
 # It sits at the root because its build context is the whole project, and a root .dockerignore is the
 # one that every builder (docker, buildah, kaniko) reads.
 ARG RAY_VERSION=2.60.0
-# The Ray image's CUDA: -gpu is an alias for the oldest CUDA 12 build (cu121); PyTorch's current CUDA
-# wheels are built for CUDA 12.8, and the image's CUDA should be at least the wheels' (DeepSpeed compiles
-# its ops against it).
+# The Ray image's CUDA, named rather than -gpu (an alias for an older CUDA 12 build, cu121): keep it in step
+# with the CUDA of the torch wheel (TORCH_INDEX_URL), since DeepSpeed compiles its ops against the image's.
+# Not verified against a registry here: check that the tag exists for this Ray version.
 ARG CUDA=cu128
 FROM rayproject/ray:${RAY_VERSION}-py311-${CUDA}
 # checkov:skip=CKV_DOCKER_2: Ray's pods have KubeRay's readiness and liveness probes; a HEALTHCHECK is unused there
@@ -15,7 +15,7 @@ FROM rayproject/ray:${RAY_VERSION}-py311-${CUDA}
 ARG RAY_VERSION
 ARG TORCH_VERSION=2.13.0
 # PyTorch's wheel index for the image's CUDA (the `whl/cu128` index that PyTorch's install selector
-# shows). Left empty, torch comes from the default index, whose Linux x86_64 wheels are a CUDA 12 build.
+# shows). Left empty, torch comes from the default index, whose Linux x86_64 wheels are CUDA builds too.
 ARG TORCH_INDEX_URL=""
 
 # The base image's user `ray` (uid 1000, group users, gid 100) owns its Python environment.
