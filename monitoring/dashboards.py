@@ -1,7 +1,8 @@
 """Grafana dashboards for eg3d training, built as code with grafana-foundation-sdk.
 
-`python -m monitoring.dashboards` writes monitoring/dashboards/*.json; the JSON is committed and
-tests/test_monitoring.py checks it equals `build()`. Two dashboards:
+`python -m monitoring.dashboards` writes monitoring/dashboards/*.json (and, through monitoring.kubernetes, the
+ConfigMap in k8s/ that carries them); the JSON is committed and tests/test_monitoring.py checks it equals
+`build()`. Two dashboards:
   eg3d-training  one run at a glance: ranks aggregated (run-wide gauges that every rank exports
                  identically -> max, per-rank means -> avg, counters -> sum of rates, memory -> max)
   eg3d-rank      the same families split by rank, to find the slow, stalled or leaking worker
@@ -26,6 +27,7 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableSort,
 )
 
+from monitoring import kubernetes
 from monitoring.metrics import BY_NAME
 
 OUTPUT_DIR = Path(__file__).parent / "dashboards"
@@ -377,6 +379,7 @@ def main() -> None:
     for file_name, model in build().items():
         (OUTPUT_DIR / file_name).write_text(to_json(model))
         print(f"wrote {OUTPUT_DIR / file_name}")
+    kubernetes.main()  # k8s/grafana-dashboards.yaml carries the JSON just written
 
 
 if __name__ == "__main__":

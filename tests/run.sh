@@ -15,6 +15,15 @@ python -c "import torch" 2>/dev/null || pip install --quiet torch==2.13.0
 #       | jq -r '.install[].metadata | "\(.name)==\(.version)"' \
 #       | grep -iE '^(s3fs|fsspec|aiobotocore|botocore|boto3|s3transfer)==' | sort -f; } > tests/constraints.txt
 pip install --quiet -c tests/constraints.txt -e ".[test,dali,deepspeed]"  # DALI: CPU pipelines; DeepSpeed: CPU
+# checkov, the security scan of k8s/ in tests/test_k8s.py, pins old releases of packaging, urllib3 and networkx,
+# so it gets a virtualenv of its own (about 30 s, once) rather than the test extra.
+if ! command -v checkov >/dev/null; then
+  if [ -x build/checkov/bin/checkov ] || { python -m venv build/checkov && build/checkov/bin/pip install --quiet checkov; }; then
+    export PATH="$PATH:$PWD/build/checkov/bin"
+  else
+    echo "warning: could not install checkov; its tests will be skipped" >&2
+  fi
+fi
 # Debian's Prometheus server and promtool: the monitoring tests check rules and scrape a real run with them.
 if ! command -v promtool >/dev/null; then
   apt-get install -y -qq --no-install-recommends prometheus >/dev/null \

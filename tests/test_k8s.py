@@ -1,0 +1,363 @@
+"""The Kubernetes manifests in k8s/ and the Dockerfile, checked offline: every document against its schema
+(kubernetes-validate for built-in kinds, the operators' CRDs in ../shared/k8s-crds for RayJob, PodMonitor
+and PrometheusRule), the RayJob's entrypoint against eg3d.train's own parser and config checks, the
+metrics ports against the scrape config, the generated objects against their sources, and a checkov scan."""
+
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eg3d.config import accumulation
+from eg3d.train import build_config, parse_args
+from monitoring import kubernetes
+
+REPO = Path(__file__).resolve().parents[1]
+K8S_DIR = REPO / "k8s"
+# ../shared/k8s-crds beside the repository root (or beside a folder above it, for a git worktree).
+CRD_DIR = next((folder / "shared" / "k8s-crds" for folder in REPO.parents
+                if (folder / "shared" / "k8s-crds").is_dir()), REPO.parent / "shared" / "k8s-crds")
+# The oldest Kubernetes that managed clusters still commonly run, and the newest that kubernetes-validate knows.
+KUBERNETES_VERSIONS = ("1.33.0", "1.37.0")
+CRD_FILES = {
+    ("ray.io/v1", "RayJob"): "ray.io_rayjobs.yaml",
+    ("ray.io/v1", "RayCluster"): "ray.io_rayclusters.yaml",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
+}
+# kubectl apply -f keeps the whole object in the last-applied-configuration annotation, at most 256 KiB.
+LAST_APPLIED_LIMIT = 262144
+
+
+def documents() -> list[tuple[str, dict]]:
+    """(file name, object) for every document that `kubectl apply -f k8s/` applies."""
+    found = []
+    for path in sorted(K8S_DIR.glob("*.y*ml")) + sorted(K8S_DIR.glob("*.json")):
+        found += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return found
+
+
+def the(kind: str) -> dict:
+    [obj] = [doc for _, doc in documents() if doc["kind"] == kind]
+    return obj
+
+
+def rayjob_pod_templates() -> dict[str, dict]:
+    spec = the("RayJob")["spec"]
+    cluster = spec["rayClusterSpec"]
+    templates = {"submitter": spec["submitterPodTemplate"], "head": cluster["headGroupSpec"]["template"]}
+    templates.update({f"worker {group['groupName']}": group["template"] for group in cluster["workerGroupSpecs"]})
+    return templates
+
+
+def entrypoint_args() -> list[str]:
+    command = shlex.split(the("RayJob")["spec"]["entrypoint"])
+    assert command[:3] == ["python", "-m", "eg3d.train"], command
+    return command[3:]
+
+
+# ---------------------------------------------------------------------------------------------- schemas
+
+def test_every_document_is_a_known_kind_with_a_name():
+    kinds = [(name, doc["apiVersion"], doc["kind"], doc["metadata"]["name"]) for name, doc in documents()]
+    assert sorted(kind for _, _, kind, _ in kinds) == [
+        "ConfigMap", "NetworkPolicy", "PodMonitor", "PrometheusRule", "RayJob"], kinds
+    assert all("namespace" not in doc["metadata"] for _, doc in documents()), "the namespace is chosen at apply time"
+    assert all(doc["metadata"]["labels"]["app.kubernetes.io/name"] == "eg3d-train" for _, doc in documents())
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_built_in_kinds_validate(version):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    built_in = [(name, doc) for name, doc in documents() if (doc["apiVersion"], doc["kind"]) not in CRD_FILES]
+    # The RayJob's pod templates are core PodTemplateSpecs: hold them to Kubernetes' own schema too.
+    built_in += [(f"rayjob.yaml {role}", {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
+                                          "template": template})
+                 for role, template in rayjob_pod_templates().items()]
+    assert len(built_in) >= 5
+    for name, doc in built_in:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{name} {doc['kind']} at Kubernetes {version}: {error.message} at {list(error.path)}")
+
+
+def crd_schema(api_version: str, kind: str) -> dict:
+    if not CRD_DIR.is_dir():
+        pytest.skip("../shared/k8s-crds (the operators' CRDs) is absent")
+    crd = yaml.safe_load((CRD_DIR / CRD_FILES[api_version, kind]).read_text())
+    group, version = api_version.split("/")
+    assert crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind
+    [served] = [v for v in crd["spec"]["versions"] if v["name"] == version and v["served"]]
+    return strict(served["schema"]["openAPIV3Schema"])
+
+
+def strict(schema):
+    """The schema with unknown fields refused, as the API server's strict field validation does (a
+    structural schema otherwise prunes them silently: a misspelt field would just vanish)."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: (value if key == "properties" else strict(value)) for key, value in schema.items()}
+    if "properties" in schema:
+        schema["properties"] = {name: strict(value) for name, value in schema["properties"].items()}
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    return schema
+
+
+def test_custom_resources_validate_against_their_crds():
+    import jsonschema
+
+    custom = [(name, doc) for name, doc in documents() if (doc["apiVersion"], doc["kind"]) in CRD_FILES]
+    assert sorted(doc["kind"] for _, doc in custom) == ["PodMonitor", "PrometheusRule", "RayJob"]
+    for name, doc in custom:
+        schema = crd_schema(doc["apiVersion"], doc["kind"])
+        errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+        assert not errors, f"{name}: " + "; ".join(f"{list(e.path)}: {e.message[:300]}" for e in errors)
+
+
+def test_crd_validation_catches_a_misspelt_field():
+    import jsonschema
+
+    rayjob = copy.deepcopy(the("RayJob"))
+    rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["maxReplica"] = 4
+    assert list(jsonschema.Draft7Validator(crd_schema("ray.io/v1", "RayJob")).iter_errors(rayjob))
+
+
+def test_kubectl_parses_the_manifests(tmp_path):
+    """`kubectl apply --dry-run=client` needs an API server even so (it downloads the server's OpenAPI and
+    API groups), so without one this runs kubectl's offline parser, kustomize, over the same files: every
+    document well-formed and every object's kind and name unique."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    names = [path.name for path in sorted(K8S_DIR.glob("*.yaml"))]
+    for name in names:
+        shutil.copy(K8S_DIR / name, tmp_path / name)
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({"resources": names}))
+    result = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == sorted(
+        (d["kind"], d["metadata"]["name"]) for _, d in documents())
+
+
+# ------------------------------------------------------------------------------------- the training run
+
+def test_entrypoint_parses_and_its_config_validates():
+    args = parse_args(entrypoint_args())
+    config = build_config(args)  # raises ValueError for a config eg3d.train would refuse
+    d = config.distributed
+    for world_size in range(d.min_workers, d.max_workers + 1):
+        accumulation(config, world_size)
+    assert args.preset == "ffhq512" and args.data.startswith("s3://") and args.storage.startswith("s3://")
+    assert config.telemetry.metrics_host == "0.0.0.0", "Prometheus must reach the exporters from outside the pod"
+
+
+def test_elastic_range_is_the_worker_group_range():
+    config = build_config(parse_args(entrypoint_args()))
+    cluster = the("RayJob")["spec"]["rayClusterSpec"]
+    [group] = cluster["workerGroupSpecs"]
+    assert (group["minReplicas"], group["maxReplicas"]) == (config.distributed.min_workers,
+                                                            config.distributed.max_workers)
+    assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    [worker] = group["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1, "one training worker (one GPU) per pod"
+
+
+def test_run_name_is_the_pod_label_prometheus_turns_into_run():
+    args = parse_args(entrypoint_args())
+    for role, template in rayjob_pod_templates().items():
+        if role != "submitter":
+            assert template["metadata"]["labels"]["eg3d-run"] == args.name, role
+
+
+def metrics_ports(template: dict) -> dict[str, int]:
+    return {port["name"]: port["containerPort"] for container in template["spec"]["containers"]
+            for port in container.get("ports", []) if port["name"].startswith("eg3d-")}
+
+
+def test_metrics_ports_match_the_exporters_and_the_scrape_config():
+    config = build_config(parse_args(entrypoint_args()))
+    driver_port = config.telemetry.metrics_port
+    scrape = yaml.safe_load((REPO / "monitoring" / "prometheus" / "kubernetes.yml").read_text())
+    [keep] = [rule for rule in scrape["scrape_configs"][0]["relabel_configs"] if rule.get("action") == "keep"]
+    port_name = re.compile(keep["regex"])
+    templates = rayjob_pod_templates()
+    # The driver runs on the head; local rank r serves on metrics_port + 1 + r, and each worker pod has one rank.
+    assert metrics_ports(templates["head"]) == {"eg3d-metrics-0": driver_port}
+    assert metrics_ports(templates["worker gpu"]) == {"eg3d-metrics-1": driver_port + 1}
+    for template in templates.values():
+        for name, number in metrics_ports(template).items():
+            assert port_name.fullmatch(name) and name == f"eg3d-metrics-{number - driver_port}"
+    podmonitor = the("PodMonitor")["spec"]
+    assert [endpoint["port"] for endpoint in podmonitor["podMetricsEndpoints"]] == ["eg3d-metrics-0", "eg3d-metrics-1"]
+    assert podmonitor["selector"]["matchLabels"].items() <= templates["head"]["metadata"]["labels"].items()
+    assert podmonitor["selector"]["matchLabels"].items() <= templates["worker gpu"]["metadata"]["labels"].items()
+    for endpoint in podmonitor["podMetricsEndpoints"]:
+        assert endpoint["honorLabels"] is True
+        # The alert rules look for up{job="eg3d"}.
+        assert {"targetLabel": "job", "replacement": "eg3d"} in endpoint["relabelings"]
+    admitted = [port["port"] for rule in the("NetworkPolicy")["spec"]["ingress"] for port in rule.get("ports", [])]
+    assert {"eg3d-metrics-0", "eg3d-metrics-1"} <= set(admitted)
+
+
+def test_network_policy_keeps_ray_traffic_inside_the_run():
+    policy = the("NetworkPolicy")["spec"]
+    labels = {"app.kubernetes.io/name": "eg3d-train"}
+    assert policy["podSelector"]["matchLabels"] == labels and policy["policyTypes"] == ["Ingress"]
+    [internal] = [rule for rule in policy["ingress"] if "ports" not in rule]
+    assert internal["from"] == [{"podSelector": {"matchLabels": labels}}]
+    for role, template in rayjob_pod_templates().items():
+        assert labels.items() <= template["metadata"]["labels"].items(), role
+    for rule in policy["ingress"]:
+        for peer in rule["from"]:
+            assert peer.get("podSelector", {}).get("matchLabels"), "every admitted peer is a labelled pod"
+
+
+def test_pods_run_as_the_image_user_without_privileges():
+    for role, template in rayjob_pod_templates().items():
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 1000
+        assert spec["automountServiceAccountToken"] is (role == "head"), f"{role}: only the autoscaler needs the API"
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+            assert container["resources"]["limits"] and container["resources"]["requests"]
+        if role != "submitter":
+            [shm] = [v for v in spec["volumes"] if v["name"] == "shm"]
+            assert shm["emptyDir"]["medium"] == "Memory"
+            assert {"name": "shm", "mountPath": "/dev/shm"} in spec["containers"][0]["volumeMounts"]
+    cluster = the("RayJob")["spec"]["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["serviceType"] == "ClusterIP"
+    assert cluster["autoscalerOptions"]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_credentials_only_through_a_secret_reference():
+    assert not [doc for _, doc in documents() if doc["kind"] == "Secret"]
+    for role, template in rayjob_pod_templates().items():
+        for container in template["spec"]["containers"]:
+            for variable in container.get("env", []):
+                if "KEY" in variable["name"] or "TOKEN" in variable["name"] or "SECRET" in variable["name"]:
+                    assert "value" not in variable and "secretKeyRef" in variable["valueFrom"], variable["name"]
+
+
+def test_job_lifecycle():
+    spec = the("RayJob")["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    assert 0 < spec["backoffLimit"] <= 3, "retries resume from the newest checkpoint; a few are enough"
+    images = {container["image"] for template in rayjob_pod_templates().values()
+              for container in template["spec"]["containers"]}
+    assert len(images) == 1, f"one image for the submitter, head and workers: {images}"
+
+
+# --------------------------------------------------------------------------------- generated from sources
+
+def test_generated_objects_are_up_to_date():
+    for file_name, text in kubernetes.build().items():
+        assert (K8S_DIR / file_name).read_text() == text, f"k8s/{file_name} is stale: run python -m monitoring.kubernetes"
+
+
+def test_prometheus_rule_carries_exactly_the_alert_rules():
+    alerts = yaml.safe_load((REPO / "monitoring" / "prometheus" / "alerts.yml").read_text())
+    assert the("PrometheusRule")["spec"]["groups"] == alerts["groups"]
+
+
+def test_dashboard_config_map_carries_exactly_the_dashboards():
+    config_map = the("ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    files = {path.name: path.read_text() for path in (REPO / "monitoring" / "dashboards").glob("*.json")}
+    assert config_map["data"] == files
+    assert all(json.loads(text)["uid"] for text in config_map["data"].values())
+    # kubectl apply keeps a copy of the object in an annotation: the ConfigMap must fit in it.
+    assert len(json.dumps(config_map)) < LAST_APPLIED_LIMIT * 0.8
+
+
+# ------------------------------------------------------------------------------------------ the image
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    return [tuple(line.split(None, 1)) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_dockerfile_installs_what_the_entrypoint_needs():
+    instructions = dockerfile_instructions()
+    arguments = dict(arg.split("=", 1) for op, arg in instructions if op == "ARG" and "=" in arg)
+    [base] = [arg for op, arg in instructions if op == "FROM"]
+    assert base == "rayproject/ray:${RAY_VERSION}-py311-${CUDA}"
+    ray_version = arguments["RAY_VERSION"]
+    assert the("RayJob")["spec"]["rayClusterSpec"]["rayVersion"] == ray_version
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    [ray_requirement] = [r for r in project["dependencies"] if r.startswith("ray[")]
+    assert version(ray_version) >= version(re.search(r">=([0-9.]+)", ray_requirement).group(1))
+    assert '"torch==${TORCH_VERSION}"' in " ".join(arg for op, arg in instructions if op == "RUN")
+    [torch_requirement] = [r for r in project["dependencies"] if r.startswith("torch")]
+    assert version(arguments["TORCH_VERSION"]) >= version(torch_requirement.removeprefix("torch>="))
+    installs = [shlex.split(arg) for op, arg in instructions if op == "RUN" and "pip install" in arg]
+    project_install = [words for words in installs if ".[dali,deepspeed]" in words]
+    assert project_install, "the package with its dali and deepspeed extras"
+    assert {"dali", "deepspeed"} <= set(project["optional-dependencies"])
+    # Every package that setuptools packs is copied into the build context and not ignored.
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = {source for op, arg in instructions if op == "COPY"
+              for source in [word for word in arg.split() if not word.startswith("--")][:-1]}
+    ignore = (REPO / ".dockerignore").read_text().split()
+    for package in [p.removesuffix("*") for p in packages] + ["pyproject.toml", "README.md", "tests/constraints.txt"]:
+        assert package in copied, f"the Dockerfile does not copy {package}"
+        assert f"!{package}/" in ignore or f"!{package}" in ignore, f".dockerignore leaves out {package}"
+    users = [arg for op, arg in instructions if op == "USER"]
+    assert users and users[-1].split(":")[0] == "1000", "the image runs as the Ray image's non-root user"
+
+
+# ------------------------------------------------------------------------------------------- checkov
+
+def checkov(*args: str) -> dict:
+    if shutil.which("checkov") is None:
+        pytest.skip("checkov is not on PATH (tests/run.sh installs it in a virtualenv of its own)")
+    result = subprocess.run(["checkov", *args, "--skip-download", "--quiet", "--compact", "--output", "json"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
+    assert result.returncode in (0, 1), result.stderr
+    reports = json.loads(result.stdout)
+    return reports if isinstance(reports, dict) else {"results": {"failed_checks": [
+        check for report in reports for check in report["results"]["failed_checks"]]}}
+
+
+def failures(report: dict) -> list[str]:
+    failed = report.get("results", {}).get("failed_checks", [])
+    return [f"{c['check_id']} {c['check_name']}: {c['resource']} ({c['file_path']})" for c in failed]
+
+
+@pytest.mark.slow
+def test_checkov_passes_on_the_manifests_and_the_pods_they_make(tmp_path):
+    """checkov knows no RayJob, so the pods it makes (submitter, head, workers) are scanned as Pods too,
+    with the RayJob's checkov.io/skip annotations of their template."""
+    for name in [path.name for path in K8S_DIR.glob("*.yaml")]:
+        shutil.copy(K8S_DIR / name, tmp_path / name)
+    pods = [{"apiVersion": "v1", "kind": "Pod",
+             "metadata": {**template["metadata"], "name": f"eg3d-{role.replace(' ', '-')}"},
+             "spec": template["spec"]} for role, template in rayjob_pod_templates().items()]
+    (tmp_path / "rayjob-pods.yaml").write_text(yaml.safe_dump_all(pods))
+    report = checkov("--directory", str(tmp_path), "--framework", "kubernetes")
+    assert not failures(report), "\n".join(failures(report))
+    assert report["summary"]["passed"] > 50, report["summary"]
+
+
+@pytest.mark.slow
+def test_checkov_passes_on_the_dockerfile():
+    report = checkov("--file", str(REPO / "Dockerfile"), "--framework", "dockerfile")
+    assert not failures(report), "\n".join(failures(report))
+
