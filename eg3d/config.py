@@ -229,9 +229,11 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     for item in overrides:
         key, sep, text = item.partition("=")
         section, dot, name = key.strip().partition(".")
-        if not sep or not dot:
-            raise ValueError(f"override {item!r}: expected section.field=value, e.g. loss.r1_gamma=2")
         sections = [s for s, fields in values.items() if isinstance(fields, dict)]
+        if not sep or not dot:
+            keys = [f"{s}.{field}" for s in sections for field in values[s]]
+            raise ValueError(f"override {item!r}: expected section.field=value, e.g. loss.r1_gamma=2"
+                             f"{_did_you_mean(key.strip(), keys, key=lambda k: k.partition('.')[2])}")
         if section not in sections:
             raise ValueError(f"override {item!r}: unknown config section {section!r}"
                              f"{_did_you_mean(section, sections)}")
@@ -248,10 +250,13 @@ def _field_types(section: str) -> dict:
     return typing.get_type_hints(typing.get_type_hints(TrainConfig)[section])
 
 
-def _did_you_mean(word: str, choices, *, prefix: str = "") -> str:
-    """"; did you mean loss.r1_gamma?" for the closest choice, or "" when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean {prefix}{close[0]}?" if close else ""
+def _did_you_mean(word: str, choices, *, prefix: str = "", key=None) -> str:
+    """"; did you mean loss.r1_gamma?" for the closest choice (compared through `key`, e.g. the field name
+    of a full key), or "" when none is close."""
+    choices = list(choices)
+    compared = {key(choice) if key else choice: choice for choice in reversed(choices)}  # first wins a tie
+    close = difflib.get_close_matches(word, list(compared), n=1)
+    return f"; did you mean {prefix}{compared[close[0]]}?" if close else ""
 
 
 def validate(config: TrainConfig) -> None:

@@ -58,6 +58,8 @@ def test_bad_overrides_name_the_key(override, named):
     ("los.r1_gamma=2", "; did you mean loss?"),
     ("render.depth_resolution=16", "; did you mean rendering?"),
     ("run.batchsize=8", "; did you mean run.batch_size?"),
+    ("r1_gamma=1", "; did you mean loss.r1_gamma?"),  # the section left out
+    ("total_kimg=5", "; did you mean run.total_kimg?"),
 ])
 def test_unknown_keys_suggest_the_closest(override, suggestion):
     with pytest.raises(ValueError) as error:
