@@ -73,8 +73,8 @@ def worker_loop(job: dict) -> str | None:
         train(config, manifest_url=job.manifest_url, run_url=job.run_url, sync=sync, device=device,
               report=functools.partial(report, exporter, sync.rank),
               log=logging.getLogger("eg3d").info)  # a print would reach the driver twice
-    except TrainingDiverged as error:
-        logging.getLogger("eg3d").error(str(error))
+    except TrainingDiverged as error:  # the driver prints the message and exits non-zero
+        logging.getLogger("eg3d").error(f"rank {sync.rank}: stopping, training diverged (see the driver's error)")
         return str(error)
     finally:
         if exporter is not None:
