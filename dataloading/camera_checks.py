@@ -102,6 +102,11 @@ def _fraction_inside(labels: np.ndarray, check: CameraCheck) -> np.ndarray:
     return (np.abs(points) <= half).all(axis=-1).mean(axis=(1, 2))
 
 
+def cam2world_matrices(labels: np.ndarray) -> np.ndarray:
+    """Labels [N,25] -> their cam2world matrices [N,4,4]."""
+    return np.asarray(labels, dtype=np.float64).reshape(-1, 25)[:, :16].reshape(-1, 4, 4)
+
+
 def look_at_point(cam2world: np.ndarray, *, parallel_ok: bool = True) -> np.ndarray:
     """[3] the point nearest, in least squares, to the optical axes (whole lines along +z, OpenCV) of
     cam2world [N,4,4]: it solves sum_i (I - d_i d_i^T) p = sum_i (I - d_i d_i^T) o_i. When the axes are
@@ -139,7 +144,7 @@ class CameraReport:
     def statistics(self) -> dict:
         """JSON-ready: camera radius, look-at point, axis distance and fraction inside (min/mean/max)."""
         origins = split(self.labels)[0]
-        look_at = look_at_point(self.labels[:, :16].reshape(-1, 4, 4)) if len(self.labels) else np.zeros(3)
+        look_at = look_at_point(cam2world_matrices(self.labels)) if len(self.labels) else np.zeros(3)
         return {"count": len(self.labels), "check": asdict(self.check),
                 "radius": _spread(np.linalg.norm(origins, axis=1)), "look_at": _rounded(look_at),
                 "look_at_distance": _rounded(np.linalg.norm(look_at)), "axis_distance": _spread(self.axis_distance),
@@ -195,7 +200,7 @@ def likely_fixes(labels: np.ndarray, check: CameraCheck) -> list[str]:
                      f"{rescued:.0%} of the box. Fix the labels with python -m dataloading.convert DATASET OUT --axes "
                      f"opengl (DATASET: the folder with dataset.json), or convert the original transforms.json with "
                      f"python -m dataloading.convert, which reads OpenGL axes.")
-    look_at = look_at_point(labels[:, :16].reshape(-1, 4, 4))
+    look_at = look_at_point(cam2world_matrices(labels))
     if np.linalg.norm(look_at) > check.box_warp / 2:
         fixes.append(f"the cameras look at ({_numbers(look_at)}), {np.linalg.norm(look_at):.2f} from the origin, "
                      f"outside the box: recentre the world on the object, e.g. python -m dataloading.convert DATASET OUT "

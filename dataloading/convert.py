@@ -115,7 +115,7 @@ def world2cam_to_cam2world(rotation: np.ndarray, translation: np.ndarray) -> np.
     return cam2world
 
 
-def axis_distances(cam2world: np.ndarray, point: np.ndarray) -> np.ndarray:
+def distances_to_axes(cam2world: np.ndarray, point: np.ndarray) -> np.ndarray:
     """Distance [N] from `point` [3] to each camera's optical axis (a full line)."""
     directions = cam2world[:, :3, 2] / np.linalg.norm(cam2world[:, :3, 2], axis=1, keepdims=True)
     offsets = point - cam2world[:, :3, 3]
@@ -640,7 +640,7 @@ def summarize(frames: list[Frame], cam2world: np.ndarray, out: Path, resolution:
     distances = np.linalg.norm(cam2world[:, :3, 3], axis=1)
     try:
         point = look_at_point(cam2world, parallel_ok=False)
-        miss = float(axis_distances(cam2world, point).max())
+        miss = float(distances_to_axes(cam2world, point).max())
     except ValueError:
         point, miss = None, None
     return {"out": str(out), "images": len(frames),

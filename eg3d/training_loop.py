@@ -235,7 +235,7 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
                 "checkpoint_nimg": checkpoint.nimg if checkpoint is not None else None, **last_quality}
     tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
     checkpoint_due = False
-    start_time = last_line = tick_start  # when rank 0 last printed its progress: after the first step, then often
+    last_line = None  # when rank 0 last printed its progress: after the first step, then every PROGRESS_SECONDS
     while trainer.nimg < total_nimg:
         before = trainer.nimg
         wait_start = time.perf_counter()
@@ -260,7 +260,7 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
                 report(record)
             tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
             last_line = tick_start
-        elif sync.rank == 0 and (last_line == start_time or time.perf_counter() - last_line >= PROGRESS_SECONDS):
+        elif sync.rank == 0 and (last_line is None or time.perf_counter() - last_line >= PROGRESS_SECONDS):
             log(progress_text(trainer.nimg, total_nimg, images_per_second))
             last_line = time.perf_counter()
         if diverged:

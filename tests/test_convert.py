@@ -336,23 +336,29 @@ def test_images_of_different_sizes_need_a_resolution(tmp_path):
 
 # --- errors ---------------------------------------------------------------------------------------------
 
-def test_missing_image_names_the_frame(synthetic, tmp_path):
+def edited_transforms(synthetic, folder, edit):
+    """The synthetic scene's transforms.json with `edit` applied to its frames list."""
     paths, labels = synthetic
-    source = write_transforms(tmp_path / "nerf", labels, paths, top={"camera_angle_x": 0.4})
+    source = write_transforms(folder, labels, paths, top={"camera_angle_x": 0.4})
     meta = json.loads(source.read_text())
-    meta["frames"][1]["file_path"] = "./train/missing"
+    edit(meta["frames"])
     source.write_text(json.dumps(meta))
+    return source
+
+
+def test_missing_image_names_the_frame(synthetic, tmp_path):
+    source = edited_transforms(synthetic, tmp_path / "nerf",
+                               lambda frames: frames[1].update(file_path="./train/missing"))
     with pytest.raises(ValueError, match=r"transforms\.json: frame 1: file_path './train/missing': no image"):
         convert(source, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_transform_matrix_that_is_not_a_pose(synthetic, tmp_path):
-    paths, labels = synthetic
-    source = write_transforms(tmp_path / "nerf", labels, paths, top={"camera_angle_x": 0.4})
-    meta = json.loads(source.read_text())
-    meta["frames"][2]["transform_matrix"][0][0] *= 2
-    source.write_text(json.dumps(meta))
+    def scale_first_row(frames):
+        frames[2]["transform_matrix"][0][0] *= 2
+
+    source = edited_transforms(synthetic, tmp_path / "nerf", scale_first_row)
     with pytest.raises(ValueError, match=r"frame 2: transform_matrix: its 3x3 rotation is not a rotation"):
         convert(source, tmp_path / "out", progress=False)
 
