@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import fake_batch, peak_memory_bytes, synchronize  # noqa: E402
 
-from eg3d.config import accumulation  # noqa: E402
+from eg3d.config import batch_split  # noqa: E402
 from eg3d.presets import get_preset  # noqa: E402
 from eg3d.training import Trainer  # noqa: E402
 
@@ -45,10 +45,11 @@ def worker(rank: int, world_size: int, port: int, args, backend: str, zero_stage
     if args.batch:
         config.run.batch_size = args.batch
     config.run.precision = args.precision
-    micro, steps_per_batch = accumulation(config, world_size)
-    sync = make_sync(backend, zero_stage=zero_stage, global_batch=config.run.batch_size, micro_batch=micro)
+    split = batch_split(config, world_size)
+    micro, steps_per_batch = split.largest_micro_batch, split.accumulation_steps
+    sync = make_sync(backend, zero_stage=zero_stage)
     trainer = Trainer(config, camera_pool=fake_batch(config, 64, device)[1], device=device, sync=sync)
-    images, cameras = fake_batch(config, config.run.batch_size // world_size, device)
+    images, cameras = fake_batch(config, split.shares[rank], device)
     for _ in range(args.warmup):
         trainer.train_step(images, cameras)
     period = max(p.interval for p in trainer.phases)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from eg3d.config import BatchSplit, batch_split
 from eg3d.training import Phase, SingleProcess, Trainer
 
 BACKENDS = ("ddp", "deepspeed")
@@ -85,9 +86,11 @@ class DDPSync(DistributedSync):
 FILE_KEYS = ("zero_optimization", "communication_data_type", "prescale_gradients", "gradient_predivide_factor",
              "wall_clock_breakdown", "comms_logger")
 # Keys of ours that a file may repeat but not change, and why.
-_SPLIT = "run.batch_size split over the workers in micro-batches of run.micro_batch, recomputed at every (re)start"
+_SPLIT = ("run.batch_size split over the workers in micro-batches of run.micro_batch, recomputed at every "
+          "(re)start (DeepSpeed wants train_batch_size = micro-batch x accumulation steps x workers, so with "
+          "uneven shares the three describe the largest share)")
 OWNED_KEYS = {
-    "train_batch_size": "run.batch_size, the batch of every optimizer step",
+    "train_batch_size": _SPLIT,
     "train_micro_batch_size_per_gpu": _SPLIT,
     "gradient_accumulation_steps": _SPLIT,
     "managed_gradient_accumulation": "the trainer accumulates its micro-batches itself",
@@ -100,12 +103,18 @@ OWNED_KEYS = {
 }
 
 
-def deepspeed_config(*, zero_stage: int, global_batch: int, micro_batch: int, world_size: int) -> dict:
-    """The config every DeepSpeed engine is built with, before a file's settings are merged over it."""
+def deepspeed_config(*, zero_stage: int, split: BatchSplit) -> dict:
+    """The config every DeepSpeed engine is built with, before a file's settings are merged over it.
+
+    DeepSpeed insists on train_batch_size = micro-batch x accumulation steps x world size. Its batch
+    settings only count samples here (our losses carry their own weights, and we call step() at the
+    accumulation boundary), so under an uneven split they describe the largest share; with an even split
+    train_batch_size is run.batch_size."""
+    micro, steps = split.largest_micro_batch, split.accumulation_steps
     return {
-        "train_batch_size": global_batch,
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": global_batch // (micro_batch * world_size),
+        "train_batch_size": micro * steps * split.world_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": steps,
         "managed_gradient_accumulation": False,
         "zero_optimization": {"stage": zero_stage, "elastic_checkpoint": True, "overlap_comm": False},
         "gradient_clipping": 0.0,  # EG3D does not clip; DeepSpeed 0.19 clips at 1.0 unless told
@@ -159,25 +168,21 @@ class DeepSpeedFile:
 
 def load_deepspeed_file(config) -> DeepSpeedFile | None:
     """distributed.deepspeed_config, read by the driver and checked for every world size the run may take."""
-    from eg3d.config import accumulation
-
     d = config.distributed
     if d.deepspeed_config is None:
         return None
     file = DeepSpeedFile.load(d.deepspeed_config)
     for world_size in range(d.min_workers, d.max_workers + 1):
-        micro_batch, _ = accumulation(config, world_size)
-        file.merged_over(deepspeed_config(zero_stage=d.zero_stage, global_batch=config.run.batch_size,
-                                          micro_batch=micro_batch, world_size=world_size))
+        file.merged_over(deepspeed_config(zero_stage=d.zero_stage, split=batch_split(config, world_size)))
     return file
 
 
 class DeepSpeedSync(DistributedSync):
-    def __init__(self, *, zero_stage: int, global_batch: int, micro_batch: int, file: DeepSpeedFile | None = None):
+    def __init__(self, *, zero_stage: int, file: DeepSpeedFile | None = None):
         super().__init__()
         if zero_stage not in (0, 1):
             raise ValueError(f"distributed.zero_stage must be 0 or 1 for EG3D, got {zero_stage}")
-        self.zero_stage, self.global_batch, self.micro_batch = zero_stage, global_batch, micro_batch
+        self.zero_stage = zero_stage
         self.file = file
         self.optimizer_sharded = zero_stage > 0
         self.engines: dict[int, object] = {}  # id(network) or id(optimizer) -> engine
@@ -187,8 +192,7 @@ class DeepSpeedSync(DistributedSync):
         import deepspeed
 
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the existing process group
-        config = deepspeed_config(zero_stage=self.zero_stage, global_batch=self.global_batch,
-                                  micro_batch=self.micro_batch, world_size=self.world_size)
+        config = deepspeed_config(zero_stage=self.zero_stage, split=trainer.split)
         if self.file is not None:
             config = self.file.merged_over(config)
         for network, optimizer in ((trainer.G, trainer.opt_G), (trainer.D, trainer.opt_D)):
@@ -243,11 +247,9 @@ class DeepSpeedSync(DistributedSync):
             wrapped.load_state_dict(states[0])
 
 
-def make_sync(backend: str, *, zero_stage: int = 0, global_batch: int, micro_batch: int,
-              deepspeed_file: DeepSpeedFile | None = None) -> DistributedSync:
+def make_sync(backend: str, *, zero_stage: int = 0, deepspeed_file: DeepSpeedFile | None = None) -> DistributedSync:
     if backend == "ddp":
         return DDPSync()
     if backend == "deepspeed":
-        return DeepSpeedSync(zero_stage=zero_stage, global_batch=global_batch, micro_batch=micro_batch,
-                             file=deepspeed_file)
+        return DeepSpeedSync(zero_stage=zero_stage, file=deepspeed_file)
     raise ValueError(f"distributed.backend must be one of {BACKENDS}, got {backend!r}")

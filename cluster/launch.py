@@ -52,7 +52,7 @@ def worker_loop(job: dict) -> str | None:
     import ray.train
     import ray.train.torch
 
-    from eg3d.config import TrainConfig, accumulation
+    from eg3d.config import TrainConfig
     from eg3d.training_loop import TrainingDiverged, train
 
     from .backends import make_sync
@@ -64,9 +64,8 @@ def worker_loop(job: dict) -> str | None:
         torch.set_num_threads(max(int(job.cpus_per_worker), 1))
     else:
         torch.cuda.set_device(device)
-    micro_batch, _ = accumulation(config, ray.train.get_context().get_world_size())
     sync = make_sync(config.distributed.backend, zero_stage=config.distributed.zero_stage,
-                     global_batch=config.run.batch_size, micro_batch=micro_batch, deepspeed_file=job.deepspeed_file)
+                     deepspeed_file=job.deepspeed_file)
     quiet_ray_train_reports()
     exporter = start_exporter(job, config, sync)
     try:

@@ -306,22 +306,85 @@ def validate(config: TrainConfig) -> None:
     if not 0 <= config.telemetry.metrics_port <= 65535:
         raise ValueError(f"config: telemetry.metrics_port must be a TCP port or 0, got {config.telemetry.metrics_port}")
     for world_size in range(d.min_workers, d.max_workers + 1):
-        micro = accumulation(config, world_size)[0]
-        if micro % min(m.disc_mbstd_group, micro):
-            raise ValueError(f"config: the micro-batch ({micro} at {world_size} workers) must be a multiple of "
-                             f"model.disc_mbstd_group ({m.disc_mbstd_group})")
+        batch_split(config, world_size)
 
 
-def accumulation(config: TrainConfig, world_size: int) -> tuple[int, int]:
-    """(per-worker micro-batch, accumulation steps) such that micro x steps x world_size = run.batch_size."""
-    run = config.run
-    if run.batch_size <= 0 or run.batch_size % world_size:
-        raise ValueError(f"config: run.batch_size ({run.batch_size}) cannot be split evenly over {world_size} "
-                         f"workers; choose a batch size divisible by every world size in distributed.min_workers.."
-                         f"distributed.max_workers")
-    local = run.batch_size // world_size
-    micro = min(run.micro_batch or local, local)
-    if local % micro:
-        raise ValueError(f"config: run.batch_size ({run.batch_size}) over {world_size} workers leaves {local} "
-                         f"images per worker, not a multiple of run.micro_batch ({micro})")
-    return micro, local // micro
+@dataclass(frozen=True)
+class BatchSplit:
+    """How the run.batch_size images of one optimizer step are spread over the workers.
+
+    The unit of the split is a group of D's minibatch standard deviation layer (`group` images:
+    model.disc_mbstd_group, or run.micro_batch or run.batch_size when smaller). Every share and every
+    micro-batch holds whole groups, so D computes that statistic over the same groups of images whatever
+    the world size. Shares differ by at most one group, the first ranks taking the extra ones; rank r's
+    share is images [offset(r), offset(r) + shares[r]) of the global batch. A share runs in micro-batches
+    of `micro_batch` images (the whole share when None), the last one smaller when the share is not a
+    multiple of it. With run.micro_batch equal to the group, as in the paper's presets, a step cuts the
+    global batch into the same micro-batches for every world size.
+    """
+
+    global_batch: int
+    group: int
+    shares: tuple[int, ...]
+    micro_batch: int | None
+
+    @property
+    def world_size(self) -> int:
+        return len(self.shares)
+
+    def offset(self, rank: int) -> int:
+        """Index in the global batch of rank's first image."""
+        return sum(self.shares[:rank])
+
+    def micro_batches(self, rank: int) -> tuple[int, ...]:
+        """The sizes of rank's micro-batches, in order (they sum to its share)."""
+        share = self.shares[rank]
+        size = min(self.micro_batch or share, share)
+        full, rest = divmod(share, size)
+        return (size,) * full + ((rest,) if rest else ())
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Micro-batches of the largest share: the step takes as long as that worker."""
+        return max(len(self.micro_batches(rank)) for rank in range(self.world_size))
+
+    @property
+    def largest_micro_batch(self) -> int:
+        return max(max(self.micro_batches(rank)) for rank in range(self.world_size))
+
+    def describe(self) -> str:
+        """E.g. "32 images per step = 12 + 12 + 8 over 3 workers, in micro-batches of 4 (3 accumulation steps)"."""
+        shares = " + ".join(str(share) for share in self.shares)
+        return (f"{self.global_batch} images per step = {shares} over {self.world_size} worker"
+                f"{'s' if self.world_size > 1 else ''}, in micro-batches of {self.largest_micro_batch} "
+                f"({self.accumulation_steps} accumulation step{'s' if self.accumulation_steps > 1 else ''})")
+
+
+def batch_split(config: TrainConfig, world_size: int) -> BatchSplit:
+    """run.batch_size over `world_size` workers (see BatchSplit).
+
+    Raises ValueError naming the config fields when the batch is not a whole number of groups, when the
+    micro-batch is not a whole number of groups, or when there are fewer groups than workers."""
+    run, group_size = config.run, config.model.disc_mbstd_group
+    if run.batch_size <= 0 or world_size <= 0:
+        raise ValueError(f"config: run.batch_size ({run.batch_size}) and the number of workers ({world_size}) "
+                         f"must be positive")
+    if run.micro_batch is not None and run.micro_batch <= 0:
+        raise ValueError(f"config: run.micro_batch must be positive or null, got {run.micro_batch}")
+    micro = min(run.micro_batch, run.batch_size) if run.micro_batch else None
+    group = min(group_size, micro or run.batch_size)
+    if micro is not None and micro % group:
+        raise ValueError(f"config: run.micro_batch ({micro}) must be a multiple of model.disc_mbstd_group "
+                         f"({group_size}), so that D's minibatch-std groups are whole")
+    if run.batch_size % group:
+        raise ValueError(f"config: run.batch_size ({run.batch_size}) must be a multiple of the minibatch-std group "
+                         f"({group} images: model.disc_mbstd_group or a smaller run.micro_batch)")
+    groups = run.batch_size // group
+    if world_size > groups:
+        raise ValueError(f"config: run.batch_size ({run.batch_size}) makes {groups} minibatch-std group"
+                         f"{'s' if groups > 1 else ''} of {group} images, and each of {world_size} workers needs "
+                         f"at least one; lower distributed.max_workers to {groups}, raise run.batch_size, or "
+                         f"lower model.disc_mbstd_group")
+    each, extra = divmod(groups, world_size)
+    shares = tuple((each + (rank < extra)) * group for rank in range(world_size))
+    return BatchSplit(global_batch=run.batch_size, group=group, shares=shares, micro_batch=micro)

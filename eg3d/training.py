@@ -3,9 +3,13 @@
 The trainer does not know which launcher runs it. How gradients are accumulated, reduced across
 workers and applied is the job of its gradient sync (`SingleProcess` here; DDP and DeepSpeed subclass
 it in `cluster.backends`). Everything that determines the future of a run (networks, optimizers, images seen)
-is in `state_dict()`; all randomness of a step is seeded from (seed, step, phase, first sample), so a
-step draws the same latents, cameras and noise however the global batch is spread over workers and
-micro-batches of a given size, and a resumed run continues exactly.
+is in `state_dict()`. The global batch is split over the workers by `BatchSplit` (eg3d.config), possibly
+unevenly; every micro-batch's loss is weighted by its share of the global batch. All randomness of a
+step is seeded from (seed, step, phase, index in the global batch): latents and cameras per image, the
+noise inside the networks per micro-batch from its first image. So a step draws the same latents,
+cameras and noise on any number of workers that cut the global batch into the same micro-batches
+(always, when run.micro_batch is the minibatch-std group, as in the paper's presets), and a resumed
+run continues exactly.
 """
 
 import contextlib
@@ -18,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, batch_split
 from .discriminator import DualDiscriminator
 from .generator import TriPlaneGenerator
 from .loss import EG3DLoss, Schedule
@@ -115,6 +119,7 @@ class Trainer:
                  sync: SingleProcess | None = None):
         self.config, self.device = config, torch.device(device)
         self.sync = sync or SingleProcess()
+        self.split = batch_split(config, self.sync.world_size)
         torch.manual_seed(config.run.seed)  # the same initial networks on every rank
         self.G = TriPlaneGenerator(config.model, config.rendering).to(self.device).train()
         self.D = DualDiscriminator(config.model).to(self.device).train()
@@ -154,27 +159,35 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def phase_latents(self, phase_index: int, local_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's part of the global batch of latent codes and generator cameras for a phase."""
+    def phase_latents(self, phase_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of the global batch of latent codes [share, z_dim] and generator cameras
+        [share, 25] for a phase: drawn for the whole global batch, so image i gets the same on any split."""
         generator = torch.Generator().manual_seed(step_seed(self.config.run.seed, self.step_index, phase_index))
-        total = local_batch * self.sync.world_size
+        total, first = self.split.global_batch, self.split.offset(self.sync.rank)
         z = torch.randn(total, self.config.model.z_dim, generator=generator)
         cameras = torch.randint(len(self.camera_pool), (total,), generator=generator)
-        mine = slice(self.sync.rank * local_batch, (self.sync.rank + 1) * local_batch)
+        mine = slice(first, first + self.split.shares[self.sync.rank])
         return z[mine].to(self.device), self.camera_pool[cameras[mine].to(self.device)]
 
     def train_step(self, real_img: torch.Tensor, real_c: torch.Tensor) -> None:
-        """One iteration over this rank's part of the global batch: every due phase, then EMA.
+        """One iteration over this rank's share of the global batch: every due phase, then EMA.
 
-        real_img in [-1, 1], NCHW. The loss of each micro-batch is weighted by its share of the local
-        batch, and the sync averages over ranks, so the step follows the gradient of the global batch mean.
+        real_img: [share, 3, H, W] in [-1, 1]; real_c: [share, 25], where share is
+        `self.split.shares[rank]` (ValueError otherwise). The loss of a micro-batch of n images is its mean
+        weighted by n x world_size / global batch, and the sync averages over ranks, so every image
+        weighs 1 / global batch however unevenly the batch is split: the step follows the gradient of the
+        global batch mean.
         A phase whose gradients are not finite is skipped whole: its weights, its optimizer state and G's
         buffers stay as they were before it. A step with a skipped phase (or whose networks are no longer
         finite) leaves G_ema alone and extends `nonfinite_streak`; a fully finite step resets it. Images
         seen and the step index advance either way (the batch was drawn, and the schedules go on).
         """
-        schedule, batch = self.schedule, len(real_img)
-        micro = min(self.config.run.micro_batch or batch, batch)
+        split, rank = self.split, self.sync.rank
+        if len(real_img) != split.shares[rank] or len(real_c) != split.shares[rank]:
+            raise ValueError(f"rank {rank}: expected its share of {split.shares[rank]} images and cameras "
+                             f"({split.describe()}), got {len(real_img)} and {len(real_c)}")
+        schedule, first = self.schedule, split.offset(rank)
+        starts = np.cumsum((0,) + split.micro_batches(rank)[:-1]).tolist()
         buffers_before = None
         if self.sync.world_size > 1:
             buffers_before = torch.cat([b.detach().flatten() for b in self._float_buffers()])
@@ -186,18 +199,17 @@ class Trainer:
             # G's tracked mean w moves in G's forward passes (Dmain's fakes included): a skipped phase
             # must leave it as it was, like the weights and optimizer state it does not update.
             buffers_before_phase = [b.detach().clone() for b in self._float_buffers()]
-            gen_z, gen_c = self.phase_latents(phase_index, batch)
+            gen_z, gen_c = self.phase_latents(phase_index)
             self.G.requires_grad_(phase.network is self.G)
             self.D.requires_grad_(phase.network is self.D)
             self.sync.zero_grad(phase)
             self.loss.backward = functools.partial(self.sync.backward, phase)
-            for start in range(0, batch, micro):
-                part = slice(start, start + micro)
-                torch.manual_seed(step_seed(self.config.run.seed, self.step_index, phase_index,
-                                            self.sync.rank * batch + start))
+            for start, size in zip(starts, split.micro_batches(rank)):
+                part = slice(start, start + size)
+                torch.manual_seed(step_seed(self.config.run.seed, self.step_index, phase_index, first + start))
                 with self.autocast():
                     phase.run(real_img[part], real_c[part], gen_z[part], gen_c[part], schedule,
-                              phase.interval * min(micro, batch - start) / batch)
+                              phase.interval * size * split.world_size / split.global_batch)
             if not self._optimizer_step(phase):
                 self._restore_buffers(buffers_before_phase)
                 all_phases_finite = False
@@ -210,13 +222,13 @@ class Trainer:
         # A finite gradient can still overflow a weight (an absurd learning rate), so the networks are
         # checked too (they are the same on every rank). G_ema follows fully finite steps only.
         if all_phases_finite and self._networks_finite():
-            self._update_ema(batch * self.sync.world_size)
+            self._update_ema(split.global_batch)
             self.nonfinite_streak = 0
         else:
             self.nonfinite_streak += 1
-        self.nimg += batch * self.sync.world_size
+        self.nimg += split.global_batch
         self.step_index += 1
-        self.stats.add("images", batch)
+        self.stats.add("images", split.shares[rank])
         self.stats.add("steps", 1)
 
     def _optimizer_step(self, phase: Phase) -> bool:

@@ -18,7 +18,7 @@ from cluster.checkpoints import Checkpoint, CheckpointStore, torch_bytes
 from dataloading import storage
 from dataloading.shard_reader import BACKENDS, ShardReader, camera_labels
 
-from .config import TrainConfig, accumulation
+from .config import BatchSplit, TrainConfig, batch_split
 from .quality import QualityMeter, record_values
 from .sample_grid import grid_cameras, sample_grid
 from .snapshot import CONFIG_FILE, save_snapshot
@@ -45,12 +45,14 @@ def crossed(before: int, after: int, interval_kimg: float) -> bool:
     return before // step != after // step
 
 
-def open_reader(config: TrainConfig, manifest_url: str, device: torch.device, sync: SingleProcess) -> ShardReader:
+def open_reader(config: TrainConfig, manifest_url: str, device: torch.device, sync: SingleProcess,
+                split: BatchSplit) -> ShardReader:
+    """This rank's reader, yielding its share of every global batch."""
     backend = config.data.backend
     if backend == "auto":
         backend = "dali" if "dali" in BACKENDS else "pytorch"
     reader = ShardReader(manifest_url, rank=sync.rank, world_size=sync.world_size, seed=config.run.seed,
-                         batch_size=config.run.batch_size // sync.world_size, xflip=config.data.xflip,
+                         batch_size=split.shares[sync.rank], xflip=config.data.xflip,
                          device=device, backend=backend)
     if reader.resolution != config.model.image_resolution:
         raise ValueError(f"data {manifest_url}: images are {reader.resolution}x{reader.resolution}, but "
@@ -201,10 +203,10 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
     Raises TrainingDiverged (on every rank) after run.max_nonfinite_steps consecutive steps with a phase
     skipped for non-finite gradients; no checkpoint is written while such steps go on."""
     run_url, run, sync = str(run_url), config.run, sync or SingleProcess()
-    micro_batch, steps = accumulation(config, sync.world_size)
+    split = batch_split(config, sync.world_size)
     device = device or resolve_device(run.device)
     storage.makedirs(run_url)
-    reader = open_reader(config, manifest_url, device, sync)
+    reader = open_reader(config, manifest_url, device, sync, split)
     camera_pool = torch.from_numpy(camera_labels(manifest_url))
     trainer = Trainer(config, camera_pool=camera_pool, device=device, sync=sync)
     quality = None
@@ -224,14 +226,13 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
         run_log = RunLog(run_url, trainer.nimg)
     restarts = sync.broadcast_object(count_start(run_url, world_size=sync.world_size, nimg=trainer.nimg)
                                      if sync.rank == 0 else None)
-    log(f"rank {sync.rank}/{sync.world_size}: {run.batch_size} images per step = {micro_batch} per micro-batch "
-        f"x {steps} accumulation steps x {sync.world_size} workers")
+    log(f"rank {sync.rank}/{sync.world_size}: {split.describe()}; this rank: {split.shares[sync.rank]} images")
     grid_z = torch.randn(4, config.model.z_dim, generator=torch.Generator().manual_seed(run.seed)).to(device)
     cameras = grid_cameras(5).to(device)
     total_nimg = int(run.total_kimg * 1000)
     # Run-wide values that stay in the record until they change (as Prometheus gauges do).
-    standing = {"target_nimg": total_nimg, "world_size": sync.world_size, "micro_batch": micro_batch,
-                "accumulation_steps": steps, "restarts": restarts,
+    standing = {"target_nimg": total_nimg, "world_size": sync.world_size, "micro_batch": split.largest_micro_batch,
+                "accumulation_steps": split.accumulation_steps, "restarts": restarts,
                 "checkpoint_nimg": checkpoint.nimg if checkpoint is not None else None, **last_quality}
     tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
     checkpoint_due = False

@@ -85,7 +85,7 @@ def test_unknown_key_with_nothing_close_suggests_nothing():
     ("distributed.zero_stage=2", "distributed.zero_stage"),
     ("distributed.use_gpu=yes", "distributed.use_gpu"),
     ("distributed.min_workers=0", "distributed.min_workers"),
-    ("distributed.max_workers=3", "cannot be split evenly over 3 workers"),
+    ("distributed.max_workers=3", "makes 2 minibatch-std groups of 4 images, and each of 3 workers"),
 ])
 def test_inconsistent_configs_are_rejected(override, named):
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):

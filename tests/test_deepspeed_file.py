@@ -25,8 +25,7 @@ def engine_settings(rank: int, url: str):
     from eg3d.training import Trainer
 
     config = micro_config("run.micro_batch=1")
-    sync = make_sync("deepspeed", zero_stage=1, global_batch=config.run.batch_size, micro_batch=1,
-                     deepspeed_file=DeepSpeedFile.load(url))
+    sync = make_sync("deepspeed", zero_stage=1, deepspeed_file=DeepSpeedFile.load(url))
     trainer = Trainer(config, camera_pool=random_cameras(16), sync=sync)
     engine = sync.engines[id(trainer.G)]
     trainer.train_step(*_batch(config.run.batch_size))  # the file's settings train, R1's double backward included

@@ -8,7 +8,7 @@ import torch
 
 from conftest import micro_config, random_cameras
 from distributed_helpers import run_on_workers
-from eg3d.config import accumulation
+from eg3d.config import batch_split
 from eg3d.training import SingleProcess, Trainer
 
 BACKENDS = [("ddp", 0), ("deepspeed", 0), ("deepspeed", 1)]
@@ -19,10 +19,19 @@ def needs(backend: str):
         pytest.importorskip("deepspeed")
 
 
-def equivalence_config():
-    # Group size 1: minibatch-std statistics would otherwise depend on how samples are grouped.
+def equivalence_config(*extra: str):
+    # Micro-batches of one image: every world size cuts the global batch the same way.
     return micro_config("model.disc_mbstd_group=1", "run.micro_batch=1", "loss.r1_interval=2",
-                        "loss.density_reg_interval=2")
+                        "loss.density_reg_interval=2", *extra)
+
+
+# 10 images in minibatch-std groups of 2 and micro-batches of 4: 3 workers take 4 + 4 + 2, one worker
+# 4 + 4 + 2 in turn, so both cut the batch into the same micro-batches (the last one smaller).
+# Adam's first steps move each weight by about lr x sign(gradient), so a gradient that cancels to almost
+# zero flips its update on one rounding, and 3 workers round differently from one (weights 1.2 / 3
+# rather than 0.4). With a larger eps small gradients move weights in proportion instead, which also
+# makes the comparison see a wrong scale of any worker's gradient, not only a wrong sign.
+UNEVEN = ("run.batch_size=10", "model.disc_mbstd_group=2", "run.micro_batch=4", "optimizer.eps=1e-3")
 
 
 def global_batch(step: int, n: int = 4):
@@ -47,24 +56,25 @@ class ZeroFilledGradients(SingleProcess):
         phase.optimizer.step()
 
 
-def make_sync(backend: str, zero_stage: int, config):
+def make_sync(backend: str, zero_stage: int, config=None):
     from cluster.backends import make_sync as make
 
-    import torch.distributed as dist
-
-    micro, _ = accumulation(config, dist.get_world_size())
-    return make(backend, zero_stage=zero_stage, global_batch=config.run.batch_size, micro_batch=micro)
+    return make(backend, zero_stage=zero_stage)
 
 
-def train_two_steps(rank: int, backend: str, zero_stage: int):
-    config = equivalence_config()
-    sync = make_sync(backend, zero_stage, config)
+def my_share(trainer: Trainer, images: torch.Tensor, cameras: torch.Tensor):
+    """This rank's images and cameras of a global batch, as its reader would deliver them."""
+    first = trainer.split.offset(trainer.sync.rank)
+    mine = slice(first, first + trainer.split.shares[trainer.sync.rank])
+    return images[mine], cameras[mine]
+
+
+def train_two_steps(rank: int, backend: str, zero_stage: int, overrides: tuple[str, ...] = ()):
+    config = equivalence_config(*overrides)
+    sync = make_sync(backend, zero_stage)
     trainer = Trainer(config, camera_pool=random_cameras(16), sync=sync)
-    local = config.run.batch_size // sync.world_size
     for step in range(2):
-        images, cameras = global_batch(step)
-        mine = slice(rank * local, (rank + 1) * local)
-        trainer.train_step(images[mine], cameras[mine])
+        trainer.train_step(*my_share(trainer, *global_batch(step, config.run.batch_size)))
     return {"networks": networks(trainer), "nimg": trainer.nimg, "stats": trainer.stats.collect(sync)}
 
 
@@ -74,16 +84,34 @@ def test_two_workers_match_one_worker_with_accumulation(backend, zero_stage):
     double backward included) for two steps, and the reported statistics are those of the global batch."""
     needs(backend)
     config = equivalence_config()
-    assert accumulation(config, 1) == (1, 4) and accumulation(config, 2) == (1, 2)
+    assert batch_split(config, 1).micro_batches(0) == (1, 1, 1, 1)
+    assert batch_split(config, 2).micro_batches(1) == (1, 1)
+    assert_workers_match_one_process(backend, zero_stage, 2, ())
+
+
+@pytest.mark.parametrize("backend,zero_stage", BACKENDS)
+def test_three_workers_with_uneven_shares_match_one_worker(backend, zero_stage):
+    """A global batch of 10 on 3 workers (4 + 4 + 2 images, the last micro-batch of the single process
+    smaller) == the same batch in one process: each worker's gradient is weighted by its share, so every
+    image weighs 1/10, under both backends; the per-step randomness does not depend on the split."""
+    needs(backend)
+    config = equivalence_config(*UNEVEN)
+    assert batch_split(config, 3).shares == (4, 4, 2)
+    assert batch_split(config, 1).micro_batches(0) == (4, 4, 2)
+    assert_workers_match_one_process(backend, zero_stage, 3, UNEVEN)
+
+
+def assert_workers_match_one_process(backend: str, zero_stage: int, world_size: int, overrides: tuple[str, ...]):
+    config = equivalence_config(*overrides)
     reference_sync = ZeroFilledGradients() if zero_stage == 1 else SingleProcess()
     single = Trainer(config, camera_pool=random_cameras(16), sync=reference_sync)
     for step in range(2):
-        single.train_step(*global_batch(step))
+        single.train_step(*global_batch(step, config.run.batch_size))
     expected, expected_stats = networks(single), single.stats.collect()
 
-    results = run_on_workers(train_two_steps, 2, args=(backend, zero_stage))
+    results = run_on_workers(train_two_steps, world_size, args=(backend, zero_stage, overrides))
     for result in results:
-        assert result["nimg"] == single.nimg == 8
+        assert result["nimg"] == single.nimg == 2 * config.run.batch_size
         assert result["networks"].keys() == expected.keys()
         for name, value in expected.items():
             if name.endswith("w_avg"):  # a running mean: ranks average theirs, one process chains them
@@ -107,10 +135,10 @@ def poisoned_step(rank: int, backend: str, zero_stage: int):
     config = equivalence_config()
     trainer = Trainer(config, camera_pool=random_cameras(16), sync=make_sync(backend, zero_stage, config))
     before = {k: v.clone() for k, v in trainer.D.state_dict().items()}
-    images, cameras = global_batch(0, n=2)
+    images, cameras = global_batch(0)
     if rank == 1:
-        images[1, 0, 0, 0] = float("nan")  # only rank 1 sees it: every rank must still skip together
-    trainer.train_step(images[rank:rank + 1], cameras[rank:rank + 1])
+        images[2, 0, 0, 0] = float("nan")  # in rank 1's share only: every rank must still skip together
+    trainer.train_step(*my_share(trainer, images, cameras))
     unchanged = all(torch.equal(v, before[k]) for k, v in trainer.D.state_dict().items())
     return {"skipped": dict(trainer.skipped_steps), "D_unchanged": unchanged}
 
@@ -128,17 +156,17 @@ def poisoned_w_avg_step(rank: int, backend: str, zero_stage: int):
     config = equivalence_config()
     trainer = Trainer(config, camera_pool=random_cameras(16), sync=make_sync(backend, zero_stage, config))
     images, cameras = global_batch(0)
-    trainer.train_step(images[rank * 2:rank * 2 + 2], cameras[rank * 2:rank * 2 + 2])
+    trainer.train_step(*my_share(trainer, images, cameras))
     before = networks(trainer)
     original = trainer.phase_latents
 
-    def poisoned(phase_index, local_batch):  # rank 1's fakes in Dmain: NaN, and so its w_avg moves to NaN
-        z, c = original(phase_index, local_batch)
+    def poisoned(phase_index):  # rank 1's fakes in Dmain: NaN, and so its w_avg moves to NaN
+        z, c = original(phase_index)
         return (z * float("nan") if rank == 1 and trainer.phases[phase_index].name == "Dmain" else z), c
 
     trainer.phase_latents = poisoned
     images, cameras = global_batch(1)
-    trainer.train_step(images[rank * 2:rank * 2 + 2], cameras[rank * 2:rank * 2 + 2])
+    trainer.train_step(*my_share(trainer, images, cameras))
     return {"before": before, "after": networks(trainer), "skipped": dict(trainer.skipped_steps),
             "streak": trainer.nonfinite_streak}
 
@@ -160,26 +188,12 @@ def test_a_skipped_phase_on_two_workers_restores_w_avg_on_both(backend, zero_sta
         assert torch.equal(results[1]["after"][name], value), name
 
 
-def test_world_sizes_that_cannot_split_the_batch_are_rejected():
-    config = micro_config("run.batch_size=8", "run.micro_batch=2")
-    assert accumulation(config, 1) == (2, 4)
-    assert accumulation(config, 2) == (2, 2)
-    assert accumulation(config, 4) == (2, 1)
-    assert accumulation(config, 8) == (1, 1)  # fewer images per worker than a micro-batch: one at a time
-    with pytest.raises(ValueError, match=r"run.batch_size \(8\) cannot be split evenly over 3 workers"):
-        accumulation(config, 3)
-    from eg3d.config import validate
-
-    with pytest.raises(ValueError, match="3 workers"):
-        validate(micro_config("run.batch_size=8", "distributed.min_workers=2", "distributed.max_workers=4"))
-
-
 def first_step_state(rank: int, backend: str, zero_stage: int):
     config = equivalence_config()
     sync = make_sync(backend, zero_stage, config)
     trainer = Trainer(config, camera_pool=random_cameras(16), sync=sync)
     images, cameras = global_batch(0)
-    trainer.train_step(images[rank * 2:rank * 2 + 2], cameras[rank * 2:rank * 2 + 2])
+    trainer.train_step(*my_share(trainer, images, cameras))
     return {"common": trainer.state_dict(), "shard": trainer.optimizer_state_dicts()}
 
 

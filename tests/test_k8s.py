@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eg3d.config import accumulation
+from eg3d.config import batch_split
 from eg3d.train import build_config, parse_args
 from monitoring import kubernetes
 
@@ -158,7 +158,7 @@ def test_entrypoint_parses_and_its_config_validates():
     config = build_config(args)  # raises ValueError for a config eg3d.train would refuse
     d = config.distributed
     for world_size in range(d.min_workers, d.max_workers + 1):
-        accumulation(config, world_size)
+        batch_split(config, world_size)
     assert args.preset == "ffhq512" and args.data.startswith("s3://") and args.storage.startswith("s3://")
     assert config.telemetry.metrics_host == "0.0.0.0", "Prometheus must reach the exporters from outside the pod"
 

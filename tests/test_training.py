@@ -299,8 +299,8 @@ def poison_latents(trainer: Trainer, phase_names: set[str]):
     fakes would carry the NaN into G's tracked mean w."""
     original = trainer.phase_latents
 
-    def poisoned(phase_index, local_batch):
-        z, c = original(phase_index, local_batch)
+    def poisoned(phase_index):
+        z, c = original(phase_index)
         if trainer.phases[phase_index].name in phase_names:
             z = torch.full_like(z, float("nan"))
         return z, c

@@ -11,7 +11,7 @@ from cluster.checkpoints import CheckpointStore
 from conftest import micro_config
 from dataloading.build import build
 from distributed_helpers import run_on_workers
-from eg3d.config import TrainConfig, accumulation
+from eg3d.config import TrainConfig
 from eg3d.synthetic import generate_dataset
 from eg3d.training_loop import TrainingDiverged, train
 
@@ -86,13 +86,10 @@ def test_progress_is_printed_between_log_intervals(tmp_path, shards, monkeypatch
 
 
 def train_on_worker(rank: int, config: dict, manifest_url: str, run_url: str, backend: str, zero_stage: int):
-    import torch.distributed as dist
-
     from cluster.backends import make_sync
 
     config = TrainConfig.from_dict(config)
-    micro, _ = accumulation(config, dist.get_world_size())
-    sync = make_sync(backend, zero_stage=zero_stage, global_batch=config.run.batch_size, micro_batch=micro)
+    sync = make_sync(backend, zero_stage=zero_stage)
     lines = []
     train(config, manifest_url=manifest_url, run_url=run_url, sync=sync, log=lines.append)
     return lines
@@ -119,6 +116,24 @@ def test_resume_on_two_workers_and_then_on_one(tmp_path, shards, backend, zero_s
     assert [r["accumulation_steps"] for r in records] == [1, 1, 1, 1, 2, 2]  # 4 = 2 x 1 x 2 = 2 x 2 x 1
     assert records[-1]["blur_sigma"] == pytest.approx(loop_config(0).loss.blur_init_sigma * (
         1 - 0.024 / loop_config(0).loss.blur_fade_kimg))  # schedules follow images seen across the resize
+
+
+@pytest.mark.slow
+def test_three_workers_take_uneven_shares_after_two(tmp_path, shards):
+    """A checkpoint of 2 workers resumes on 3, which cannot split 8 images evenly: they take 4 + 2 + 2
+    (minibatch-std pairs), the run still advances 8 images a step, and each rank's reader delivers its share."""
+    args = lambda kimg: (loop_config(kimg, "run.batch_size=8", "run.log_kimg=0.008", "run.checkpoint_kimg=0.016",
+                                     "run.snapshot_kimg=1").to_dict(), shards, str(tmp_path), "ddp", 0)
+    run_on_workers(train_on_worker, 2, args=args(0.016))
+    lines = run_on_workers(train_on_worker, 3, args=args(0.032))
+    assert any("8 images per step = 4 + 2 + 2 over 3 workers, in micro-batches of 2 (2 accumulation steps)" in line
+               for line in lines[0])
+    assert any("saved by 2 workers, now 3" in line for line in lines[2])
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(r["kimg"], r["world_size"], r["accumulation_steps"]) for r in records] == [
+        (0.008, 2, 2), (0.016, 2, 2), (0.024, 3, 2), (0.032, 3, 2)]
+    assert [[rank["images"] for rank in r["ranks"]] for r in records] == [[4, 4], [4, 4], [4, 2, 2], [4, 2, 2]]
+    assert CheckpointStore(str(tmp_path)).latest().world_size == 3
 
 
 def poison_steps(monkeypatch, steps: set[int]):
