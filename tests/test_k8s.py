@@ -157,8 +157,10 @@ def test_entrypoint_parses_and_its_config_validates():
     args = parse_args(entrypoint_args())
     config = build_config(args)  # raises ValueError for a config eg3d.train would refuse
     d = config.distributed
-    for world_size in range(d.min_workers, d.max_workers + 1):
-        batch_split(config, world_size)
+    splits = [batch_split(config, world_size) for world_size in range(d.min_workers, d.max_workers + 1)]
+    assert all(sum(split.shares) == config.run.batch_size == 32 for split in splits)
+    assert any(len(set(split.shares)) > 1 for split in splits), "the example range includes uneven shares"
+    assert d.max_workers >= 2 * d.min_workers > 2, "a realistic span of GPUs, e.g. 4:8"
     assert args.preset == "ffhq512" and args.data.startswith("s3://") and args.storage.startswith("s3://")
     assert config.telemetry.metrics_host == "0.0.0.0", "Prometheus must reach the exporters from outside the pod"
 
