@@ -32,7 +32,7 @@ METRICS = (
     Metric("eg3d_trained_images_total", "counter", "Images this worker trained on since its process started.", "rank/images"),
     Metric("eg3d_steps_total", "counter", "Optimizer steps (global batches) this worker took part in since its process started.", "rank/steps"),
     Metric("eg3d_world_size", "gauge", "Workers in the current worker group.", "world_size"),
-    Metric("eg3d_accumulation_steps", "gauge", "Micro-batches per worker per global batch.", "accumulation_steps"),
+    Metric("eg3d_accumulation_steps", "gauge", "Micro-batches per global batch on the worker with the largest share.", "accumulation_steps"),
     Metric("eg3d_restarts", "gauge", "Times this run's worker group started again (failure, elastic resize, resubmission).", "restarts"),
     Metric("eg3d_last_log_timestamp_seconds", "gauge", "Unix time of this worker's last log interval (a heartbeat).", "timestamp"),
     # the driver (rank="driver")
