@@ -36,4 +36,4 @@ RUN pip install --no-cache-dir -c tests/constraints.txt "ray[default,train]==${R
 
 # Outside the source folder, so that this imports the installed package.
 WORKDIR /home/ray
-RUN python -c "import eg3d.train, cluster.launch, dataloading.shard_reader, monitoring.exporter, deepspeed, nvidia.dali"
+RUN python -c "import eg3d.train, eg3d.training.loop, cluster.launch, dataloading.shard_reader, monitoring.exporter, deepspeed, nvidia.dali"

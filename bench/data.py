@@ -15,7 +15,7 @@ Synthetic rendering at more than 128 px is slow, so larger datasets are 64 px re
 (bicubic) to the target size: their PNGs are larger than the 64 px ones but smoother (so smaller and
 faster to decode) than photos of that size.
 
-It also measures what the training loop consumes: `eg3d.training.Trainer` steps of the `tiny` preset at
+It also measures what the training loop consumes: `eg3d.training.trainer.Trainer` steps of the `tiny` preset at
 64 px on this machine (cameras drawn from the dataset labels), and prints the ratio reader / consumer
 for the 64 px rows, with PASS/FAIL against the requirement of issue 3 (reader >= 2x consumer).
 """
@@ -94,7 +94,7 @@ class MotoServer:
 
 def make_dataset(root: Path, resolution: int, count: int, seed: int, workers: int) -> tuple[Path, str]:
     """A reference-format folder of `count` images at `resolution`; returns (folder, how it was made)."""
-    from eg3d.synthetic import generate_dataset
+    from dataloading.synthetic import generate_dataset
 
     folder = root / f"src{resolution}"
     if resolution <= RENDER_MAX:
@@ -154,8 +154,8 @@ def bench_reader(manifest_url: str, backend: str, threads: int, batch_size: int,
 def bench_consumer(manifest_url: str, steps: int) -> tuple[float, int]:
     """(images/s, batch) of Trainer.train_step for the tiny preset at 64 px, on real batches."""
     from dataloading.shard_reader import ShardReader, camera_labels
-    from eg3d.presets import tiny
-    from eg3d.training import Trainer
+    from eg3d.config.presets import tiny
+    from eg3d.training.trainer import Trainer
 
     config = tiny()
     config.run.device = "cpu"
@@ -194,7 +194,7 @@ def main() -> None:
 
     from dataloading.build import build
     from dataloading.shard_reader import BACKENDS
-    from eg3d.presets import tiny
+    from eg3d.config.presets import tiny
 
     images = args.images or args.count
     batch_size = args.batch or tiny().run.batch_size

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import fake_batch, peak_memory_bytes, synchronize  # noqa: E402
 
 from eg3d.config import batch_split  # noqa: E402
-from eg3d.presets import get_preset  # noqa: E402
-from eg3d.training import Trainer  # noqa: E402
+from eg3d.config.presets import get_preset  # noqa: E402
+from eg3d.training.trainer import Trainer  # noqa: E402
 
 
 def worker(rank: int, world_size: int, port: int, args, backend: str, zero_stage: int, out: str) -> None:

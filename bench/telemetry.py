@@ -25,10 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import fake_batch, synchronize  # noqa: E402
 
-from eg3d import training  # noqa: E402
-from eg3d.presets import get_preset  # noqa: E402
-from eg3d.training import Trainer, gradient_norm  # noqa: E402
-from eg3d.training_loop import interval_record  # noqa: E402
+from eg3d.config.presets import get_preset  # noqa: E402
+from eg3d.training import trainer as trainer_module  # noqa: E402
+from eg3d.training.loop import interval_record  # noqa: E402
+from eg3d.training.trainer import Trainer, gradient_norm  # noqa: E402
 from monitoring.exporter import PrometheusExporter  # noqa: E402
 
 SCRAPE_SECONDS = 5.0  # monitoring/prometheus/local.yml
@@ -95,12 +95,12 @@ def bench(name: str, device: torch.device, steps: int) -> dict:
 
     # Cross-check: whole steps with the per-step parts switched off, interleaved with normal ones.
     with_telemetry, without = [], []
-    original_norm, original_add = training.gradient_norm, trainer.stats.add
+    original_norm, original_add = trainer_module.gradient_norm, trainer.stats.add
     for _ in range(3):
         with_telemetry.append(timed_steps(trainer, img, c, steps, device))
-        training.gradient_norm, trainer.stats.add = (lambda net: torch.zeros(())), (lambda *a: None)
+        trainer_module.gradient_norm, trainer.stats.add = (lambda net: torch.zeros(())), (lambda *a: None)
         without.append(timed_steps(trainer, img, c, steps, device))
-        training.gradient_norm, trainer.stats.add = original_norm, original_add
+        trainer_module.gradient_norm, trainer.stats.add = original_norm, original_add
     overhead = per_step + per_interval
     return {"preset": name, "device": device.type, "step_ms": step_seconds * 1e3,
             "norm_ms": norm * 1e3, "per_step_ms": per_step * 1e3, "interval_ms": interval * 1e3,

@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from eg3d import camera
-from eg3d.generator import TriPlaneGenerator
-from eg3d.presets import get_preset
-from eg3d.training import Trainer
+from eg3d.config.presets import get_preset
+from eg3d.networks import camera
+from eg3d.networks.generator import TriPlaneGenerator
+from eg3d.training.trainer import Trainer
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from eg3d.config import BatchSplit, batch_split
-from eg3d.training import Phase, SingleProcess, Trainer
+from eg3d.training.trainer import Phase, SingleProcess, Trainer
 
 BACKENDS = ("ddp", "deepspeed")
 

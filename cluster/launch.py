@@ -2,7 +2,7 @@
 
 The driver connects to the cluster in `RAY_ADDRESS` (what `ray job submit` sets) or starts a local Ray,
 and runs a `TorchTrainer` whose `RunConfig(name, storage_path)` is the run: the same name and storage
-give the same run, so the same command resumes it. Workers train with `eg3d.training_loop.train`; every
+give the same run, so the same command resumes it. Workers train with `eg3d.training.loop.train`; every
 (re)started worker group (after a failure, an elastic resize or a driver restart) resumes from the
 newest complete checkpoint under `{storage}/{name}/checkpoints/`.
 """
@@ -53,7 +53,7 @@ def worker_loop(job: dict) -> str | None:
     import ray.train.torch
 
     from eg3d.config import TrainConfig
-    from eg3d.training_loop import TrainingDiverged, train
+    from eg3d.training.loop import TrainingDiverged, train
 
     from .backends import make_sync
 
@@ -193,7 +193,7 @@ def launch(config, *, manifest_url: str, storage_url: str, name: str,
     distributed.max_failures times."""
     import ray
 
-    from eg3d.training_loop import TrainingDiverged
+    from eg3d.training.loop import TrainingDiverged
 
     exporter = start_driver_exporter(config, storage_url=storage_url, name=name)
     if exporter is not None:
@@ -231,7 +231,7 @@ def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_loca
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from eg3d.training_loop import PROGRESS_SECONDS
+    from eg3d.training.loop import PROGRESS_SECONDS
 
     d = config.distributed
     cpus = cpus_per_worker(config, started_locally)

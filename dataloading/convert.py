@@ -24,7 +24,7 @@ SRC is one of
 OUT (a new or empty folder; --overwrite replaces it) receives what `python -m dataloading.build` shards:
 `00000/img00000000.png`, ... in source order, and `dataset.json` = {"labels": [[name, [25 floats]], ...],
 "sources": [[name, source image], ...]}. A label is the row-major 4x4 cam2world in OpenCV axes and the
-row-major 3x3 intrinsics normalized by the image size (fx/W, skew/W, cx/W; fy/H, cy/H), see eg3d.camera.
+row-major 3x3 intrinsics normalized by the image size (fx/W, skew/W, cx/W; fy/H, cy/H), see eg3d.networks.camera.
 Pixel coordinates follow COLMAP and instant-ngp: the image spans [0, W] x [0, H] with pixel centres at
 i + 0.5, so a normalized principal point of 0.5 is the image centre (the original NeRF code puts pixel
 centres at integers, half a pixel off; that difference is not corrected).
@@ -496,7 +496,7 @@ def default_images_folder(model: Path) -> Path:
 
 
 def read_reference(path, *, axes: str = "opencv") -> list[Frame]:
-    """Frames of a dataset already in the reference format (a folder with dataset.json; see eg3d.camera),
+    """Frames of a dataset already in the reference format (a folder with dataset.json; see eg3d.networks.camera),
     to crop, resize, re-place or re-axis it. `axes="opengl"`: its cam2world columns are OpenGL camera axes
     (y up, z backward), a common slip, turned into OpenCV's. ValueError naming the file and entry."""
     path = Path(path)

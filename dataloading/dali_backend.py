@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
-from eg3d.camera import mirror_label
+from eg3d.networks.camera import mirror_label
 
 from .reference_format import LABEL_SIZE
 from .shard_reader import _Producer

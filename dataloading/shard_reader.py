@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eg3d.camera import mirror_label
+from eg3d.networks.camera import mirror_label
 
 from . import storage
 from .build import LABELS, MANIFEST_FORMAT
@@ -271,7 +271,7 @@ class ShardReader:
     @staticmethod
     def raw_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
         """`image_raw`: the batch resized (antialiased bilinear) to the neural rendering resolution."""
-        from eg3d.loss import resize
+        from eg3d.networks.layers import resize
 
         return images if images.shape[-1] == resolution else resize(images, resolution)
 

@@ -14,9 +14,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import TrainConfig, apply_overrides
-from .discriminator import DualDiscriminator
-from .generator import TriPlaneGenerator
-from .presets import PRESETS, get_preset
+from .config.presets import PRESETS, get_preset
+from .networks.discriminator import DualDiscriminator
+from .networks.generator import TriPlaneGenerator
 
 
 def parameter_counts(module: torch.nn.Module) -> dict:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from .config import apply_overrides, validate
-from .presets import PRESETS, get_preset
-from .stats import StatsReporter
+from .config.presets import PRESETS, get_preset
+from .training.stats import StatsReporter
 
 CONFIG_ERROR_EXIT_CODE = 2  # a bad config, data path or dataset
 DIVERGED_EXIT_CODE = 3  # the run stopped after run.max_nonfinite_steps consecutive non-finite steps
@@ -148,8 +148,7 @@ def build_shards(source: str, shards: str) -> str:
 def synthetic_dataset(config, run_url: str) -> str:
     """Rendered under the run when it is a local folder, else in a local scratch folder (then sharded)."""
     from dataloading import storage
-
-    from .synthetic import generate_dataset
+    from dataloading.synthetic import generate_dataset
 
     root = Path(run_url.removeprefix("file://")) if storage.is_local(run_url) else Path(tempfile.mkdtemp())
     path = root / "synthetic-data"
@@ -171,7 +170,7 @@ def absolute(url: str) -> str:
 
 def finished_checkpoint(config, run_url: str):
     """The run's newest checkpoint when it has reached run.total_kimg (then no worker needs to start), else None."""
-    from cluster.checkpoints import CheckpointStore
+    from .training.checkpoints import CheckpointStore
 
     latest = CheckpointStore(run_url).latest()
     target_nimg = int(config.run.total_kimg * 1000)  # as the worker loop counts it
@@ -198,7 +197,7 @@ def main(argv=None) -> int:
     from cluster.launch import launch
     from dataloading.shard_reader import load_manifest
 
-    from .training_loop import TrainingDiverged
+    from .training.loop import TrainingDiverged
 
     finished = finished_checkpoint(config, run_url)
     if finished is not None:

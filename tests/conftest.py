@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from eg3d import camera
 from eg3d.config import apply_overrides
-from eg3d.presets import tiny
+from eg3d.config.presets import tiny
+from eg3d.networks import camera
 
 # The tiny preset shrunk further so that a full training step takes a fraction of a second. Its batch of 4
 # in minibatch-std pairs feeds up to 2 workers (the batch is split in whole groups).

@@ -3,7 +3,7 @@
 import pytest
 
 from eg3d.config import apply_overrides, batch_split, validate
-from eg3d.presets import ffhq512, tiny
+from eg3d.config.presets import ffhq512, tiny
 
 
 def split_of(config_overrides: list[str], world_size: int, preset=ffhq512):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from eg3d.camera import (FFHQ_FOCAL, FFHQ_RADIUS, look_at, make_label, mirror_label, orbit_camera,
-                         pixel_rays, split_label)
+from eg3d.networks.camera import (FFHQ_FOCAL, FFHQ_RADIUS, look_at, make_label, mirror_label, orbit_camera,
+                                  pixel_rays, split_label)
 
 
 def random_cameras(rng, n, *, principal_half=False, skew=False):

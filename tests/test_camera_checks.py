@@ -6,8 +6,8 @@ import torch
 
 from dataloading.camera_checks import (DEPTHS, GRID, CameraCheck, axis_distance, check_cameras, flip_yz,
                                        fraction_inside, look_at_point)
-from eg3d.camera import FFHQ_FOCAL, intrinsics, look_at, make_label, pixel_rays
-from eg3d.synthetic import random_camera
+from dataloading.synthetic import random_camera
+from eg3d.networks.camera import FFHQ_FOCAL, intrinsics, look_at, make_label, pixel_rays
 
 ANY_DEPTH = CameraCheck()
 FFHQ_RANGE = CameraCheck(box_warp=1.0, ray_start=2.25, ray_end=3.3)  # ffhq512, afhq512 and tiny
@@ -15,7 +15,7 @@ SHAPENET_RANGE = CameraCheck(box_warp=1.6, ray_start=0.1, ray_end=2.6)
 
 
 def labels_looking_at(origins, targets, focal=FFHQ_FOCAL) -> np.ndarray:
-    """float64 labels [N,25] of look-at cameras (OpenCV axes) via eg3d.camera."""
+    """float64 labels [N,25] of look-at cameras (OpenCV axes) via eg3d.networks.camera."""
     origins = torch.tensor(origins, dtype=torch.float64).reshape(-1, 3)
     targets = torch.tensor(targets, dtype=torch.float64).reshape(-1, 3).expand_as(origins)
     return make_label(look_at(origins, targets), intrinsics(focal).double().expand(len(origins), 3, 3)).numpy()
@@ -71,7 +71,7 @@ def test_look_at_point_of_two_crossing_axes():
 
 
 def brute_force_fraction(label: np.ndarray, check: CameraCheck) -> float:
-    """The fraction, by explicit loops over eg3d.camera.pixel_rays at GRID pixels (torch, not our numpy)."""
+    """The fraction, by explicit loops over eg3d.networks.camera.pixel_rays at GRID pixels (torch, not our numpy)."""
     origins, directions = pixel_rays(torch.tensor(label, dtype=torch.float64).reshape(1, 25), GRID)
     origin, half = origins[0, 0].numpy(), check.box_warp / 2
     inside = []

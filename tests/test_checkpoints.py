@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from cluster.checkpoints import CheckpointStore
 from dataloading import storage
+from eg3d.training.checkpoints import CheckpointStore
 from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 
 

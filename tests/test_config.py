@@ -4,7 +4,7 @@ import pytest
 
 from eg3d import summary
 from eg3d.config import TrainConfig, apply_overrides, validate
-from eg3d.presets import PRESETS, afhq512, ffhq512, get_preset, shapenet128, tiny
+from eg3d.config.presets import PRESETS, afhq512, ffhq512, get_preset, shapenet128, tiny
 from eg3d.train import main as train_main
 
 

@@ -16,8 +16,8 @@ from scipy.spatial.transform import Rotation
 from dataloading.build import build
 from dataloading.camera_checks import CameraCheck, check_cameras
 from dataloading.convert import convert, main, quaternion_to_rotation
-from eg3d.camera import orbit_camera
-from eg3d.synthetic import generate_dataset
+from dataloading.synthetic import generate_dataset
+from eg3d.networks.camera import orbit_camera
 
 FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
 RESOLUTION = 16

@@ -7,7 +7,7 @@ pytest.importorskip("nvidia.dali")
 
 from dataloading.build import build  # noqa: E402
 from dataloading.shard_reader import BACKENDS, ShardReader  # noqa: E402
-from eg3d.synthetic import generate_dataset  # noqa: E402
+from dataloading.synthetic import generate_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from dataloading.build import build, main
 from dataloading.camera_checks import CameraCheck
 from dataloading.reference_format import ReferenceDataset
 from dataloading.shard_reader import ShardReader, camera_labels, verify
-from eg3d.synthetic import generate_dataset
+from dataloading.synthetic import generate_dataset
 from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 
 SHARD_MB = 0.02  # about 5 samples of 32 px per shard: 24 images make 5 shards

@@ -9,7 +9,7 @@ import pytest
 from conftest import micro_config, random_cameras
 from distributed_helpers import run_on_workers
 from eg3d.config import apply_overrides, validate
-from eg3d.presets import tiny
+from eg3d.config.presets import tiny
 
 SHIPPED = Path(__file__).parents[1] / "cluster" / "deepspeed.json"
 
@@ -22,7 +22,7 @@ def write(tmp_path, settings: dict) -> str:
 
 def engine_settings(rank: int, url: str):
     from cluster.backends import DeepSpeedFile, make_sync
-    from eg3d.training import Trainer
+    from eg3d.training.trainer import Trainer
 
     config = micro_config("run.micro_batch=1")
     sync = make_sync("deepspeed", zero_stage=1, deepspeed_file=DeepSpeedFile.load(url))

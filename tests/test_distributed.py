@@ -9,7 +9,7 @@ import torch
 from conftest import micro_config, random_cameras
 from distributed_helpers import run_on_workers
 from eg3d.config import batch_split
-from eg3d.training import SingleProcess, Trainer
+from eg3d.training.trainer import SingleProcess, Trainer
 
 BACKENDS = [("ddp", 0), ("deepspeed", 0), ("deepspeed", 1)]
 

@@ -13,8 +13,8 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from eg3d.fid import FeatureStatistics, frechet_distance, kernel_distance
-from eg3d.inception import InceptionV3Features, RandomFeatures, feature_network, load_inception
+from eg3d.metrics.fid import FeatureStatistics, frechet_distance, kernel_distance
+from eg3d.metrics.inception import InceptionV3Features, RandomFeatures, feature_network, load_inception
 
 # --- Frechet distance -----------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from PIL import Image
 from dataloading.build import build
 from dataloading.reference_format import ReferenceDataset
 from dataloading.shard_reader import BACKENDS, ShardReader
-from eg3d.synthetic import random_camera
+from dataloading.synthetic import random_camera
 
 SIZE = 16
 RNG = np.random.default_rng(7)

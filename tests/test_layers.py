@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from eg3d.discriminator import minibatch_stddev
-from eg3d.layers import (Conv2d, FullyConnected, MappingNetwork, SynthesisLayer, SynthesisNetwork, ToRGB,
-                         fir_filter, modulated_conv2d, normalize_2nd_moment, upfirdn2d, upsample2x)
+from eg3d.networks.discriminator import minibatch_stddev
+from eg3d.networks.layers import (Conv2d, FullyConnected, MappingNetwork, SynthesisLayer, SynthesisNetwork, ToRGB,
+                                  fir_filter, modulated_conv2d, normalize_2nd_moment, upfirdn2d, upsample2x)
 
 TAPS = np.array([1.0, 3.0, 3.0, 1.0])
 FIR = np.outer(TAPS, TAPS) / np.outer(TAPS, TAPS).sum()  # [1,3,3,1]/8 per axis

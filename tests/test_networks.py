@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eg3d.camera import orbit_camera, pixel_rays
-from eg3d.discriminator import DualDiscriminator
-from eg3d.generator import TriPlaneGenerator
-from eg3d.presets import get_preset
+from eg3d.config.presets import get_preset
+from eg3d.networks.camera import orbit_camera, pixel_rays
+from eg3d.networks.discriminator import DualDiscriminator
+from eg3d.networks.generator import TriPlaneGenerator
 
 # ---------------------------------------------------------------------------------------------- counting by hand
 # Written from the architecture description (docs), not from the code. Every layer is equalized-lr with a bias

@@ -13,12 +13,12 @@ from conftest import micro_config
 from dataloading.build import build
 from dataloading.reference_format import ReferenceDataset
 from dataloading.shard_reader import camera_labels
+from dataloading.synthetic import generate_dataset
 from distributed_helpers import run_on_workers
-from eg3d.fid import FeatureStatistics, frechet_distance
-from eg3d.generator import TriPlaneGenerator
-from eg3d.quality import QualityMeter
-from eg3d.synthetic import generate_dataset
-from eg3d.training_loop import train
+from eg3d.metrics.fid import FeatureStatistics, frechet_distance
+from eg3d.metrics.quality import QualityMeter
+from eg3d.networks.generator import TriPlaneGenerator
+from eg3d.training.loop import train
 from monitoring.exporter import PrometheusExporter
 from monitoring.metrics import METRICS
 
@@ -32,7 +32,7 @@ def dataset(tmp_path_factory):
 
 
 def meter(config, shards, run_url, sync=None):
-    from eg3d.training import SingleProcess
+    from eg3d.training.trainer import SingleProcess
 
     manifest = str(shards / "manifest.json")
     return QualityMeter(config, manifest_url=manifest, run_url=str(run_url),
@@ -111,8 +111,8 @@ def test_the_generated_statistics_are_those_of_the_seeded_images(dataset, tmp_pa
     G = generator(config)
     result = quality.measure(G, neural_rendering_resolution=16)
     z, c = quality._latents(0, 6)
-    from eg3d.quality import QUALITY_SEED_KEY
-    from eg3d.training import step_seed
+    from eg3d.config.seeds import step_seed
+    from eg3d.metrics.quality import QUALITY_SEED_KEY
 
     torch.manual_seed(step_seed(config.run.seed, QUALITY_SEED_KEY, 0, 1))
     with torch.no_grad():
@@ -175,12 +175,12 @@ def test_unreachable_inception_weights_fail_at_start_and_say_what_to_do(dataset,
 
 
 def test_the_cache_name_tells_datasets_and_feature_networks_apart(dataset, tmp_path, monkeypatch):
-    import eg3d.quality
-    from eg3d.inception import RandomFeatures
+    import eg3d.metrics.quality
+    from eg3d.metrics.inception import RandomFeatures
 
     name = lambda *extra: meter(micro_config(*extra), dataset / "shards", tmp_path).cache_name()
     assert name() == name() and name() != name("metrics.random_features_seed=1") != name("metrics.num_real=5")
-    monkeypatch.setattr(eg3d.quality, "feature_network", lambda *a, **k: ("inception_v3", RandomFeatures()))
+    monkeypatch.setattr(eg3d.metrics.quality, "feature_network", lambda *a, **k: ("inception_v3", RandomFeatures()))
     inception = lambda *extra: name("metrics.extractor=inception_v3", *extra)
     assert inception("metrics.inception_weights=a.pth") != inception("metrics.inception_weights=b.pth")
     assert inception("metrics.inception_weights=a.pth", "metrics.inception_sha256=6726825d") == \

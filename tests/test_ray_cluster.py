@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from cluster.checkpoints import CheckpointStore
 from conftest import MICRO_OVERRIDES
 from dataloading import storage
 from distributed_helpers import free_port
+from eg3d.training.checkpoints import CheckpointStore
 from ray_jobs import submit_job
 from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 
@@ -77,7 +77,7 @@ def train_command(name: str, kimg: float, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def shards(moto_server, tmp_path_factory):
     from dataloading.build import build
-    from eg3d.synthetic import generate_dataset
+    from dataloading.synthetic import generate_dataset
 
     data = tmp_path_factory.mktemp("ray-data") / "data"
     generate_dataset(data, count=12, resolution=32, seed=0)

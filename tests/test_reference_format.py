@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from dataloading.reference_format import ReferenceDataset
-from eg3d.synthetic import generate_dataset, render_example
+from dataloading.synthetic import generate_dataset, render_example
 
 LABEL = [float(i) for i in range(25)]
 

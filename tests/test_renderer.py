@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from eg3d.camera import orbit_camera, pixel_rays
 from eg3d.config import RenderingConfig
-from eg3d.renderer import (TriPlaneDecoder, VolumeRenderer, composite, importance_depths, ray_box_bounds,
-                           sample_triplanes, stratified_depths)
+from eg3d.networks.camera import orbit_camera, pixel_rays
+from eg3d.networks.renderer import (TriPlaneDecoder, VolumeRenderer, composite, importance_depths, ray_box_bounds,
+                                    sample_triplanes, stratified_depths)
 
 
 def softplus64(x):

@@ -7,8 +7,8 @@ import torch
 from dataloading.build import build
 from dataloading.reference_format import ReferenceDataset
 from dataloading.shard_reader import EpochPlan, ShardReader, load_manifest, shuffle_order
-from eg3d.camera import mirror_label
-from eg3d.synthetic import generate_dataset
+from dataloading.synthetic import generate_dataset
+from eg3d.networks.camera import mirror_label
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from eg3d.camera import FFHQ_FOCAL, FFHQ_RADIUS, orbit_camera
-from eg3d.synthetic import (OBJECT_RADIUS, Primitive, Scene, generate_dataset, image_name, image_rng,
-                            random_camera, random_scene, render_example, render_scene, scene_sdf)
+from dataloading.synthetic import (OBJECT_RADIUS, Primitive, Scene, generate_dataset, image_name, image_rng,
+                                   random_camera, random_scene, render_example, render_scene, scene_sdf)
+from eg3d.networks.camera import FFHQ_FOCAL, FFHQ_RADIUS, orbit_camera
 
 
 def read_tree(root):

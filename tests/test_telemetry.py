@@ -10,7 +10,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from distributed_helpers import run_on_workers
-from eg3d.stats import StatsReporter, memory_usage
+from eg3d.training.stats import StatsReporter, memory_usage
 from monitoring.exporter import PrometheusExporter, targets_url, write_targets
 from monitoring.metrics import BY_NAME, METRICS
 
@@ -139,7 +139,7 @@ def test_catalog_names_follow_prometheus_conventions():
 
 
 def test_the_status_line_shows_a_quality_measurement_in_the_interval_it_was_taken():
-    from eg3d.training_loop import status_line
+    from eg3d.training.loop import status_line
 
     record = {"kimg": 1.2, "nimg": 1200, "target_nimg": 2000, "images_per_second": 5.0, "world_size": 2,
               "loss/G": 0.5, "loss/D": 1.25, "quality_nimg/random": 1000, "frechet_distance/random": 7.05}
@@ -159,6 +159,6 @@ def test_the_status_line_shows_a_quality_measurement_in_the_interval_it_was_take
     (56, 50, 7.4, "kimg 0.056/0.050 (112.0%)  img/s 7.4  ETA 0:00:00"),  # the last batch passes the target
 ])
 def test_progress_shows_target_percentage_speed_and_time_left(nimg, target_nimg, images_per_second, expected):
-    from eg3d.training_loop import progress_text
+    from eg3d.training.loop import progress_text
 
     assert progress_text(nimg, target_nimg, images_per_second) == expected

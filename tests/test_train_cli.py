@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 
 from conftest import MICRO_OVERRIDES, micro_config
-from cluster.checkpoints import CheckpointStore
-from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
-from eg3d.snapshot import load_generator, render
-from eg3d.synthetic import generate_dataset
+from dataloading.synthetic import generate_dataset
+from eg3d.networks.snapshot import load_generator, render
 from eg3d.train import main as train_main, prepare_data
+from eg3d.training.checkpoints import CheckpointStore
+from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 
 
 def cli_args(storage, kimg, *extra, name="run"):
@@ -231,7 +231,7 @@ def test_a_diverged_run_exits_non_zero_with_the_message_and_is_not_retried(tmp_p
 
 
 def test_saved_images_clamp_the_unbounded_super_resolution_output():
-    from eg3d.sample_grid import to_uint8
+    from eg3d.networks.sample_grid import to_uint8
 
     # The super-resolution output leaves [-1, 1] (-1.59 and 1.87 seen); saved pixels saturate, never wrap.
     image = torch.tensor([-1.59, -1.0, 0.0, 0.5, 1.0, 1.87]).reshape(1, 1, 1, 6).expand(1, 3, 1, 6)

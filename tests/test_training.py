@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from conftest import micro_config, random_cameras
-from eg3d.loss import EG3DLoss, Schedule, gaussian_blur
-from eg3d.presets import ffhq512, ffhq512_stage2, tiny
-from eg3d.stats import StatsReporter
-from eg3d.training import Trainer, ema_beta, lazy_regularized_adam
+from eg3d.config.presets import ffhq512, ffhq512_stage2, tiny
+from eg3d.training.loss import EG3DLoss, gaussian_blur
+from eg3d.training.schedules import Schedule
+from eg3d.training.stats import StatsReporter
+from eg3d.training.trainer import Trainer, ema_beta, lazy_regularized_adam
 
 
 def real_batch(step: int, n: int = 4, resolution: int = 32):

@@ -7,13 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cluster.checkpoints import CheckpointStore
 from conftest import micro_config
 from dataloading.build import build
+from dataloading.synthetic import generate_dataset
 from distributed_helpers import run_on_workers
 from eg3d.config import TrainConfig
-from eg3d.synthetic import generate_dataset
-from eg3d.training_loop import TrainingDiverged, train
+from eg3d.training.checkpoints import CheckpointStore
+from eg3d.training.loop import TrainingDiverged, train
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_a_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, shards):
     (3600.0, ["kimg 0.004/0.012 (33.3%)  img/s ", "kimg 0.012/0.012 (100.0%)  img/s "]),
 ])
 def test_progress_is_printed_between_log_intervals(tmp_path, shards, monkeypatch, progress_seconds, expected_lines):
-    from eg3d import training_loop
+    from eg3d.training import loop as training_loop
 
     monkeypatch.setattr(training_loop, "PROGRESS_SECONDS", progress_seconds)
     lines = []
@@ -138,7 +138,7 @@ def test_three_workers_take_uneven_shares_after_two(tmp_path, shards):
 
 def poison_steps(monkeypatch, steps: set[int]):
     """NaN in one real image at the given step indices: D's phases of those steps are skipped."""
-    from eg3d.training import Trainer
+    from eg3d.training.trainer import Trainer
 
     original = Trainer.train_step
 

@@ -13,17 +13,18 @@ network stands in; its numbers are labelled "random" everywhere and are not FID.
 import hashlib
 import logging
 import time
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from dataloading import storage
 from dataloading.shard_reader import decode_sample, load_manifest, read_shard
+from eg3d.config import TrainConfig
+from eg3d.config.seeds import step_seed
 
-from .config import TrainConfig
 from .fid import FeatureStatistics, frechet_distance, kernel_distance
 from .inception import feature_network
-from .training import SingleProcess, step_seed
 
 KEPT_FEATURES = 10000  # features kept per set for KID subsets (the means and covariances use every image)
 QUALITY_SEED_KEY = 0x51A1  # separates the measurement's random draws from the training steps'
@@ -31,9 +32,21 @@ QUALITY_SEED_KEY = 0x51A1  # separates the measurement's random draws from the t
 log = logging.getLogger("eg3d")
 
 
+class WorkerSync(Protocol):
+    """What the measurement uses of the trainer's gradient sync (eg3d.training.trainer.SingleProcess and its
+    subclasses), without importing the training layer."""
+
+    rank: int
+    world_size: int
+
+    def all_gather_object(self, value) -> list: ...
+
+    def broadcast_object(self, value): ...
+
+
 class QualityMeter:
     def __init__(self, config: TrainConfig, *, manifest_url: str, run_url: str, camera_pool: torch.Tensor,
-                 device: torch.device, sync: SingleProcess):
+                 device: torch.device, sync: WorkerSync):
         q = config.metrics
         self.config, self.manifest_url, self.run_url = config, manifest_url, run_url
         self.camera_pool, self.device, self.sync = camera_pool, device, sync

@@ -22,10 +22,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import TrainConfig, batch_split
-from .discriminator import DualDiscriminator
-from .generator import TriPlaneGenerator
-from .loss import EG3DLoss, Schedule
+from eg3d.config import TrainConfig, batch_split
+from eg3d.config.seeds import step_seed
+from eg3d.networks.discriminator import DualDiscriminator
+from eg3d.networks.generator import TriPlaneGenerator
+
+from .loss import EG3DLoss
+from .schedules import Schedule
 from .stats import StatsReporter
 
 
@@ -88,11 +91,6 @@ def gradient_norm(network: torch.nn.Module) -> torch.Tensor:
     if not grads:
         return torch.zeros(())
     return torch.nn.utils.get_total_norm(grads)
-
-
-def step_seed(*keys: int) -> int:
-    """A seed for torch generators from integer keys (run seed, step, phase, sample)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def lazy_regularized_adam(params, *, lr: float, betas: tuple[float, float], eps: float, reg_interval: int):

@@ -19,11 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import resize_bilinear
-
-PYTORCH_FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                           "pt_inception-2015-12-05-6726825d.pth")
-PYTORCH_FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # pytorch-fid names its files after their digest's first 8 digits
+from eg3d.config.presets import PYTORCH_FID_WEIGHTS_URL
+from eg3d.networks.layers import resize_bilinear
 
 INCEPTION_RESOLUTION = 299
 

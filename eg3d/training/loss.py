@@ -2,43 +2,19 @@
 
 Non-saturating logistic loss; R1 on both the final and the raw real image; density regularization
 as an L1 between densities at random points and slightly perturbed copies. Every schedule is a
-function of images seen (`Schedule`), so a resume continues exactly.
+function of images seen (`Schedule`, eg3d.training.schedules), so a resume continues exactly.
 """
 
 import math
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
-from .layers import resize_bilinear, upfirdn2d
+from eg3d.config import TrainConfig
+from eg3d.networks.layers import resize, upfirdn2d
+
+from .schedules import Schedule
 from .stats import StatsReporter
-
-
-@dataclass
-class Schedule:
-    """Schedule values at a given number of images seen."""
-
-    blur_sigma: float
-    gpc_prob: float | None
-    neural_rendering_resolution: int
-
-    @classmethod
-    def at(cls, config: TrainConfig, nimg: int) -> "Schedule":
-        loss, r = config.loss, config.rendering
-        kimg = nimg / 1000
-        blur = max(1 - kimg / loss.blur_fade_kimg, 0) * loss.blur_init_sigma if loss.blur_fade_kimg > 0 else 0.0
-        gpc = None
-        if loss.gpc_prob is not None:
-            a = min(kimg / loss.gpc_fade_kimg, 1.0) if loss.gpc_fade_kimg > 0 else 1.0
-            gpc = (1 - a) * 1.0 + a * loss.gpc_prob
-        resolution = r.neural_rendering_resolution_initial
-        if r.neural_rendering_resolution_final is not None:
-            a = min(kimg / r.neural_rendering_resolution_fade_kimg, 1.0)
-            resolution = int(np.rint(resolution * (1 - a) + r.neural_rendering_resolution_final * a))
-        return cls(blur_sigma=blur, gpc_prob=gpc, neural_rendering_resolution=resolution)
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -50,12 +26,6 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     taps = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = torch.outer(taps, taps)
     return upfirdn2d(images, kernel / kernel.sum(), pad=(radius, radius))
-
-
-def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    if images.shape[-1] == resolution:
-        return images
-    return resize_bilinear(images, resolution)
 
 
 def swap_conditioning(c: torch.Tensor, prob: float | None) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """FID and KID from feature vectors: the running statistics and the two distances, in float64.
 
-Where the features come from (`eg3d.inception`) and how workers combine their statistics is up to the
+Where the features come from (`eg3d.metrics.inception`) and how workers combine their statistics is up to the
 caller: `FeatureStatistics` holds sums, so statistics of disjoint samples add up with `merge`.
 """
 

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import torch
 
-from cluster.checkpoints import Checkpoint, CheckpointStore, torch_bytes
 from dataloading import storage
 from dataloading.shard_reader import BACKENDS, ShardReader, camera_labels
+from eg3d.config import BatchSplit, TrainConfig, batch_split
+from eg3d.metrics.quality import QualityMeter, record_values
+from eg3d.networks.sample_grid import grid_cameras, sample_grid
+from eg3d.networks.snapshot import CONFIG_FILE, save_snapshot
 
-from .config import BatchSplit, TrainConfig, batch_split
-from .quality import QualityMeter, record_values
-from .sample_grid import grid_cameras, sample_grid
-from .snapshot import CONFIG_FILE, save_snapshot
+from .checkpoints import Checkpoint, CheckpointStore, torch_bytes
 from .stats import memory_usage
-from .training import SingleProcess, Trainer
+from .trainer import SingleProcess, Trainer
 
 LOG_FILE = "log.jsonl"
 STARTS_FILE = "starts.json"  # one entry per start of the worker group
@@ -68,7 +68,7 @@ QUALITY_FILE = "quality.json"  # the last measurement, so that a resumed run rep
 
 def save_checkpoint(store: CheckpointStore, trainer: Trainer, reader: ShardReader, keep: int, *,
                     quality: dict) -> Checkpoint | None:
-    """Every rank writes its files, then rank 0 publishes the manifest (see cluster.checkpoints)."""
+    """Every rank writes its files, then rank 0 publishes the manifest (see eg3d.training.checkpoints)."""
     sync = trainer.sync
     folder = sync.broadcast_object(store.new_folder_name(trainer.nimg) if sync.rank == 0 else None)
     files = {f"data-rank{sync.rank:04d}.json": json.dumps(reader.state_dict()).encode()}

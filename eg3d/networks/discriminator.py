@@ -6,7 +6,8 @@ import math
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from eg3d.config import ModelConfig
+
 from .layers import Conv2d, FullyConnected, MappingNetwork, resize_bilinear
 
 

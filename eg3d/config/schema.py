@@ -1,6 +1,6 @@
 """Typed configuration: one dataclass per concern, composed into `TrainConfig`.
 
-Presets (eg3d.presets) are Python functions returning a `TrainConfig`; the command line overrides
+Presets (eg3d.config.presets) are Python functions returning a `TrainConfig`; the command line overrides
 single fields with `--set section.field=value`.
 """
 

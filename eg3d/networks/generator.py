@@ -3,8 +3,9 @@
 import torch
 from torch import nn
 
+from eg3d.config import ModelConfig, RenderingConfig
+
 from . import camera
-from .config import ModelConfig, RenderingConfig
 from .layers import MappingNetwork, SynthesisNetwork
 from .renderer import TriPlaneDecoder, VolumeRenderer
 from .superresolution import SuperResolution

@@ -276,3 +276,9 @@ def resize_bilinear(images: torch.Tensor, size: int | tuple[int, int], *, antial
         return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=antialias)
     return F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False,
                          antialias=antialias).to(images.dtype)
+
+
+def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    if images.shape[-1] == resolution:
+        return images
+    return resize_bilinear(images, resolution)

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import TrainConfig
+from eg3d.config import TrainConfig
+
 from .generator import TriPlaneGenerator
 
 WEIGHTS_FILE = "G_ema.safetensors"

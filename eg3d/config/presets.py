@@ -1,8 +1,12 @@
 """Presets: functions returning a complete `TrainConfig`. The reference's settings plus `tiny`."""
 
-from .config import (DataConfig, EmaConfig, LossConfig, MetricsConfig, ModelConfig, OptimizerConfig, RenderingConfig,
+from .schema import (DataConfig, EmaConfig, LossConfig, MetricsConfig, ModelConfig, OptimizerConfig, RenderingConfig,
                      RunConfig, TrainConfig)
-from .inception import PYTORCH_FID_WEIGHTS_SHA256_PREFIX, PYTORCH_FID_WEIGHTS_URL
+
+# pytorch-fid's Inception-v3 weights (eg3d.metrics.inception loads them), the default of the FID presets
+PYTORCH_FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                           "pt_inception-2015-12-05-6726825d.pth")
+PYTORCH_FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # pytorch-fid names its files after their digest's first 8 digits
 
 
 def _batch_scaled(batch_size: int) -> tuple[float, float]:

@@ -1,0 +1,52 @@
+"""Sample grids: one row per latent code, the same cameras in every row, RGB then depth.
+
+The command `python -m eg3d.sample_grid` (eg3d/sample_grid.py) writes one from a snapshot.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import camera
+from .snapshot import render
+
+
+def grid_cameras(count: int, *, yaw_range: float = 0.5, radius: float = camera.FFHQ_RADIUS,
+                 focal: float = camera.FFHQ_FOCAL) -> torch.Tensor:
+    """`count` cameras sweeping yaw across +-yaw_range radians around the frontal view."""
+    yaw = math.pi / 2 + torch.linspace(-yaw_range, yaw_range, count)
+    return camera.orbit_camera(yaw, torch.full_like(yaw, math.pi / 2), radius=radius, focal=focal)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N,3,H,W] in [-1, 1] -> uint8 [N,H,W,3]."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def depth_to_images(depth: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Depth [N,1,h,w] -> grey images [N,3,R,R] in [-1, 1], near = bright, one scale for all N views."""
+    lo, hi = depth.min(), depth.max()
+    normalized = 1 - (depth - lo) / (hi - lo).clamp(min=1e-8)
+    grey = F.interpolate(normalized, size=(resolution, resolution), mode="nearest")
+    return grey.expand(-1, 3, -1, -1) * 2 - 1
+
+
+@torch.no_grad()
+def sample_grid(G, z: torch.Tensor, cameras: torch.Tensor, *, truncation_psi: float = 0.7,
+                truncation_cutoff: int | None = 14) -> Image.Image:
+    """Rows: latent codes z; columns: each camera's image, then each camera's depth map."""
+    rows = []
+    for z_row in z:
+        zs = z_row[None].expand(len(cameras), -1)
+        # Condition every view of a row on the same (frontal-most) camera so the identity is fixed.
+        condition = cameras[len(cameras) // 2][None].expand(len(cameras), -1)
+        out = render(G, zs, cameras, c_condition=condition, truncation_psi=truncation_psi,
+                     truncation_cutoff=truncation_cutoff)
+        resolution = out["image"].shape[-1]
+        tiles = torch.cat([out["image"], depth_to_images(out["image_depth"], resolution)])
+        rows.append(np.concatenate(list(to_uint8(tiles)), axis=1))
+    return Image.fromarray(np.concatenate(rows, axis=0))
+
