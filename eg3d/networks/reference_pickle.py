@@ -212,8 +212,9 @@ def discriminator_rules(image_resolution: int) -> tuple:
     )
 
 
-def rename(tensors: dict, rules, what: str) -> dict[str, torch.Tensor]:
-    """Reference names -> ours by the first matching rule; unused buffers skipped; anything else an error."""
+def rename(tensors: dict, rules, what: str) -> dict[str, tuple[str, torch.Tensor]]:
+    """Reference names -> ours by the first matching rule: {our name: (reference name, tensor)}. Unused
+    buffers are skipped; a tensor no rule maps is a ValueError naming it."""
     renamed, unknown = {}, []
     for name, tensor in tensors.items():
         if SKIPPED.search(name):
@@ -221,7 +222,8 @@ def rename(tensors: dict, rules, what: str) -> dict[str, torch.Tensor]:
         for pattern, replacement in rules:
             match = re.fullmatch(pattern, name)
             if match:
-                renamed[match.expand(replacement) if isinstance(replacement, str) else replacement(match)] = tensor
+                ours = match.expand(replacement) if isinstance(replacement, str) else replacement(match)
+                renamed[ours] = name, tensor
                 break
         else:
             unknown.append(name)
@@ -231,22 +233,24 @@ def rename(tensors: dict, rules, what: str) -> dict[str, torch.Tensor]:
 
 
 def fit_to(network: torch.nn.Module, tensors: dict, what: str) -> dict[str, torch.Tensor]:
-    """Check names and shapes against `network` (on the meta device is fine); 0-d noise strengths are
+    """Our state dict from `rename`'s output, checked against `network` (on the meta device is fine): names
+    and shapes. 0-d noise strengths are
     reshaped to ours. Missing or extra names, or a shape that does not fit: ValueError naming the tensor,
     both shapes and the config field that sets it."""
     expected = network.state_dict()
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
         raise ValueError(f"{what}: tensors missing: {', '.join(missing) or 'none'}; "
-                         f"tensors we do not have: {', '.join(extra) or 'none'}")
+                         f"tensors we do not have: {', '.join(tensors[k][0] for k in extra) or 'none'}")
     fitted = {}
     for name, target in expected.items():
-        tensor = tensors[name]
+        reference_name, tensor = tensors[name]
         if name.endswith("noise_strength") and tensor.numel() == target.numel() == 1:
             tensor = tensor.reshape(target.shape)
         if tensor.shape != target.shape:
             field = next((f for prefix, f in SHAPE_FIELDS if name.startswith(prefix)), "the preset")
-            raise ValueError(f"{what}: tensor {name} has shape {list(tensor.shape)} in the pickle but ours is "
+            raise ValueError(f"{what}: tensor {reference_name} (our {name}) has shape {list(tensor.shape)} in the "
+                             f"pickle but ours is "
                              f"{list(target.shape)}; the config field(s) that set it: {field}")
         fitted[name] = tensor.detach().clone().to(target.dtype)
     return fitted
@@ -339,10 +343,14 @@ def read_reference_pickle(data: bytes | BinaryIO, *, legacy_plane_order: bool = 
     snapshot = load_restricted(data)
     if not isinstance(snapshot, dict) or "G_ema" not in snapshot:
         raise ValueError(f"no G_ema in the pickle ({type(snapshot).__name__}); {NOT_A_REFERENCE_PICKLE}")
-    model, rendering = generator_config(snapshot["G_ema"])
+    try:
+        model, rendering = generator_config(snapshot["G_ema"])
+        if snapshot.get("D") is not None:
+            model.update(discriminator_config(snapshot["D"]))
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"a setting or tensor is missing or malformed ({type(error).__name__}: {error}); "
+                         f"{NOT_A_REFERENCE_PICKLE}") from error
     rendering["legacy_plane_order"] = legacy_plane_order
-    if snapshot.get("D") is not None:
-        model.update(discriminator_config(snapshot["D"]))
     model_config, rendering_config = ModelConfig(**model), RenderingConfig(**rendering)
     with torch.device("meta"):
         G_shapes = TriPlaneGenerator(model_config, rendering_config)
