@@ -39,7 +39,7 @@ def import_pickle(source: str, out: str, *, preset: str | None = None, legacy_pl
     resolution = networks.model["image_resolution"]
     preset = preset or PRESET_BY_RESOLUTION.get(resolution)
     if preset is None:
-        raise ValueError(f"{source}: no preset for {resolution}x{resolution} networks by default; choose one with "
+        raise ValueError(f"no preset for {resolution}x{resolution} networks by default; choose one with "
                          f"--preset ({', '.join(sorted(PRESETS))})")
     base = get_preset(preset)
     config = apply_to_config(base, networks, source=source)

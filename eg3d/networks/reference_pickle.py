@@ -380,8 +380,11 @@ def _notes(snapshot: dict, model: dict, rendering: dict) -> list[str]:
     ]
     if snapshot.get("D") is None:
         notes.append("no D in the pickle: only the generator was read")
-    noise_mode = (init_kwargs(snapshot["G_ema"], "G_ema").get("rendering_kwargs") or {}).get(
-        "superresolution_noise_mode", "none")
+    kwargs = init_kwargs(snapshot["G_ema"], "G_ema")
+    if kwargs.get("sr_num_fp16_res", 0) or kwargs.get("num_fp16_res", 0):
+        notes.append("the reference ran some layers in fp16 with activations clamped at +-256; ours runs them "
+                     "in fp32 unclamped (model.conv_clamp as the preset sets it)")
+    noise_mode = (kwargs.get("rendering_kwargs") or {}).get("superresolution_noise_mode", "none")
     if noise_mode != "none":
         notes.append(f"the reference's super-resolution noise mode was {noise_mode!r}; ours adds no noise there")
     return notes
