@@ -190,6 +190,34 @@ def test_tiny_output_shapes(tiny):
     assert out["image_depth"].min() >= 2.25 and out["image_depth"].max() <= 3.3
 
 
+def test_super_resolution_leaves_image_raw_the_pure_rendering(tiny):
+    """tiny renders at 32, the super-resolution's input size, so the SR's first block takes the raw RGB
+    itself as its skip input. The reference's 2x and 4x modules add their first ToRGB output into that
+    tensor in place, so the image_raw it returns is no longer the rendering; ours must be."""
+    G, _ = tiny
+    c = camera()
+    seen = {}
+
+    def keep_rendering(module, args, output):
+        feature = output[0]  # [N, rays, channels], rays row-major over the 32 x 32 image
+        seen["rgb"] = feature.transpose(1, 2)[:, :3].reshape(len(feature), 3, 32, 32).clone()
+
+    def keep_skip(module, args, output):
+        seen["skip_in"], seen["skip_out"] = args[1].clone(), output[1]
+
+    hooks = [G.renderer.register_forward_hook(keep_rendering),
+             G.superresolution.block0.register_forward_hook(keep_skip)]
+    with torch.no_grad():
+        out = G(torch.randn(2, 64), c.expand(2, -1), neural_rendering_resolution=32, noise_mode="const")
+    for hook in hooks:
+        hook.remove()
+    assert torch.equal(out["image_raw"], seen["rgb"])
+    # The case that matters: the SR was fed the rendering itself (no resize) and its first block added to it.
+    assert G.superresolution.input_resolution == 32 and G.superresolution.block0.up == 1
+    assert torch.equal(seen["skip_in"], seen["rgb"])
+    assert not torch.equal(seen["skip_out"], seen["rgb"])
+
+
 @pytest.mark.slow
 def test_ffhq512_generator_shapes(ffhq):
     G, _ = ffhq
