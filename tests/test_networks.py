@@ -190,6 +190,27 @@ def test_tiny_output_shapes(tiny):
     assert out["image_depth"].min() >= 2.25 and out["image_depth"].max() <= 3.3
 
 
+def clamps(module: torch.nn.Module) -> dict:
+    """{layer name: conv_clamp} of every layer in `module` that has the setting."""
+    return {name: m.conv_clamp for name, m in module.named_modules() if hasattr(m, "conv_clamp")}
+
+
+@pytest.mark.parametrize("preset", ["ffhq512", "ffhq512_stage2", "afhq512", "shapenet128", "tiny"])
+def test_presets_clamp_the_super_resolution_and_discriminator_but_not_the_backbone(preset):
+    """As the reference's training script: conv_clamp 256 in the SR network and D, none in the tri-plane
+    backbone. D's 1x1 downsampling skips have no bias or activation and are not clamped there either."""
+    config = get_preset(preset)
+    assert config.model.conv_clamp == 256
+    with torch.device("meta"):  # the structure only, no weights
+        G, D = TriPlaneGenerator(config.model, config.rendering), DualDiscriminator(config.model)
+    sr, disc, backbone = clamps(G.superresolution), clamps(D), clamps(G.backbone)
+    assert len(sr) == 6 and set(sr.values()) == {256}  # 2 blocks x (conv0, conv1, ToRGB)
+    assert {name for name, value in disc.items() if value is None} == {f"blocks.{i}.skip" for i in range(len(D.blocks))}
+    assert {value for value in disc.values() if value is not None} == {256}
+    assert len(disc) == 3 * len(D.blocks) + 1 + 1  # conv0, conv1, skip per block; the top block's FromRGB; epilogue
+    assert backbone and set(backbone.values()) == {None}
+
+
 def test_super_resolution_leaves_image_raw_the_pure_rendering(tiny):
     """tiny renders at 32, the super-resolution's input size, so the SR's first block takes the raw RGB
     itself as its skip input. The reference's 2x and 4x modules add their first ToRGB output into that
