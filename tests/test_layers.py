@@ -235,6 +235,47 @@ def test_conv2d_no_down_is_same_padded_conv():
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-11)
 
 
+# ---------------------------------------------------------------------------------------------- conv_clamp
+# Identity-weighted layers, so that each output is the activation of its input pixel, worked out by hand:
+# lrelu(x) * sqrt(2) * gain, clamped to +-256 * gain for the convs, the linear output clamped to +-256 for ToRGB.
+# Inputs below the bound pass unchanged; the clamp holds in float32 as in float64 (not only in reduced precision).
+CLAMP_INPUTS = [100.0, 150.0, 300.0, -800.0, -2000.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gain", [1.0, math.sqrt(0.5)])
+def test_conv2d_clamps_activations_at_conv_clamp_times_gain(dtype, gain):
+    conv = Conv2d(1, 1, 1, activation="lrelu", conv_clamp=256).to(dtype)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)  # weight gain 1/sqrt(1 * 1 * 1) = 1
+    got = conv(torch.tensor(CLAMP_INPUTS, dtype=dtype).reshape(1, 1, 1, 5), gain=gain).flatten().tolist()
+    if gain == 1.0:  # 100 sqrt2 = 141.42, 150 sqrt2 = 212.13 and -160 sqrt2 = -226.27 pass; 300 sqrt2, -400 sqrt2 do not
+        expected = [100 * math.sqrt(2), 150 * math.sqrt(2), 256.0, -160 * math.sqrt(2), -256.0]
+    else:  # lrelu(x) sqrt2 sqrt(0.5) = lrelu(x) within 256 sqrt(0.5) = 128 sqrt2 = 181.02: 100, 150, -160 pass
+        expected = [100.0, 150.0, 128 * math.sqrt(2), -160.0, -128 * math.sqrt(2)]
+    assert got == pytest.approx(expected, rel=1e-6 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_synthesis_layer_and_torgb_clamp_at_conv_clamp(dtype):
+    x = torch.tensor(CLAMP_INPUTS, dtype=dtype).reshape(1, 1, 1, 5)
+    w = torch.randn(1, 4, dtype=dtype)
+    layer = SynthesisLayer(1, 1, w_dim=4, resolution=5, use_noise=False, conv_clamp=256).to(dtype)
+    torgb = ToRGB(1, 1, w_dim=4, conv_clamp=256).to(dtype)
+    with torch.no_grad():
+        for module in (layer, torgb):
+            module.affine.weight.zero_()  # style = the affine's bias, 1
+        layer.weight.zero_()
+        layer.weight[0, 0, 1, 1] = 1.0  # 3x3 identity; demodulation divides by sqrt(1 + 1e-8)
+        torgb.weight.fill_(1.0)  # style 1 times weight gain 1/sqrt(1)
+    demodulated = 1 / math.sqrt(1 + 1e-8)
+    got = layer(x, w, noise_mode="none").flatten().tolist()
+    expected = [100 * math.sqrt(2) * demodulated, 150 * math.sqrt(2) * demodulated, 256.0,
+                -160 * math.sqrt(2) * demodulated, -256.0]
+    assert got == pytest.approx(expected, rel=1e-6 if dtype == torch.float32 else 1e-12)
+    assert torgb(x, w).flatten().tolist() == pytest.approx([100.0, 150.0, 256.0, -256.0, -256.0], rel=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------- FullyConnected
 
 @pytest.mark.parametrize("lr,activation", [(0.01, "linear"), (1.0, "linear"), (0.01, "lrelu")])

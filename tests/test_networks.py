@@ -190,6 +190,55 @@ def test_tiny_output_shapes(tiny):
     assert out["image_depth"].min() >= 2.25 and out["image_depth"].max() <= 3.3
 
 
+def clamps(module: torch.nn.Module) -> dict:
+    """{layer name: conv_clamp} of every layer in `module` that has the setting."""
+    return {name: m.conv_clamp for name, m in module.named_modules() if hasattr(m, "conv_clamp")}
+
+
+@pytest.mark.parametrize("preset", ["ffhq512", "ffhq512_stage2", "afhq512", "shapenet128", "tiny"])
+def test_presets_clamp_the_super_resolution_and_discriminator_but_not_the_backbone(preset):
+    """As the reference's training script: conv_clamp 256 in the SR network and D, none in the tri-plane
+    backbone. D's 1x1 downsampling skips have no bias or activation and are not clamped there either."""
+    config = get_preset(preset)
+    assert config.model.conv_clamp == 256
+    with torch.device("meta"):  # the structure only, no weights
+        G, D = TriPlaneGenerator(config.model, config.rendering), DualDiscriminator(config.model)
+    sr, disc, backbone = clamps(G.superresolution), clamps(D), clamps(G.backbone)
+    assert len(sr) == 6 and set(sr.values()) == {256}  # 2 blocks x (conv0, conv1, ToRGB)
+    assert {name for name, value in disc.items() if value is None} == {f"blocks.{i}.skip" for i in range(len(D.blocks))}
+    assert {value for value in disc.values() if value is not None} == {256}
+    assert len(disc) == 3 * len(D.blocks) + 1 + 1  # conv0, conv1, skip per block; the top block's FromRGB; epilogue
+    assert backbone and set(backbone.values()) == {None}
+
+
+def test_super_resolution_leaves_image_raw_the_pure_rendering(tiny):
+    """tiny renders at 32, the super-resolution's input size, so the SR's first block takes the raw RGB
+    itself as its skip input. The reference's 2x and 4x modules add their first ToRGB output into that
+    tensor in place, so the image_raw it returns is no longer the rendering; ours must be."""
+    G, _ = tiny
+    c = camera()
+    seen = {}
+
+    def keep_rendering(module, args, output):
+        feature = output[0]  # [N, rays, channels], rays row-major over the 32 x 32 image
+        seen["rgb"] = feature.transpose(1, 2)[:, :3].reshape(len(feature), 3, 32, 32).clone()
+
+    def keep_skip(module, args, output):
+        seen["skip_in"], seen["skip_out"] = args[1].clone(), output[1]
+
+    hooks = [G.renderer.register_forward_hook(keep_rendering),
+             G.superresolution.block0.register_forward_hook(keep_skip)]
+    with torch.no_grad():
+        out = G(torch.randn(2, 64), c.expand(2, -1), neural_rendering_resolution=32, noise_mode="const")
+    for hook in hooks:
+        hook.remove()
+    assert torch.equal(out["image_raw"], seen["rgb"])
+    # The case that matters: the SR was fed the rendering itself (no resize) and its first block added to it.
+    assert G.superresolution.input_resolution == 32 and G.superresolution.block0.up == 1
+    assert torch.equal(seen["skip_in"], seen["rgb"])
+    assert not torch.equal(seen["skip_out"], seen["rgb"])
+
+
 @pytest.mark.slow
 def test_ffhq512_generator_shapes(ffhq):
     G, _ = ffhq

@@ -7,6 +7,7 @@ import torch
 
 from conftest import micro_config, random_cameras
 from eg3d.config.presets import ffhq512, ffhq512_stage2, tiny
+from eg3d.config.seeds import step_seed
 from eg3d.training.loss import EG3DLoss, gaussian_blur
 from eg3d.training.schedules import Schedule
 from eg3d.training.stats import StatsReporter
@@ -400,3 +401,58 @@ def test_a_resume_takes_the_learning_rates_of_the_new_config():
     same = Trainer(micro_config(), camera_pool=random_cameras(8))
     same.load_state_dict(state)
     assert same.opt_G.state_dict()["param_groups"] == state["opt_G"]["param_groups"]
+
+
+class ConditioningRecorder:
+    """A stand-in generator that records the conditioning camera each phase hands to its mapping."""
+
+    def __init__(self):
+        self.conditioning = []
+
+    def map(self, z, c, update_w_avg: bool = False):
+        self.conditioning.append(c.clone())
+        return z[:, None]
+
+    def density(self, ws, points):
+        return points[..., :1] * ws.mean()
+
+    def synthesis(self, ws, c, *, neural_rendering_resolution: int):
+        return {}
+
+
+def swapped_per_sample(run_phase, draws: int, batch: int = 4) -> torch.Tensor:
+    """[draws, batch] booleans: was sample i conditioned on the previous sample's camera (the swap) in
+    draw d? Each draw seeds the global generator as the trainer does for one micro-batch."""
+    G = ConditioningRecorder()
+    loss = EG3DLoss(G, None, micro_config(), StatsReporter())
+    loss.backward = lambda tensor: None
+    z, c = torch.randn(batch, 3), random_cameras(batch)
+    schedule = Schedule(blur_sigma=0.0, gpc_prob=0.5, neural_rendering_resolution=16)
+    for draw in range(draws):
+        torch.manual_seed(step_seed(0, draw, 1, 0))
+        run_phase(loss, z, c, schedule)
+    recorded = torch.stack(G.conditioning)  # [draws, batch, 25]
+    swapped = (recorded == torch.roll(c, 1, dims=0)).all(dim=-1)
+    assert (swapped | (recorded == c).all(dim=-1)).all()  # each sample keeps its camera or takes the swap
+    return swapped
+
+
+# 400 draws of a probability 1/2: the observed fraction has standard deviation sqrt(0.25 / 400) = 0.025,
+# so 0.5 +- 0.1 (4 standard deviations) fails a correct implementation with probability about 6e-5.
+GPC_DRAWS, GPC_TOLERANCE = 400, 0.1
+
+
+def test_density_phase_swaps_the_conditioning_of_the_whole_batch_or_none():
+    swapped = swapped_per_sample(lambda loss, z, c, s: loss.g_density(z, c, s, gain=1.0), GPC_DRAWS)
+    swapped_count = swapped.sum(dim=1)
+    assert ((swapped_count == 0) | (swapped_count == swapped.shape[1])).all()  # one draw per batch, as the reference
+    assert swapped[:, 0].float().mean().item() == pytest.approx(0.5, abs=GPC_TOLERANCE)
+
+
+def test_main_generator_phase_swaps_the_conditioning_per_sample():
+    swapped = swapped_per_sample(lambda loss, z, c, s: loss.run_G(z, c, s), GPC_DRAWS)
+    assert swapped.float().mean().item() == pytest.approx(0.5, abs=GPC_TOLERANCE / 2)  # 1600 samples: 4 std 0.05
+    swapped_count = swapped.sum(dim=1)
+    mixed = ((swapped_count > 0) & (swapped_count < swapped.shape[1])).float().mean().item()
+    # A batch of 4 is mixed with probability 1 - 2/16 = 7/8 (standard deviation 0.017 over 400 draws).
+    assert mixed == pytest.approx(7 / 8, abs=0.07)

@@ -36,7 +36,10 @@ class ModelConfig:
     disc_mapping_layers: int = 8
     disc_mbstd_group: int = 4
     disc_camera_noise: float = 0.0  # std of noise added to D's camera input, in units of the batch std
-    conv_clamp: float | None = None
+    # The super-resolution's and the discriminator's conv outputs are clamped to +-conv_clamp (times the
+    # layer's gain), in every precision, as in the reference; the tri-plane backbone is never clamped
+    # (nor is it in the reference). None: no clamping.
+    conv_clamp: float | None = 256.0
 
 
 @dataclass

@@ -19,7 +19,7 @@ class TriPlaneGenerator(nn.Module):
         self.backbone = SynthesisNetwork(w_dim=model.w_dim, resolution=model.backbone_resolution,
                                          img_channels=3 * model.plane_channels,
                                          channel_base=model.backbone_channel_base,
-                                         channel_max=model.backbone_channel_max, conv_clamp=model.conv_clamp)
+                                         channel_max=model.backbone_channel_max)  # unclamped, as in the reference
         self.num_ws = self.backbone.num_ws
         self.mapping = MappingNetwork(z_dim=model.z_dim, c_dim=model.c_dim, w_dim=model.w_dim, num_ws=self.num_ws,
                                       num_layers=model.mapping_layers, lr_multiplier=model.mapping_lr_multiplier)

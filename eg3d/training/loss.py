@@ -28,12 +28,15 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return upfirdn2d(images, kernel / kernel.sum(), pad=(radius, radius))
 
 
-def swap_conditioning(c: torch.Tensor, prob: float | None) -> torch.Tensor:
-    """Generator pose conditioning: with probability `prob` condition a sample on another sample's camera."""
+def swap_conditioning(c: torch.Tensor, prob: float | None, *, whole_batch: bool = False) -> torch.Tensor:
+    """Generator pose conditioning: with probability `prob` condition a sample on another sample's camera
+    (the previous one in the micro-batch). One draw per sample, or with `whole_batch` one draw for the
+    whole micro-batch (all swapped or none), as the reference does in its density phase."""
     if prob is None:
         return c
     swapped = torch.roll(c, 1, dims=0)
-    return torch.where(torch.rand(len(c), 1, device=c.device) < prob, swapped, c)
+    draws = torch.rand([] if whole_batch else [len(c), 1], device=c.device)
+    return torch.where(draws < prob, swapped, c)
 
 
 class EG3DLoss:
@@ -66,7 +69,7 @@ class EG3DLoss:
 
     def g_density(self, gen_z, gen_c, schedule: Schedule, gain: float):
         cfg = self.config.loss
-        ws = self.G.map(gen_z, swap_conditioning(gen_c, schedule.gpc_prob))
+        ws = self.G.map(gen_z, swap_conditioning(gen_c, schedule.gpc_prob, whole_batch=True))
         points = torch.rand(len(ws), cfg.density_reg_points, 3, device=ws.device) * 2 - 1
         perturbed = points + torch.randn_like(points) * cfg.density_reg_perturbation
         sigma = self.G.density(ws, torch.cat([points, perturbed], dim=1))
