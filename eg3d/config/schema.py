@@ -111,7 +111,7 @@ class RunConfig:
     # A new run's starting weights (--init-from): a run folder or checkpoint manifest, an EMA snapshot folder, or a
     # reference network pickle (.pkl); the run's own checkpoint wins once it has one. See eg3d.config.stages.
     init_from: str | None = None
-    init_fades: bool = False  # with init_from: keep the blur and pose-conditioning fades (the reference's --resume_blur)
+    init_fades: bool = False  # with init_from: keep the blur and pose-conditioning fades (reference: --resume_blur)
 
 
 @dataclass

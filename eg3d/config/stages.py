@@ -24,7 +24,8 @@ def init_from_adjustments(config: TrainConfig) -> list[tuple[str, object]]:
     return adjustments
 
 
-def apply_init_from_adjustments(config: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, list[tuple[str, object]]]:
+def apply_init_from_adjustments(config: TrainConfig,
+                                explicit: set[str]) -> tuple[TrainConfig, list[tuple[str, object]]]:
     """`config` with the adjustments of `init_from_adjustments` that the user did not set explicitly (the
     section.field keys in `explicit`, from --set), and the ones applied."""
     applied = [(key, value) for key, value in init_from_adjustments(config) if key not in explicit]

@@ -1,9 +1,9 @@
 """The starting weights of a new run (run.init_from, `--init-from URL`), from any fsspec URL:
 
-    {runs}/ffhq-stage1                                  a run: its newest complete checkpoint      G, D, G_ema
-    {runs}/ffhq-stage1/checkpoints/000004000-1a2b.json  one checkpoint (its manifest)              G, D, G_ema
-    {runs}/ffhq-stage1/snapshots/snapshot-000004000     an EMA snapshot                            G = G_ema, G_ema; D new
-    ffhq512-64.pkl                                      a reference network pickle                 G, D (when it has one), G_ema
+    {runs}/ffhq-stage1                                  a run: its newest complete checkpoint  G, D, G_ema
+    {runs}/ffhq-stage1/checkpoints/000004000-1a2b.json  one checkpoint (its manifest)          G, D, G_ema
+    {runs}/ffhq-stage1/snapshots/snapshot-000004000     an EMA snapshot                        G = G_ema; D new
+    ffhq512-64.pkl                                      a reference network pickle             G, D (if any), G_ema
 
 Optimizer state is not copied (nor is it by the reference). The driver checks the URL and the architecture
 (`check_init_source`) before any worker starts; the worker loop loads the weights (`InitSource.load_networks`,
@@ -50,7 +50,8 @@ class InitSource:
             return (f"checkpoint {self.checkpoint.manifest_url} ({self.checkpoint.nimg / 1000:.3f} kimg): "
                     f"G, D and G_ema")
         if self.kind == "snapshot":
-            return f"EMA snapshot {self.url}: G and G_ema from its G_ema; D is freshly initialized (a snapshot has none)"
+            return (f"EMA snapshot {self.url}: G and G_ema from its G_ema; D is freshly initialized "
+                    f"(a snapshot has none)")
         return f"network pickle {self.url}: G, D and G_ema (D freshly initialized when the pickle has none)"
 
     def architecture(self) -> dict:
@@ -95,7 +96,7 @@ def find_init_source(url: str) -> InitSource:
         return InitSource(url, "pickle")
     if url.endswith(".json"):
         return InitSource(url, "checkpoint", _manifest_checkpoint(url))
-    if storage.exists(storage.join(url, SNAPSHOT_WEIGHTS_FILE)) and storage.exists(storage.join(url, SNAPSHOT_CONFIG_FILE)):
+    if all(storage.exists(storage.join(url, name)) for name in (SNAPSHOT_WEIGHTS_FILE, SNAPSHOT_CONFIG_FILE)):
         return InitSource(url, "snapshot")
     if storage.list(storage.join(url, "checkpoints")):
         latest = CheckpointStore(url).latest()
@@ -111,7 +112,8 @@ def _manifest_checkpoint(url: str) -> Checkpoint:
     except ValueError:
         manifest = None
     if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"--init-from {url}: not a checkpoint manifest (format {CHECKPOINT_FORMAT}); expected {EXPECTED}")
+        raise ValueError(f"--init-from {url}: not a checkpoint manifest (format {CHECKPOINT_FORMAT}); "
+                         f"expected {EXPECTED}")
     checkpoint = Checkpoint.of_manifest(url, manifest)
     if not checkpoint.is_complete():
         raise ValueError(f"--init-from {url}: the checkpoint's files are not all present in {checkpoint.folder_url}")
