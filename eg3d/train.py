@@ -8,6 +8,7 @@
 The run is `{storage}/{name}`: its checkpoints, snapshots, config and log live there, and running the same
 command again resumes it from its newest complete checkpoint. With no --data, a synthetic camera-labelled
 dataset is rendered and sharded under the run on first use. `--workers MIN:MAX` makes the run elastic.
+`--init-from URL` starts a new run from another run's, a snapshot's or a network pickle's weights.
 """
 
 import argparse
@@ -18,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import apply_overrides, validate
+from .config import apply_init_from_adjustments, apply_overrides, describe_adjustments, validate
 from .config.presets import PRESETS, get_preset
+from .training.init_from import check_init_source
 from .training.stats import StatsReporter
 
 CONFIG_ERROR_EXIT_CODE = 2  # a bad config, data path or dataset
@@ -40,6 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--backend", choices=("ddp", "deepspeed"), help="distributed backend (default: ddp)")
     parser.add_argument("--workers", metavar="N or MIN:MAX", help="number of workers, or an elastic range")
+    parser.add_argument("--init-from", metavar="URL", help="start a new run from other weights: a run folder or "
+                        "checkpoint manifest, an EMA snapshot folder, or a reference network pickle (.pkl); no blur or "
+                        "pose-conditioning fade and no EMA ramp-up unless set (see README); the run's own checkpoint "
+                        "wins once it has one")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a config field, e.g. --set loss.r1_gamma=2 (repeatable)")
     return parser.parse_args(argv)
@@ -54,7 +60,9 @@ def worker_overrides(text: str) -> list[str]:
     return [f"distributed.min_workers={low}", f"distributed.max_workers={high}"]
 
 
-def build_config(args: argparse.Namespace):
+def build_config(args: argparse.Namespace, log=print):
+    """The preset with the flags and --set overrides applied, and, for --init-from, the stage adjustments
+    (eg3d.config.stages) of the fields not set with --set, logged as one line. ValueError for a bad config."""
     overrides = list(args.overrides)
     for flag, key in (("kimg", "run.total_kimg"), ("batch", "run.batch_size"), ("seed", "run.seed"),
                       ("backend", "distributed.backend")):
@@ -63,6 +71,12 @@ def build_config(args: argparse.Namespace):
     if args.workers is not None:
         overrides += worker_overrides(args.workers)
     config = apply_overrides(get_preset(args.preset), overrides)
+    if args.init_from is not None:
+        config.run.init_from = args.init_from  # as given: a URL is text, never parsed as a --set value
+    if config.run.init_from is not None:
+        config, applied = apply_init_from_adjustments(config, {item.partition("=")[0].strip()
+                                                               for item in args.overrides})
+        log(describe_adjustments(applied))
     validate(config)
     return config
 
@@ -183,6 +197,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         config = build_config(args)
+        if config.run.init_from is not None:  # a bad source stops the run before any worker starts
+            config.run.init_from = absolute(config.run.init_from)
+            config = check_init_source(config)
+            validate(config)
         deepspeed_file = load_deepspeed_file(config)  # a bad file stops the run before any worker starts
         storage_url = absolute(args.storage or config.run.out)  # workers do not share the driver's cwd
         name = args.name or config.preset

@@ -111,6 +111,10 @@ class RunConfig:
     max_nonfinite_steps: int | None = 50
     sample_truncation_psi: float = 0.7
     sample_truncation_cutoff: int = 14
+    # A new run's starting weights (--init-from): a run folder or checkpoint manifest, an EMA snapshot folder, or a
+    # reference network pickle (.pkl); the run's own checkpoint wins once it has one. See eg3d.config.stages.
+    init_from: str | None = None
+    init_fades: bool = False  # with init_from: keep the blur and pose-conditioning fades (reference: --resume_blur)
 
 
 @dataclass

@@ -41,6 +41,16 @@ class Checkpoint:
     def world_size(self) -> int:
         return self.manifest["world_size"]
 
+    def is_complete(self) -> bool:
+        """Every file the manifest names is present with its size."""
+        present = storage.list(self.folder_url)
+        return all(present.get(name) == entry["size"] for name, entry in self.manifest["files"].items())
+
+    @classmethod
+    def of_manifest(cls, manifest_url: str, manifest: dict) -> "Checkpoint":
+        """The checkpoint of a parsed manifest (its folder lies beside it)."""
+        return cls(manifest_url, storage.join(storage.parent(manifest_url), manifest["folder"]), manifest)
+
     def read_bytes(self, name: str) -> bytes:
         if name not in self.manifest["files"]:
             raise FileNotFoundError(f"{self.manifest_url}: names no file {name!r}")
@@ -103,16 +113,12 @@ class CheckpointStore:
                     continue
             except (ValueError, FileNotFoundError):
                 continue  # deleted by a concurrent prune, or not ours
-            found.append(Checkpoint(url, storage.join(self.url, manifest["folder"]), manifest))
+            found.append(Checkpoint.of_manifest(url, manifest))
         return sorted(found, key=lambda c: (c.nimg, c.manifest["created_unix"]), reverse=True)
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint whose files are all present with the sizes its manifest names."""
-        for checkpoint in self.published():
-            present = storage.list(checkpoint.folder_url)
-            if all(present.get(name) == entry["size"] for name, entry in checkpoint.manifest["files"].items()):
-                return checkpoint
-        return None
+        return next((checkpoint for checkpoint in self.published() if checkpoint.is_complete()), None)
 
     def prune(self, keep: int) -> None:
         """Delete all but the newest `keep` published checkpoints, manifest first, and orphan folders

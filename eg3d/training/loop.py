@@ -22,6 +22,7 @@ from eg3d.networks.sample_grid import grid_cameras, sample_grid
 from eg3d.networks.snapshot import CONFIG_FILE, save_snapshot
 
 from .checkpoints import Checkpoint, CheckpointStore, torch_bytes
+from .init_from import find_init_source
 from .stats import memory_usage
 from .trainer import SingleProcess, Trainer
 
@@ -196,7 +197,8 @@ class RunLog:
 def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: SingleProcess | None = None,
           device: torch.device | None = None, report=None, log=print) -> Trainer:
     """Train from the shards of `manifest_url` into `run_url` (a folder or s3:// prefix), resuming from
-    its newest complete checkpoint. `report(record)`, when given, is called on every rank at each log
+    its newest complete checkpoint, or, when it has none, starting from the weights of run.init_from (the
+    schedule adjustments of eg3d.config.stages are the caller's: the driver applies them). `report(record)`, when given, is called on every rank at each log
     interval with the record that goes to log.jsonl; record["ranks"][r] holds rank r's own values (the
     Ray launcher exports them to Prometheus and forwards the record to Ray Train).
 
@@ -208,18 +210,25 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
     storage.makedirs(run_url)
     reader = open_reader(config, manifest_url, device, sync, split)
     camera_pool = torch.from_numpy(camera_labels(manifest_url))
-    trainer = Trainer(config, camera_pool=camera_pool, device=device, sync=sync)
+    store = CheckpointStore(run_url)
+    checkpoint = sync.broadcast_object(store.latest() if sync.rank == 0 else None)
+    init_source = None  # the starting weights of a new run (run.init_from); the run's own checkpoint wins
+    if checkpoint is None and run.init_from is not None:
+        init_source = sync.broadcast_object(find_init_source(run.init_from) if sync.rank == 0 else None)
+    trainer = Trainer(config, camera_pool=camera_pool, device=device, sync=sync,
+                      networks=init_source.load_networks() if init_source is not None else None)
     quality = None
     if config.metrics.num_generated:
         quality = QualityMeter(config, manifest_url=manifest_url, run_url=run_url, camera_pool=camera_pool,
                                device=device, sync=sync)
-    store = CheckpointStore(run_url)
-    checkpoint = sync.broadcast_object(store.latest() if sync.rank == 0 else None)
     last_quality = {}
     if checkpoint is not None:
         last_quality = resume(checkpoint, trainer, reader)
         log(f"resumed from {checkpoint.manifest_url} at {trainer.nimg / 1000:.3f} kimg "
-            f"(saved by {checkpoint.world_size} workers, now {sync.world_size})")
+            f"(saved by {checkpoint.world_size} workers, now {sync.world_size})"
+            + (f"; run.init_from ({run.init_from}) is not used" if run.init_from is not None else ""))
+    elif init_source is not None:
+        log(f"started from {init_source.describe()}; images are counted from 0, optimizer state is new")
     run_log = None
     if sync.rank == 0:
         storage.write_bytes_atomic(storage.join(run_url, "config.json"), json.dumps(config.to_dict(), indent=2).encode())

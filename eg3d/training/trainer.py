@@ -113,8 +113,11 @@ def ema_beta(config: TrainConfig, nimg: int, batch_size: int) -> float:
 
 
 class Trainer:
+    """`networks`: starting weights {"G", "D", "G_ema"} (state dicts; "D" None: freshly initialized), loaded
+    before the gradient sync's setup (DeepSpeed copies the weights it optimizes there)."""
+
     def __init__(self, config: TrainConfig, *, camera_pool: torch.Tensor, device: torch.device | str = "cpu",
-                 sync: SingleProcess | None = None):
+                 sync: SingleProcess | None = None, networks: dict | None = None):
         self.config, self.device = config, torch.device(device)
         self.sync = sync or SingleProcess()
         self.split = batch_split(config, self.sync.world_size)
@@ -140,6 +143,9 @@ class Trainer:
         self.step_index = 0
         self.skipped_steps = {"G": 0, "D": 0}
         self.nonfinite_streak = 0  # consecutive steps with a skipped phase (see train_step)
+        for name, state in (networks or {}).items():
+            if state is not None:
+                getattr(self, name).load_state_dict(state)
         self.sync.setup(self)
 
     def _optimizer_settings(self, network: str) -> dict:
