@@ -2,6 +2,8 @@
 the run's own checkpoint winning on a rerun, the errors, and the driver's parse."""
 
 import json
+import os
+import pickle
 
 import pytest
 import torch
@@ -170,6 +172,10 @@ def test_the_command_refuses_a_bad_source_with_exit_code_2(tmp_path, shards, sta
     assert train_main(cli_args(tmp_path, shards, "--init-from", str(stage1), "--set", "model.w_dim=8")) == 2
     assert f"error: --init-from {stage1}: its networks do not fit this run's: model.w_dim is 16 there and 8 in this " \
            f"run" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.pkl"
+    foreign.write_bytes(pickle.dumps({"G_ema": os.system}))  # names os.system: refused, never called
+    assert train_main(cli_args(tmp_path, shards, "--init-from", str(foreign))) == 2
+    assert f"error: --init-from {foreign}: " in capsys.readouterr().err
     assert not (tmp_path / "stage2").exists()
 
 
@@ -188,3 +194,26 @@ def test_the_command_records_init_from_in_config_json(tmp_path, shards, stage1, 
     config = json.loads((tmp_path / "stage2" / "config.json").read_text())
     assert config["run"]["init_from"] == str(stage1)
     assert (config["loss"]["blur_init_sigma"], config["loss"]["gpc_fade_kimg"], config["ema"]["rampup"]) == (0, 0, None)
+
+
+def test_init_from_a_reference_pickle_starts_from_its_networks(tmp_path, shards, stage1, monkeypatch):
+    """Stage 1's networks written as a reference network pickle start a run with exactly their weights; the
+    driver's check adopts the pickle's settings (the legacy plane order) and logs its notes."""
+    from reference_pickles import reference_pickle
+
+    saved = CheckpointStore(str(stage1)).latest().load_torch("trainer.pt")
+    networks = Trainer(loop_config(0.008), camera_pool=torch.zeros(1, 25))
+    for name in ("G", "D", "G_ema"):
+        getattr(networks, name).load_state_dict(saved[name])
+    pkl = tmp_path / "stage1.pkl"
+    pkl.write_bytes(reference_pickle(networks.G, networks.D, networks.G_ema, neural_rendering_resolution=16))
+    lines = []
+    config = check_init_source(stage2_config(0.004, pkl), log=lines.append)
+    assert config.rendering.legacy_plane_order is True
+    assert any(line.startswith(f"--init-from {pkl}: ") and "plane" in line for line in lines)
+    seen = networks_at_first_step(monkeypatch)
+    train(config, manifest_url=shards, run_url=tmp_path / "from-pickle", log=lines.append)
+    assert seen["nimg"] == 0
+    for name in ("G", "D", "G_ema"):
+        assert_equal_states(seen[name], saved[name])
+    assert any(line.startswith(f"started from network pickle {pkl}") for line in lines)

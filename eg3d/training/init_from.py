@@ -62,10 +62,16 @@ class InitSource:
         return _read_json(storage.join(self.url, SNAPSHOT_CONFIG_FILE), self.url, "the snapshot's config")["config"]
 
     def read_pickle(self):
-        """The networks of a reference pickle (eg3d.networks.reference_pickle.ReferenceNetworks)."""
+        """The networks of a reference pickle (eg3d.networks.reference_pickle.ReferenceNetworks). A file that
+        is not one (a global outside the allow-list, missing or misfit tensors) is a ValueError naming the URL."""
+        import pickle
+
         from eg3d.networks.reference_pickle import read_reference_pickle
 
-        return read_reference_pickle(storage.read_bytes(self.url))
+        try:
+            return read_reference_pickle(storage.read_bytes(self.url))
+        except (pickle.UnpicklingError, ValueError) as error:
+            raise ValueError(f"--init-from {self.url}: {error}") from None
 
     def load_networks(self) -> dict:
         """{"G", "D", "G_ema"}: state dicts on the CPU; "D" is None when the source has no discriminator."""
