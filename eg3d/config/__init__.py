@@ -1,11 +1,11 @@
 """Configuration: the typed config (`schema`) and the presets (`presets`), both re-exported here."""
 
 from .presets import PRESETS, afhq512, ffhq512, ffhq512_stage2, get_preset, inception_fid50k, shapenet128, tiny
-from .schema import (BatchSplit, DataConfig, DistributedConfig, EmaConfig, LossConfig, MetricsConfig, ModelConfig,
-                     OptimizerConfig, RenderingConfig, RunConfig, TelemetryConfig, TrainConfig, apply_overrides,
+from .schema import (AugmentConfig, BatchSplit, DataConfig, DistributedConfig, EmaConfig, LossConfig, MetricsConfig,
+                     ModelConfig, OptimizerConfig, RenderingConfig, RunConfig, TelemetryConfig, TrainConfig, apply_overrides,
                      batch_split, validate)
 
-__all__ = ["BatchSplit", "DataConfig", "DistributedConfig", "EmaConfig", "LossConfig", "MetricsConfig", "ModelConfig",
+__all__ = ["AugmentConfig", "BatchSplit", "DataConfig", "DistributedConfig", "EmaConfig", "LossConfig", "MetricsConfig", "ModelConfig",
            "OptimizerConfig", "PRESETS", "RenderingConfig", "RunConfig", "TelemetryConfig", "TrainConfig",
            "afhq512", "apply_overrides", "batch_split", "ffhq512", "ffhq512_stage2", "get_preset", "inception_fid50k",
            "shapenet128", "tiny", "validate"]
