@@ -1,14 +1,18 @@
 """ADA ('bgc' pipeline, eg3d.training.augment) against values derived by hand, and its controller."""
 
+import io
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import micro_config, random_cameras
+from distributed_helpers import run_on_workers
 from eg3d.networks.layers import resize
 from eg3d.training import augment as A
 from eg3d.training.augment import AugmentPipe, adjust_p
+from eg3d.training.trainer import Trainer
 
 
 def smooth_image(n: int = 1, size: int = 32, dtype=torch.float64) -> torch.Tensor:
@@ -132,7 +136,7 @@ def test_gradcheck_of_the_geometric_and_colour_path():
               "aniso": full(0.9), "xfrac": torch.tensor([[0.7, -1.3]], dtype=torch.float64),
               "hue": full(0.5), "contrast": full(1.3)}
     image = torch.randn(1, 3, 8, 8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: A.augment(x, params), (image,))
+    assert torch.autograd.gradcheck(lambda x: A.augment(x, params), (image,), fast_mode=True)
 
 
 def test_joint_augmentation_gives_image_and_raw_the_same_transform():
@@ -158,3 +162,75 @@ def test_adjustment_arithmetic():
         history.append(p)
     assert history == pytest.approx([0.256, 0.512, 0.256, 0.0, 0.0, 0.0, 0.256])
     assert adjust_p(0.9, 1.0, target=0.6, images=128, ada_kimg=0.5) == 1.0  # at most 1
+
+
+# The trainer's controller -------------------------------------------------------------------------------
+
+def ada_config(*extra: str):
+    # target -1: every adjustment raises p (by 4 images * 2 steps / 20 images = 0.4), so it augments soon.
+    return micro_config("augment.kind=ada", "augment.target=-1", "augment.ada_kimg=0.02", "augment.interval=2",
+                        "loss.r1_interval=2", *extra)
+
+
+def run_steps(trainer: Trainer, steps: range) -> list[dict]:
+    history = []
+    for step in steps:
+        g = torch.Generator().manual_seed(1000 + step)
+        trainer.train_step(torch.rand(4, 3, 32, 32, generator=g) * 2 - 1, random_cameras(4, seed=step))
+        history.append(trainer.stats.collect())
+    return history
+
+
+def test_ada_moves_p_every_interval_and_a_resume_continues_it_exactly():
+    config = ada_config()
+    straight = Trainer(config, camera_pool=random_cameras(16))
+    expected = run_steps(straight, range(5))
+    assert [round(r["augment/p"], 6) for r in expected] == [0.0, 0.4, 0.4, 0.8, 0.8]
+    assert all("augment/rt" in r for r in expected[1::2])
+
+    first = Trainer(config, camera_pool=random_cameras(16))
+    history = run_steps(first, range(3))  # stops between two adjustments
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = Trainer(config, camera_pool=random_cameras(16))
+    resumed.load_state_dict(torch.load(buffer, weights_only=False))
+    assert resumed.augment.p == pytest.approx(0.4)
+    history += run_steps(resumed, range(3, 5))
+    assert history == expected  # losses, signs, p and the adjustment signal, exactly
+    assert resumed.augment.p == straight.augment.p
+
+
+def test_a_checkpoint_without_augmentation_state_starts_from_the_configured_p():
+    config = ada_config("augment.p=0.25")
+    trainer = Trainer(config, camera_pool=random_cameras(16))
+    state = trainer.state_dict()
+    del state["augment"]
+    trainer.augment.p = 0.9
+    trainer.load_state_dict(state)
+    assert trainer.augment.p == 0.25
+
+
+def test_fixed_and_none_kinds_keep_p():
+    for kind, p in (("fixed", 0.3), ("none", 0.0)):
+        trainer = Trainer(micro_config(f"augment.kind={kind}", "augment.p=0.3"), camera_pool=random_cameras(16))
+        history = run_steps(trainer, range(2))
+        assert [r["augment/p"] for r in history] == [p, p] and trainer.augment.p == p
+
+
+def step_with_own_signs(rank: int) -> float:
+    from cluster.backends import make_sync
+
+    config = micro_config("augment.kind=ada", "augment.p=0.5", "augment.interval=1", "augment.ada_kimg=0.01")
+    trainer = Trainer(config, camera_pool=random_cameras(16), sync=make_sync("ddp", zero_stage=0))
+    # Rank 0 alone would say "too sure" (mean sign 1 > 0.6), rank 1 alone "not sure" (-0.5); together 0.25.
+    own = torch.tensor([4.0, 4.0] if rank == 0 else [-2.0, 4.0], dtype=torch.float64)
+    trainer.loss.take_real_signs = lambda: own
+    g = torch.Generator().manual_seed(rank)
+    trainer.train_step(torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, random_cameras(2, seed=rank))
+    return trainer.augment.p
+
+
+def test_every_rank_holds_the_same_p_from_the_signs_of_all_ranks():
+    # mean sign 0.25 < 0.6: p falls by 4 images / 10 = 0.4 on both ranks.
+    assert run_on_workers(step_with_own_signs, world_size=2) == [pytest.approx(0.1), pytest.approx(0.1)]

@@ -125,7 +125,7 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.camera_pool = camera_pool.to(self.device, torch.float32)
         self.stats = StatsReporter()
-        self.augment = AugmentPipe(p=config.augment.p if config.augment.kind != "none" else 0.0)
+        self.augment = AugmentPipe(p=self._configured_p())
         # ADA's signal: [sum, count] of D's real logit signs since the last adjustment, over all ranks.
         self.augment_signs = torch.zeros(2, dtype=torch.float64)
         self.loss = EG3DLoss(self.G, self.D, config, self.stats, self.augment)
@@ -145,6 +145,9 @@ class Trainer:
         self.skipped_steps = {"G": 0, "D": 0}
         self.nonfinite_streak = 0  # consecutive steps with a skipped phase (see train_step)
         self.sync.setup(self)
+
+    def _configured_p(self) -> float:
+        return self.config.augment.p if self.config.augment.kind != "none" else 0.0
 
     def _optimizer_settings(self, network: str) -> dict:
         """The config's settings for `lazy_regularized_adam` of "G" or "D"."""
@@ -330,6 +333,7 @@ class Trainer:
         self.nimg, self.step_index = state["nimg"], state["step_index"]
         self.skipped_steps = dict(state["skipped_steps"])
         self.nonfinite_streak = state.get("nonfinite_streak", 0)  # absent from checkpoints of older versions
-        if "augment" in state and self.config.augment.kind == "ada":  # older checkpoints: the config's p
-            self.augment.p = float(state["augment"]["p"])
-            self.augment_signs = torch.tensor(state["augment"]["real_signs"], dtype=torch.float64)
+        # ADA continues where it was; a fixed p, or a checkpoint of an older version, takes the config's.
+        saved = state.get("augment") if self.config.augment.kind == "ada" else None
+        self.augment.p = float(saved["p"]) if saved else self._configured_p()
+        self.augment_signs = torch.tensor(saved["real_signs"] if saved else [0.0, 0.0], dtype=torch.float64)
