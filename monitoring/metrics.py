@@ -53,6 +53,7 @@ METRICS = (
     Metric("eg3d_r1_gamma", "gauge", "R1 regularization weight gamma.", "r1_gamma"),
     Metric("eg3d_blur_sigma_pixels", "gauge", "Standard deviation of the blur applied to images the discriminator sees.", "blur_sigma"),
     Metric("eg3d_gpc_probability", "gauge", "Probability of swapping the generator's conditioning pose (generator pose conditioning).", "gpc_prob"),
+    Metric("eg3d_augment_probability", "gauge", "Probability p with which each discriminator augmentation fires (ADA moves it; 0 when off), mean over the log interval.", "augment/p"),
     Metric("eg3d_neural_rendering_resolution_pixels", "gauge", "Side of the volume-rendered raw image.", "neural_rendering_resolution"),
     # time
     Metric("eg3d_phase_seconds_total", "counter", "Wall seconds this worker spent in a training phase.", "rank/seconds/", "phase",

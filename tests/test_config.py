@@ -18,6 +18,9 @@ def test_reference_preset_values():
     assert (f.ema.ema_kimg, f.loss.blur_fade_kimg, f.run.batch_size) == (10.0, 200.0, 32)
     a = afhq512()
     assert (a.loss.r1_gamma, a.loss.gpc_prob) == (5.0, 0.8)
+    augment = a.augment
+    assert (augment.kind, augment.p, augment.target, augment.ada_kimg, augment.interval) == ("ada", 0.0, 0.6, 500.0, 4)
+    assert f.augment.kind == "none"
     s = shapenet128()
     assert (s.model.image_resolution, s.rendering.depth_resolution, s.rendering.depth_resolution_importance) == (128, 64, 64)
     assert (s.rendering.ray_start, s.rendering.ray_end, s.rendering.box_warp) == (0.1, 2.6, 1.6)
@@ -86,10 +89,22 @@ def test_unknown_key_with_nothing_close_suggests_nothing():
     ("distributed.use_gpu=yes", "distributed.use_gpu"),
     ("distributed.min_workers=0", "distributed.min_workers"),
     ("distributed.max_workers=3", "makes 2 minibatch-std groups of 4 images, and each of 3 workers"),
+    ("augment.kind=adaptive", "augment.kind"),
+    ("augment.p=1.5", "augment.p"),
+    ("augment.target=2", "augment.target"),
+    ("augment.ada_kimg=0", "augment.ada_kimg"),
+    ("augment.interval=0", "augment.interval"),
 ])
 def test_inconsistent_configs_are_rejected(override, named):
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         validate(apply_overrides(tiny(), [override]))
+
+
+def test_augment_overrides():
+    config = apply_overrides(afhq512(), ["augment.kind=fixed", "augment.p=0.2"])
+    validate(config)
+    assert (config.augment.kind, config.augment.p) == ("fixed", 0.2)
+    assert apply_overrides(afhq512(), ["augment.kind=none"]).augment.kind == "none"
 
 
 def test_max_nonfinite_steps_default_and_off_switches():

@@ -8,6 +8,7 @@ import torch
 from conftest import micro_config, random_cameras
 from eg3d.config.presets import ffhq512, ffhq512_stage2, tiny
 from eg3d.config.seeds import step_seed
+from eg3d.training.augment import AugmentPipe
 from eg3d.training.loss import EG3DLoss, gaussian_blur
 from eg3d.training.schedules import Schedule
 from eg3d.training.stats import StatsReporter
@@ -190,6 +191,31 @@ def test_r1_penalty_matches_finite_differences():
                 assert flat_grad[i].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-10)
     per_sample = grad_image.square().sum([1, 2, 3]) + grad_raw.square().sum([1, 2, 3])
     assert penalty == pytest.approx(per_sample.mean().item(), rel=1e-6)  # the reporter sums in float32
+
+
+@pytest.mark.parametrize("augment_p", [0.0, 1.0])
+def test_r1_penalty_is_the_gradient_at_what_d_receives(augment_p):
+    """With blur (and augmentation), the penalty is the squared gradient of D at its actual inputs: the
+    blurred (augmented) final image and the (augmented) raw image, as in the reference."""
+    config = micro_config("loss.r1_gamma=3")
+    trainer = Trainer(config, camera_pool=random_cameras(4))
+    D = trainer.D.double()
+    stats = StatsReporter()
+    loss = EG3DLoss(trainer.G, D, config, stats, AugmentPipe(p=augment_p))
+    schedule = Schedule(blur_sigma=1.5, gpc_prob=None, neural_rendering_resolution=16)
+    img, c = real_batch(0)
+    img, c = img.double(), c.double()
+    torch.manual_seed(7)
+    loss.d_r1(img, c, schedule, gain=1.0)
+    penalty = stats.collect()["loss/r1_penalty"]
+
+    real = loss.real_images(img, schedule)
+    torch.manual_seed(7)  # the same augmentation draw
+    image, raw = AugmentPipe(p=augment_p).pair(gaussian_blur(real["image"], 1.5), real["image_raw"])
+    image, raw = image.detach().requires_grad_(True), raw.detach().requires_grad_(True)
+    grad_image, grad_raw = torch.autograd.grad(D(image, raw, c).sum(), [image, raw])
+    expected = (grad_image.square().sum([1, 2, 3]) + grad_raw.square().sum([1, 2, 3])).mean().item()
+    assert penalty == pytest.approx(expected, rel=1e-6)
 
 
 def test_r1_backward_reaches_discriminator_parameters_through_double_backward():

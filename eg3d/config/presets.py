@@ -1,6 +1,6 @@
 """Presets: functions returning a complete `TrainConfig`. The reference's settings plus `tiny`."""
 
-from .schema import (DataConfig, EmaConfig, LossConfig, MetricsConfig, ModelConfig, OptimizerConfig, RenderingConfig,
+from .schema import (AugmentConfig, DataConfig, EmaConfig, LossConfig, MetricsConfig, ModelConfig, OptimizerConfig, RenderingConfig,
                      RunConfig, TrainConfig)
 
 # pytorch-fid's Inception-v3 weights (eg3d.metrics.inception loads them), the default of the FID presets
@@ -51,6 +51,7 @@ def afhq512() -> TrainConfig:
     config.preset = "afhq512"
     config.loss.r1_gamma = 5.0
     config.loss.gpc_prob = 0.8
+    config.augment = AugmentConfig(kind="ada", p=0.0, target=0.6, ada_kimg=500.0)
     return config
 
 

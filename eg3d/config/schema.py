@@ -72,6 +72,19 @@ class LossConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Discriminator augmentation (eg3d.training.augment): "none", "fixed" at probability p, or "ada", which
+    starts at p and moves it every `interval` steps towards a mean sign of D's real logits of `target`,
+    by one unit per `ada_kimg` thousand images."""
+
+    kind: str = "none"  # "none", "fixed" or "ada"
+    p: float = 0.0  # the fixed probability, or ada's initial one
+    target: float = 0.6
+    ada_kimg: float = 500.0
+    interval: int = 4  # steps between adjustments
+
+
+@dataclass
 class OptimizerConfig:
     g_lr: float = 0.0025
     d_lr: float = 0.002
@@ -159,6 +172,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     rendering: RenderingConfig = field(default_factory=RenderingConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -285,6 +299,17 @@ def validate(config: TrainConfig) -> None:
                          f"never stop, got {run.max_nonfinite_steps}")
     if run.precision not in ("fp32", "bf16"):
         raise ValueError(f"config: run.precision must be fp32 or bf16, got {run.precision!r}")
+    a = config.augment
+    if a.kind not in ("none", "fixed", "ada"):
+        raise ValueError(f"config: augment.kind must be none, fixed or ada, got {a.kind!r}")
+    if not 0 <= a.p <= 1:
+        raise ValueError(f"config: augment.p must be a probability in [0, 1], got {a.p}")
+    if not -1 <= a.target <= 1:
+        raise ValueError(f"config: augment.target must be a mean sign in [-1, 1], got {a.target}")
+    if a.ada_kimg <= 0:
+        raise ValueError(f"config: augment.ada_kimg must be positive, got {a.ada_kimg}")
+    if a.interval < 1:
+        raise ValueError(f"config: augment.interval must be at least 1 step, got {a.interval}")
     d = config.distributed
     if d.backend not in ("ddp", "deepspeed"):
         raise ValueError(f"config: distributed.backend must be ddp or deepspeed, got {d.backend!r}")

@@ -22,15 +22,22 @@ def fir_filter(taps=(1, 3, 3, 1)) -> torch.Tensor:
 
 def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, *, up: int = 1, down: int = 1,
               pad: tuple[int, int] = (0, 0), gain: float = 1.0) -> torch.Tensor:
-    """Upsample by zero insertion, pad, filter with `kernel` per channel, then keep every `down`-th pixel."""
+    """Upsample by zero insertion, pad (a negative pad crops), filter with `kernel` per channel (a true
+    convolution), then keep every `down`-th pixel. A 1D kernel is separable: filtering is by its outer
+    product with itself, one axis at a time."""
     n, c, h, w = x.shape
     if up > 1:
         x = x.reshape(n, c, h, 1, w, 1)
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
         x = x.reshape(n, c, h * up, w * up)
     x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
-    k = (kernel * gain).to(x.dtype).flip([0, 1])[None, None].repeat(c, 1, 1, 1)
-    x = F.conv2d(x, k, groups=c)
+    if kernel.ndim == 1:
+        k = (kernel * math.sqrt(gain)).to(x.dtype).flip([0])
+        x = F.conv2d(x, k[None, None, None, :].repeat(c, 1, 1, 1), groups=c)
+        x = F.conv2d(x, k[None, None, :, None].repeat(c, 1, 1, 1), groups=c)
+    else:
+        k = (kernel * gain).to(x.dtype).flip([0, 1])[None, None].repeat(c, 1, 1, 1)
+        x = F.conv2d(x, k, groups=c)
     return x[:, :, ::down, ::down] if down > 1 else x
 
 

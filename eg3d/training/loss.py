@@ -1,7 +1,8 @@
 """The EG3D losses, one method per training phase: Gmain, Greg (density), Dmain, Dreg (lazy R1).
 
-Non-saturating logistic loss; R1 on both the final and the raw real image; density regularization
-as an L1 between densities at random points and slightly perturbed copies. Every schedule is a
+Non-saturating logistic loss; R1 at both of D's inputs on reals (the final and the raw image as D
+receives them: blurred, and augmented when augmentation is on); density regularization as an L1
+between densities at random points and slightly perturbed copies. Every schedule is a
 function of images seen (`Schedule`, eg3d.training.schedules), so a resume continues exactly.
 """
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from eg3d.config import TrainConfig
 from eg3d.networks.layers import resize, upfirdn2d
 
+from .augment import AugmentPipe
 from .schedules import Schedule
 from .stats import StatsReporter
 
@@ -43,16 +45,24 @@ class EG3DLoss:
     """Each phase method computes its loss and hands it to `self.backward` (plain autograd by default;
     the trainer routes it through the distributed backend, which may scale or hook it)."""
 
-    def __init__(self, G, D, config: TrainConfig, stats: StatsReporter):
+    def __init__(self, G, D, config: TrainConfig, stats: StatsReporter, augment: AugmentPipe | None = None):
         self.G, self.D, self.config, self.stats = G, D, config, stats
+        self.augment = augment or AugmentPipe(p=0.0)
         self.backward = torch.Tensor.backward
+        self._real_signs: list[torch.Tensor] = []  # (sum, count) of D's real logit signs, for ADA
 
     def run_G(self, z, c, schedule: Schedule, update_w_avg: bool = False) -> dict:
         ws = self.G.map(z, swap_conditioning(c, schedule.gpc_prob), update_w_avg=update_w_avg)
         return self.G.synthesis(ws, c, neural_rendering_resolution=schedule.neural_rendering_resolution)
 
+    def discriminator_inputs(self, images: dict, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, image_raw) as D receives them. The reference's run_D blurs the final image first, then
+        augments it together with the raw image; the raw image is not blurred here (see real_images)."""
+        image = gaussian_blur(images["image"], schedule.blur_sigma)
+        return self.augment.pair(image, images["image_raw"])
+
     def run_D(self, images: dict, c, schedule: Schedule) -> torch.Tensor:
-        return self.D(gaussian_blur(images["image"], schedule.blur_sigma), images["image_raw"], c)
+        return self.D(*self.discriminator_inputs(images, schedule), c)
 
     def real_images(self, real_img, schedule: Schedule) -> dict:
         raw = resize(real_img, schedule.neural_rendering_resolution)
@@ -91,16 +101,26 @@ class EG3DLoss:
         self.backward(loss_real.mean().mul(gain))
 
     def d_r1(self, real_img, real_c, schedule: Schedule, gain: float):
-        real = {k: v.detach().requires_grad_(True) for k, v in self.real_images(real_img, schedule).items()}
-        logits = self.run_D(real, real_c, schedule)
-        grad_image, grad_raw = torch.autograd.grad(logits.sum(), [real["image"], real["image_raw"]],
-                                                   create_graph=True)
+        # The gradient is taken at D's input, as in the reference: after blur and augmentation.
+        inputs = [x.detach().requires_grad_(True)
+                  for x in self.discriminator_inputs(self.real_images(real_img, schedule), schedule)]
+        logits = self.D(*inputs, real_c)
+        self._report_scores("real", logits)
+        grad_image, grad_raw = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
         penalty = grad_image.square().sum(dim=[1, 2, 3]) + grad_raw.square().sum(dim=[1, 2, 3])
         loss = penalty * (self.config.loss.r1_gamma / 2)
         self.stats.report("loss/r1_penalty", penalty)
         self.stats.report("loss/D_r1", loss)
         self.backward(loss.mean().mul(gain))
 
+    def take_real_signs(self) -> torch.Tensor:
+        """[sum, count] of the signs of D's real logits (Dmain and Dreg) since the last call."""
+        signs, self._real_signs = self._real_signs, []
+        return torch.stack(signs).sum(dim=0) if signs else torch.zeros(2, dtype=torch.float64)
+
     def _report_scores(self, kind: str, logits):
         self.stats.report(f"scores/{kind}", logits)
         self.stats.report(f"signs/{kind}", logits.sign())
+        if kind == "real":
+            signs = logits.detach().sign().double().flatten()
+            self._real_signs.append(torch.stack([signs.sum(), torch.ones_like(signs).sum()]))

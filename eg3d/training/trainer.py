@@ -27,6 +27,7 @@ from eg3d.config.seeds import step_seed
 from eg3d.networks.discriminator import DualDiscriminator
 from eg3d.networks.generator import TriPlaneGenerator
 
+from .augment import AugmentPipe, adjust_p
 from .loss import EG3DLoss
 from .schedules import Schedule
 from .stats import StatsReporter
@@ -127,7 +128,10 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.camera_pool = camera_pool.to(self.device, torch.float32)
         self.stats = StatsReporter()
-        self.loss = EG3DLoss(self.G, self.D, config, self.stats)
+        self.augment = AugmentPipe(p=self._configured_p())
+        # ADA's signal: [sum, count] of D's real logit signs since the last adjustment, over all ranks.
+        self.augment_signs = torch.zeros(2, dtype=torch.float64)
+        self.loss = EG3DLoss(self.G, self.D, config, self.stats, self.augment)
         loss_cfg = config.loss
         self.opt_G = lazy_regularized_adam(self.G.parameters(), **self._optimizer_settings("G"))
         self.opt_D = lazy_regularized_adam(self.D.parameters(), **self._optimizer_settings("D"))
@@ -147,6 +151,9 @@ class Trainer:
             if state is not None:
                 getattr(self, name).load_state_dict(state)
         self.sync.setup(self)
+
+    def _configured_p(self) -> float:
+        return self.config.augment.p if self.config.augment.kind != "none" else 0.0
 
     def _optimizer_settings(self, network: str) -> dict:
         """The config's settings for `lazy_regularized_adam` of "G" or "D"."""
@@ -232,8 +239,25 @@ class Trainer:
             self.nonfinite_streak += 1
         self.nimg += split.global_batch
         self.step_index += 1
+        self._adapt_augmentation()
         self.stats.add("images", split.shares[rank])
         self.stats.add("steps", 1)
+
+    def _adapt_augmentation(self) -> None:
+        """ADA: every `interval` steps, move p by the sign of (mean sign of D's real logits - target).
+        The signs are summed over all ranks each step, so every rank holds the same signal and p, and a
+        checkpoint taken between adjustments resumes exactly."""
+        cfg, signs = self.config.augment, self.loss.take_real_signs()
+        if cfg.kind == "ada":
+            self.augment_signs += self.sync.all_reduce_sum(signs.to(self.device)).cpu()
+            total, count = self.augment_signs.tolist()
+            if self.step_index % cfg.interval == 0 and count > 0:
+                signal = total / count
+                self.augment.p = adjust_p(self.augment.p, signal, target=cfg.target,
+                                          images=self.split.global_batch * cfg.interval, ada_kimg=cfg.ada_kimg)
+                self.augment_signs.zero_()
+                self.stats.report("augment/rt", signal)
+        self.stats.report("augment/p", self.augment.p)
 
     def _optimizer_step(self, phase: Phase) -> bool:
         """Reduce and apply the phase's gradients; False (and nothing applied) when any is not finite
@@ -289,6 +313,7 @@ class Trainer:
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "nimg": self.nimg, "step_index": self.step_index, "skipped_steps": dict(self.skipped_steps),
             "nonfinite_streak": self.nonfinite_streak,
+            "augment": {"p": self.augment.p, "real_signs": self.augment_signs.tolist()},
             "config": self.config.to_dict(),
         }
         if not self.sync.optimizer_sharded:
@@ -314,3 +339,7 @@ class Trainer:
         self.nimg, self.step_index = state["nimg"], state["step_index"]
         self.skipped_steps = dict(state["skipped_steps"])
         self.nonfinite_streak = state.get("nonfinite_streak", 0)  # absent from checkpoints of older versions
+        # ADA continues where it was; a fixed p, or a checkpoint of an older version, takes the config's.
+        saved = state.get("augment") if self.config.augment.kind == "ada" else None
+        self.augment.p = float(saved["p"]) if saved else self._configured_p()
+        self.augment_signs = torch.tensor(saved["real_signs"] if saved else [0.0, 0.0], dtype=torch.float64)
