@@ -73,6 +73,9 @@ def test_adjustments_skip_the_fields_set_explicitly(capsys):
     plain = build_config(parse_args(["--preset", "ffhq512_stage2"]), log=lines.append)
     assert (plain.loss.blur_init_sigma, plain.ema.rampup, plain.run.total_kimg) == (10.0, 0.05, 2000)
     assert len(lines) == 1  # nothing said without --init-from
+    afhq = build_config(parse_args(["--preset", "afhq512", "--init-from", "x"]), log=quiet)
+    assert (afhq.augment.kind, afhq.augment.ada_kimg, afhq.rendering.neural_rendering_resolution_final) == (
+        "ada", 100.0, 128)
 
 
 def test_stage2_starts_from_the_stage1_checkpoint_and_fades_the_rendering_resolution(tmp_path, shards, stage1,

@@ -51,6 +51,7 @@ def afhq512() -> TrainConfig:
     config.preset = "afhq512"
     config.loss.r1_gamma = 5.0
     config.loss.gpc_prob = 0.8
+    config.rendering.neural_rendering_resolution_final = 128  # the paper's AFHQ run fades 64 -> 128
     config.augment = AugmentConfig(kind="ada", p=0.0, target=0.6, ada_kimg=500.0)
     return config
 
