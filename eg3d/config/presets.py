@@ -1,7 +1,7 @@
 """Presets: functions returning a complete `TrainConfig`. The reference's settings plus `tiny`."""
 
-from .schema import (AugmentConfig, DataConfig, EmaConfig, LossConfig, MetricsConfig, ModelConfig, OptimizerConfig, RenderingConfig,
-                     RunConfig, TrainConfig)
+from .schema import (AugmentConfig, DataConfig, EmaConfig, LossConfig, MetricsConfig, ModelConfig, OptimizerConfig,
+                     RenderingConfig, RunConfig, TrainConfig)
 
 # pytorch-fid's Inception-v3 weights (eg3d.metrics.inception loads them), the default of the FID presets
 PYTORCH_FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"

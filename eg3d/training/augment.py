@@ -9,8 +9,9 @@ Each transform fires per image with probability p (one overall strength for all 
   They are composed into one matrix and applied at once: the image is padded by reflection as far as
   the transform reaches, upsampled 2x with a symlet-6 wavelet filter, resampled bilinearly, and
   filtered and downsampled back with the same wavelet. Up- then downsampling with an orthogonal
-  wavelet reconstructs the image perfectly, so the pure pixel permutations (flips, 90-degree rotations,
-  integer translations) come out exact.
+  wavelet reconstructs the image perfectly, so an integer translation comes out exact; a flip or a
+  quarter turn between the two is not undone exactly, as symlet-6 is not symmetric (the published
+  pipeline behaves the same).
 - colour ('c'): brightness (additive, normal std 0.2), contrast (log2-normal, std 0.5), luma flip (a
   reflection through the plane orthogonal to the grey axis), hue rotation (uniform angle about the
   grey axis), saturation (log2-normal, std 1); composed into one 4x4 matrix over homogeneous RGB and
