@@ -26,10 +26,13 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def depth_to_images(depth: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Depth [N,1,h,w] -> grey images [N,3,R,R] in [-1, 1], near = bright, one scale for all N views."""
-    lo, hi = depth.min(), depth.max()
-    normalized = 1 - (depth - lo) / (hi - lo).clamp(min=1e-8)
+def depth_to_images(depth: torch.Tensor, resolution: int, *, lo: float | None = None,
+                    hi: float | None = None) -> torch.Tensor:
+    """Depth [N,1,h,w] -> grey images [N,3,R,R] in [-1, 1], near = bright, one scale for all N views:
+    lo..hi (default: the depths' own range; depths outside it are clamped)."""
+    lo = depth.min() if lo is None else torch.tensor(lo)
+    hi = depth.max() if hi is None else torch.tensor(hi)
+    normalized = (1 - (depth - lo) / (hi - lo).clamp(min=1e-8)).clamp(0, 1)
     grey = F.interpolate(normalized, size=(resolution, resolution), mode="nearest")
     return grey.expand(-1, 3, -1, -1) * 2 - 1
 

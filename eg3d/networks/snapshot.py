@@ -2,13 +2,17 @@
 
     G = load_generator("runs/x/snapshots/snapshot-000020000")
     out = render(G, z, c, truncation_psi=0.7)   # {'image', 'image_raw', 'image_depth'}
+
+load_generator reads local folders; the commands pass `read_bytes=dataloading.storage.read_bytes` for any
+fsspec URL (model code imports no storage layer).
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from eg3d.config import TrainConfig
 
@@ -32,16 +36,29 @@ def save_snapshot(G_ema: TriPlaneGenerator, config: TrainConfig, directory: str 
     return directory
 
 
-def load_generator(directory: str | Path, device: str | torch.device = "cpu") -> TriPlaneGenerator:
-    """The generator of a snapshot, in eval mode, on `device`."""
-    directory = Path(directory)
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"snapshot {directory}: missing {name}")
-    config = TrainConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text())["config"])
+def _read_local(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def load_generator(directory: str | Path, device: str | torch.device = "cpu", *,
+                   read_bytes: Callable[[str], bytes] = _read_local) -> TriPlaneGenerator:
+    """The generator of a snapshot, in eval mode, on `device`. `read_bytes(url)` reads one of its files."""
+    directory = str(directory).rstrip("/")
+    try:
+        config_bytes = read_bytes(f"{directory}/{CONFIG_FILE}")
+        weights_bytes = read_bytes(f"{directory}/{WEIGHTS_FILE}")
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"snapshot {directory}: missing {CONFIG_FILE} or {WEIGHTS_FILE} ({error})") from None
+    config = TrainConfig.from_dict(json.loads(config_bytes)["config"])
     G = TriPlaneGenerator(config.model, config.rendering)
-    G.load_state_dict(load_file(directory / WEIGHTS_FILE))
+    G.load_state_dict(load(weights_bytes))
     return G.to(device).eval().requires_grad_(False)
+
+
+def default_neural_rendering_resolution(G: TriPlaneGenerator) -> int:
+    """The neural rendering resolution a trained generator ends at."""
+    r = G.rendering_config
+    return r.neural_rendering_resolution_final or r.neural_rendering_resolution_initial
 
 
 @torch.no_grad()
@@ -51,7 +68,6 @@ def render(G: TriPlaneGenerator, z: torch.Tensor, c: torch.Tensor, *, truncation
     """Images and depth for latent codes z rendered from cameras c. image_raw is in [-1, 1]; image, the
     super-resolution output, is not bounded: clamp it to [-1, 1] for display (as sample_grid.to_uint8 does)."""
     if neural_rendering_resolution is None:
-        r = G.rendering_config
-        neural_rendering_resolution = r.neural_rendering_resolution_final or r.neural_rendering_resolution_initial
+        neural_rendering_resolution = default_neural_rendering_resolution(G)
     return G(z, c, c_condition=c_condition, neural_rendering_resolution=neural_rendering_resolution,
              truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, noise_mode=noise_mode)
