@@ -1,0 +1,151 @@
+"""python -m eg3d.generate and python -m eg3d.video on an untrained micro generator saved as a snapshot."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import micro_config
+from eg3d import generate, video
+from eg3d.networks import camera, orbit
+from eg3d.networks.generator import TriPlaneGenerator
+from eg3d.networks.sample_grid import to_uint8
+from eg3d.networks.snapshot import load_generator, render, save_snapshot
+
+imageio = pytest.importorskip("imageio.v2")
+imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+
+FOCAL = camera.focal_from_fov(generate.FFHQ_FOV_DEGREES)
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    config = micro_config()
+    torch.manual_seed(0)
+    return str(save_snapshot(TriPlaneGenerator(config.model, config.rendering), config,
+                             tmp_path_factory.mktemp("snapshot") / "snapshot-000000000"))
+
+
+def png(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def direct(G, seed: int, c: torch.Tensor, psi: float = 0.7) -> dict:
+    """The command's render of `seed`, built by hand: z from the seed's own generator, frontal conditioning."""
+    z = torch.randn(1, G.model_config.z_dim, generator=torch.Generator().manual_seed(seed))
+    return render(G, z, c, c_condition=camera.orbit_camera(math.pi / 2, math.pi / 2, focal=FOCAL),
+                  truncation_psi=psi, truncation_cutoff=14)
+
+
+def test_a_seed_gives_the_same_image_alone_or_among_others_and_equals_a_direct_render(snapshot, tmp_path):
+    assert generate.main([snapshot, "--seeds", "0-7", "--batch", "3", "--out", str(tmp_path / "many"),
+                          "--yaw", "0.3", "--pitch", "-0.1", "--depth"]) == 0
+    assert generate.main([snapshot, "--seeds", "5", "--out", str(tmp_path / "one"), "--yaw", "0.3",
+                          "--pitch", "-0.1"]) == 0
+    alone = png(tmp_path / "one/seed0005.png")
+    np.testing.assert_array_equal(png(tmp_path / "many/seed0005.png"), alone)
+
+    G = load_generator(snapshot)
+    c = camera.orbit_camera(math.pi / 2 + 0.3, math.pi / 2 - 0.1, focal=FOCAL)
+    out = direct(G, 5, c)
+    assert np.abs(alone.astype(int) - to_uint8(out["image"])[0]).max() <= 1
+    depth = np.load(tmp_path / "many/seed0005-depth.npy")
+    assert depth.shape == tuple(out["image_depth"].shape[-2:]) and depth.dtype == np.float32
+    np.testing.assert_allclose(depth, out["image_depth"][0, 0].numpy(), atol=1e-4)
+    depth_png = Image.open(tmp_path / "many/seed0005-depth.png")
+    assert depth_png.size == depth.shape[::-1] and np.asarray(depth_png).dtype == np.uint16
+    assert not (tmp_path / "one/seed0005-depth.png").exists()
+
+
+def test_label_renders_from_the_dataset_camera(snapshot, tmp_path):
+    cameras = camera.orbit_camera(torch.tensor([1.2, 1.9]), torch.tensor([1.5, 1.7]), focal=FOCAL)
+    (tmp_path / "dataset.json").write_text(json.dumps(
+        {"labels": [[f"00000/img{i:08d}.png", c.tolist()] for i, c in enumerate(cameras)]}))
+    assert generate.main([snapshot, "--seeds", "2", "--out", str(tmp_path / "out"),
+                          "--label", f"{tmp_path / 'dataset.json'}:1"]) == 0
+    expected = to_uint8(direct(load_generator(snapshot), 2, cameras[1:2])["image"])[0]
+    assert np.abs(png(tmp_path / "out/seed0002.png").astype(int) - expected).max() <= 1
+    with pytest.raises(SystemExit) as error:
+        generate.main([snapshot, "--seeds", "2", "--out", str(tmp_path / "x"), "--label", f"{tmp_path}/dataset.json:9"])
+    assert error.value.code == 2
+
+
+def test_style_mixing_zero_layers_is_the_seed_all_layers_the_mix_seed(snapshot, tmp_path):
+    num_ws = load_generator(snapshot).num_ws
+    runs = {"plain": ["--seeds", "3"], "none": ["--seeds", "3", "--mix-seed", "9", "--mix-layers", "0"],
+            "all": ["--seeds", "3", "--mix-seed", "9", "--mix-layers", str(num_ws)], "mix": ["--seeds", "9"],
+            "half": ["--seeds", "3", "--mix-seed", "9", "--mix-layers", "2"]}
+    images = {}
+    for name, arguments in runs.items():
+        assert generate.main([snapshot, *arguments, "--out", str(tmp_path / name)]) == 0
+        images[name] = png(next((tmp_path / name).glob("*.png")))
+    np.testing.assert_array_equal(images["none"], images["plain"])
+    np.testing.assert_array_equal(images["all"], images["mix"])
+    assert not np.array_equal(images["half"], images["plain"]) and not np.array_equal(images["half"], images["mix"])
+
+
+@pytest.mark.parametrize("arguments, named", [(["--seeds", "0-x"], "--seeds"), (["--seeds", "3,,"], "--seeds"),
+                                              (["--seeds", "1", "--mix-layers", "99"], "--mix-layers"),
+                                              (["--seeds", "1", "--batch", "0"], "--batch")])
+def test_bad_input_exits_2_naming_the_argument(snapshot, tmp_path, capsys, arguments, named):
+    with pytest.raises(SystemExit) as error:
+        generate.main([snapshot, *arguments, "--out", str(tmp_path)])
+    assert error.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_seeds_syntax():
+    assert generate.seeds_list("0-3") == [0, 1, 2, 3]
+    assert generate.seeds_list("1,5,9") == [1, 5, 9]
+    assert generate.seeds_list("0-1,7") == [0, 1, 7]
+
+
+def test_orbit_path_follows_the_documented_formula():
+    yaw, pitch = orbit.orbit_angles(8, yaw_range=0.35, pitch_range=0.25)
+    # t = 0: sin 0 = 0, cos 0 = 1; t = 1/4: sin(pi/2) = 1, cos(pi/2) = 0.
+    assert yaw[0].item() == pytest.approx(math.pi / 2) and pitch[0].item() == pytest.approx(math.pi / 2 + 0.25)
+    assert yaw[2].item() == pytest.approx(math.pi / 2 + 0.35) and pitch[2].item() == pytest.approx(math.pi / 2)
+    path = orbit.orbit_path(8, radius=2.7, focal=FOCAL)
+    torch.testing.assert_close(path[[0, 2]], camera.orbit_camera(torch.tensor([math.pi / 2, math.pi / 2 + 0.35]),
+                                                                 torch.tensor([math.pi / 2 + 0.25, math.pi / 2]),
+                                                                 radius=2.7, focal=FOCAL))
+
+
+def test_interpolation_passes_through_the_keyframes_and_loops():
+    keyframes = torch.tensor([[0.0], [1.0], [3.0]])
+    walk = orbit.interpolate_keyframes(keyframes, 6)
+    torch.testing.assert_close(walk[:, 0], torch.tensor([0.0, 0.5, 1.0, 2.0, 3.0, 1.5]))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
+
+
+def test_video_is_h264_with_the_frames_of_the_orbit(snapshot, tmp_path):
+    out = tmp_path / "orbit.mp4"
+    assert video.main([snapshot, "--seeds", "0-1", "--frames", "6", "--fps", "12", "--batch", "4",
+                       "--out", str(out)]) == 0
+    reader = imageio.get_reader(out)
+    meta = reader.get_meta_data()
+    assert meta["codec"] == "h264" and meta["fps"] == 12 and meta["size"] == (64, 32)
+    assert imageio_ffmpeg.count_frames_and_secs(str(out))[0] == 6
+    first = reader.get_data(0)
+    reader.close()
+    G = load_generator(snapshot)
+    expected = [to_uint8(direct(G, seed, orbit.orbit_path(6, focal=FOCAL)[:1])["image"])[0] for seed in (0, 1)]
+    assert psnr(first, np.concatenate(expected, axis=1)) > 30
+
+
+def test_video_grid_depth_and_interpolation(snapshot, tmp_path):
+    out = tmp_path / "walk.mp4"
+    assert video.main([snapshot, "--seeds", "0-3", "--grid", "1x2", "--interpolate", "--depth", "--frames", "4",
+                       "--out", str(out)]) == 0
+    reader = imageio.get_reader(out)
+    assert reader.get_meta_data()["size"] == (128, 32)
+    reader.close()
+    with pytest.raises(SystemExit) as error:
+        video.main([snapshot, "--seeds", "0-3", "--grid", "1x2", "--out", str(out)])
+    assert error.value.code == 2
