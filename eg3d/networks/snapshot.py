@@ -44,14 +44,17 @@ def load_generator(directory: str | Path, device: str | torch.device = "cpu", *,
                    read_bytes: Callable[[str], bytes] = _read_local) -> TriPlaneGenerator:
     """The generator of a snapshot, in eval mode, on `device`. `read_bytes(url)` reads one of its files."""
     directory = str(directory).rstrip("/")
-    try:
-        config_bytes = read_bytes(f"{directory}/{CONFIG_FILE}")
-        weights_bytes = read_bytes(f"{directory}/{WEIGHTS_FILE}")
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"snapshot {directory}: missing {CONFIG_FILE} or {WEIGHTS_FILE} ({error})") from None
-    config = TrainConfig.from_dict(json.loads(config_bytes)["config"])
+
+    def read(name: str) -> bytes:
+        try:
+            return read_bytes(f"{directory}/{name}")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"snapshot {directory}: missing {name}") from None
+
+    weights = load(read(WEIGHTS_FILE))
+    config = TrainConfig.from_dict(json.loads(read(CONFIG_FILE))["config"])
     G = TriPlaneGenerator(config.model, config.rendering)
-    G.load_state_dict(load(weights_bytes))
+    G.load_state_dict(weights)
     return G.to(device).eval().requires_grad_(False)
 
 
