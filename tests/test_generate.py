@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,11 +10,13 @@ import torch
 from PIL import Image
 
 from conftest import micro_config
+from dataloading import storage
 from eg3d import generate, video
 from eg3d.networks import camera, orbit
 from eg3d.networks.generator import TriPlaneGenerator
 from eg3d.networks.sample_grid import to_uint8
 from eg3d.networks.snapshot import load_generator, render, save_snapshot
+from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 
 imageio = pytest.importorskip("imageio.v2")
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
@@ -58,6 +61,18 @@ def test_a_seed_gives_the_same_image_alone_or_among_others_and_equals_a_direct_r
     depth_png = Image.open(tmp_path / "many/seed0005-depth.png")
     assert depth_png.size == depth.shape[::-1] and np.asarray(depth_png).dtype == np.uint16
     assert not (tmp_path / "one/seed0005-depth.png").exists()
+
+
+def test_snapshot_from_s3(snapshot, tmp_path, moto_server):  # noqa: F811 - the fixture
+    url = f"s3://{BUCKET}/runs/x/snapshots/snapshot-000000000"
+    for name in ("G_ema.safetensors", "config.json"):
+        storage.write_bytes_atomic(f"{url}/{name}", (Path(snapshot) / name).read_bytes())
+    assert generate.main([url, "--seeds", "4", "--out", str(tmp_path / "s3")]) == 0
+    assert generate.main([snapshot, "--seeds", "4", "--out", str(tmp_path / "local")]) == 0
+    np.testing.assert_array_equal(png(tmp_path / "s3/seed0004.png"), png(tmp_path / "local/seed0004.png"))
+    with pytest.raises(SystemExit) as error:
+        generate.main([f"s3://{BUCKET}/nothing", "--seeds", "4", "--out", str(tmp_path / "x")])
+    assert error.value.code == 2
 
 
 def test_label_renders_from_the_dataset_camera(snapshot, tmp_path):
