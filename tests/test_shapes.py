@@ -99,7 +99,7 @@ def test_command_writes_the_sphere_and_its_volume(snapshot, tmp_path, monkeypatc
         np.testing.assert_allclose([mrc.header.origin[a] for a in "xyz"], [-box_size / 2] * 3, rtol=1e-6)
 
 
-def test_command_runs_a_real_generator_end_to_end(snapshot, tmp_path, capsys):
+def test_command_runs_a_real_generator_end_to_end(snapshot, tmp_path):
     directory, G = snapshot
     resolution = 16
     # An untrained generator's sigma is small: pick a level inside its range, from the same grid.
