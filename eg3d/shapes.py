@@ -1,0 +1,173 @@
+"""3D shapes: each seed's density sampled on a grid over the tri-plane box, meshed by marching cubes.
+
+    python -m eg3d.shapes SNAPSHOT_DIR --seeds 0-3 --resolution 256 --out shapes/ [--obj --mrc --colors]
+
+Writes seed0000.ply (and .obj with --obj, the density volume .mrc with --mrc) per seed.
+
+Units and axes. Vertices are in world units, the units of the cameras (FFHQ cameras sit at radius 2.7):
+the grid fills the tri-plane box [-box_warp/2, box_warp/2]^3 centred at the origin (box_warp 1 for
+ffhq512/afhq512, 1.6 for shapenet128), the cube that the renderer maps onto the planes. The world is y-up;
+the frontal camera sits on +z looking at the origin, so a face looks towards +z and +x is to the right
+in the frontal image (the subject's left).
+
+Latent and camera. z is drawn from the seed with NumPy's RandomState (fixed across platforms and
+versions, and the reference's choice); w = mapping(z, c) with c the frontal camera (yaw = pitch = pi/2,
+radius 2.7, FFHQ focal, looking at the origin; the reference looks at its average pivot, [0, 0, 0.2] for
+FFHQ) and truncation psi 0.7 on the first 14 ws as for the sample grid. Noise is constant.
+
+Level. The surface is where the decoder's raw density output sigma equals `--level` (default 10, the
+threshold of the reference's shape export). The renderer turns sigma into a density of softplus(sigma - 1)
+per world unit, so 10 means a density of about 9 per unit: a ray crossing 0.1 world units of it keeps
+exp(-0.9) = 40% of its light. Lower levels give fatter, noisier surfaces.
+
+Border. Like the reference, which overwrites a border of 30/256 of the grid before meshing, the outer
+`--border` voxels (default round(30 * resolution / 256)) are treated as empty: the tri-plane edges hold
+artefacts, and this closes every surface (watertight meshes). The .mrc volume is the untrimmed sigma,
+stored with the MRC axis order (data[z, y, x]), the voxel size and the origin in world units, so ChimeraX
+shows it in world axes (the reference flips and swaps axes, and stores voxel indices).
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import torch
+import trimesh
+from skimage.measure import marching_cubes
+
+from .networks import camera
+from .networks.density_grid import (generator_colors, generator_density, grid_spacing,
+                                    sample_density_grid)
+from .networks.snapshot import load_generator
+
+REFERENCE_LEVEL = 10.0
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-3,7' -> [0, 1, 2, 3, 7]."""
+    seeds = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        seeds.extend(range(int(first), int(last or first) + 1))
+    return seeds
+
+
+def reference_border(resolution: int) -> int:
+    return round(30 * resolution / 256)
+
+
+def extract_mesh(sigma: np.ndarray, *, box_size: float, level: float, border: int) -> trimesh.Trimesh | None:
+    """The level set of sigma ([x, y, z] grid over the box) as a mesh in world units with outward faces;
+    None where sigma never crosses the level inside the trimmed region."""
+    empty = level - 1000.0
+    volume = np.pad(sigma.astype(np.float32), 1, constant_values=empty)  # one empty layer closes the surface
+    if border > 0:
+        inner = volume[1 + border:-1 - border, 1 + border:-1 - border, 1 + border:-1 - border].copy()
+        volume[:] = empty
+        volume[1 + border:-1 - border, 1 + border:-1 - border, 1 + border:-1 - border] = inner
+    if not volume.min() < level < volume.max():
+        return None
+    spacing = grid_spacing(sigma.shape[0], box_size)
+    vertices, faces, _, _ = marching_cubes(volume, level=level, spacing=(spacing,) * 3)
+    mesh = trimesh.Trimesh(vertices - spacing - box_size / 2, faces)  # minus the pad layer, then centre
+    if mesh.volume < 0:
+        mesh.invert()
+    return mesh
+
+
+def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    return max(mesh.split(only_watertight=False), key=lambda part: len(part.faces))
+
+
+def write_mrc(path: Path, sigma: np.ndarray, *, box_size: float) -> None:
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(sigma.transpose(2, 1, 0), dtype=np.float32))
+        mrc.voxel_size = grid_spacing(sigma.shape[0], box_size)
+        mrc.header.origin = (-box_size / 2,) * 3
+
+
+def frontal_camera() -> torch.Tensor:
+    return camera.orbit_camera(math.pi / 2, math.pi / 2)
+
+
+def seed_ws(G, seed: int, *, truncation_psi: float, truncation_cutoff: int | None, device) -> torch.Tensor:
+    z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.model_config.z_dim)).float().to(device)
+    return G.map(z, frontal_camera().to(device), truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m eg3d.shapes", description=__doc__.splitlines()[0])
+    parser.add_argument("snapshot", help="snapshot directory (G_ema.safetensors + config.json)")
+    parser.add_argument("--seeds", type=parse_seeds, default=[0], help="e.g. 0-3,7 (default 0)")
+    parser.add_argument("--out", required=True, help="folder for seedNNNN.ply/.obj/.mrc")
+    parser.add_argument("--resolution", type=int, default=256, help="grid points per axis (default 256)")
+    parser.add_argument("--level", type=float, default=REFERENCE_LEVEL,
+                        help="raw sigma at the surface (default 10, the reference's)")
+    parser.add_argument("--border", type=int, default=None,
+                        help="outer voxels treated as empty (default round(30 * resolution / 256))")
+    parser.add_argument("--psi", type=float, default=0.7, help="truncation psi (default 0.7)")
+    parser.add_argument("--cutoff", type=int, default=14, help="truncate the first CUTOFF ws (default 14)")
+    parser.add_argument("--chunk", type=int, default=1_000_000, help="points per decoder forward")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--obj", action="store_true", help="also write .obj")
+    parser.add_argument("--mrc", action="store_true", help="also write the sigma volume as .mrc (ChimeraX)")
+    parser.add_argument("--colors", action="store_true", help="vertex colours: the decoder's RGB features")
+    parser.add_argument("--largest-component", action="store_true", help="keep only the largest piece")
+    parser.add_argument("--faces", type=int, default=None, help="simplify to at most FACES faces (quadric)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.resolution < 8:
+        parser.error(f"--resolution must be at least 8, got {args.resolution}")
+    if args.border is None:
+        args.border = reference_border(args.resolution)
+    if not 0 <= args.border < args.resolution // 2 - 1:
+        parser.error(f"--border must be in 0..{args.resolution // 2 - 2} for --resolution {args.resolution}")
+    if args.chunk < 1:
+        parser.error(f"--chunk must be positive, got {args.chunk}")
+    if args.faces is not None and args.faces < 4:
+        parser.error(f"--faces must be at least 4, got {args.faces}")
+    return args
+
+
+@torch.no_grad()
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    G = load_generator(args.snapshot, device=args.device)
+    box_size = G.rendering_config.box_warp
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    missing = []
+    for seed in args.seeds:
+        ws = seed_ws(G, seed, truncation_psi=args.psi, truncation_cutoff=args.cutoff, device=args.device)
+        sigma = sample_density_grid(generator_density(G, ws), resolution=args.resolution, box_size=box_size,
+                                    chunk=args.chunk, device=args.device, progress=not args.quiet).numpy()
+        stem = out / f"seed{seed:04d}"
+        if args.mrc:
+            write_mrc(stem.with_suffix(".mrc"), sigma, box_size=box_size)
+        mesh = extract_mesh(sigma, box_size=box_size, level=args.level, border=args.border)
+        if mesh is None:
+            print(f"seed {seed}: sigma never reaches --level {args.level} inside the border "
+                  f"(range {sigma.min():.3g}..{sigma.max():.3g}); no mesh written", file=sys.stderr)
+            missing.append(seed)
+            continue
+        if args.faces is not None and len(mesh.faces) > args.faces:
+            mesh = mesh.simplify_quadric_decimation(face_count=args.faces)
+        if args.largest_component:  # after simplifying, which can cut thin parts off
+            mesh = largest_component(mesh)
+        if args.colors:
+            points = torch.from_numpy(mesh.vertices).float().to(args.device)
+            rgb = generator_colors(G, ws, points).cpu().numpy()
+            mesh.visual.vertex_colors = np.round(rgb * 255).astype(np.uint8)
+        mesh.export(stem.with_suffix(".ply"))
+        if args.obj:
+            mesh.export(stem.with_suffix(".obj"))
+        print(f"wrote {stem}.ply: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
+              f"watertight {mesh.is_watertight}")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
