@@ -6,8 +6,8 @@
 
 Writes DIR/seedNNNN.png; with --depth also DIR/seedNNNN-depth.png (16-bit grey, that image's depth range
 scaled to 0..65535, near = bright) and DIR/seedNNNN-depth.npy (float32 [h, w], depth along the ray at the
-neural rendering resolution). Seed s's z is torch.randn(1, z_dim) from torch.Generator().manual_seed(s), so an
-image does not depend on the batch or the other seeds. Views are conditioned on the frontal camera.
+neural rendering resolution). Seed s's z is numpy.random.RandomState(s).randn(1, z_dim) (as the reference's), so
+an image does not depend on the batch or the other seeds. Views are conditioned on the frontal camera.
 """
 
 import argparse

@@ -28,7 +28,6 @@ shows it in world axes (the reference flips and swaps axes, and stores voxel ind
 """
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -38,21 +37,11 @@ import torch
 import trimesh
 from skimage.measure import marching_cubes
 
-from .networks import camera
-from .networks.density_grid import (generator_colors, generator_density, grid_spacing,
-                                    sample_density_grid)
-from .networks.snapshot import load_generator
+from .generate import open_generator, seeds_list
+from .networks import orbit
+from .networks.density_grid import generator_colors, generator_density, grid_spacing, sample_density_grid
 
 REFERENCE_LEVEL = 10.0
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-3,7' -> [0, 1, 2, 3, 7]."""
-    seeds = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        seeds.extend(range(int(first), int(last or first) + 1))
-    return seeds
 
 
 def reference_border(resolution: int) -> int:
@@ -89,19 +78,17 @@ def write_mrc(path: Path, sigma: np.ndarray, *, box_size: float) -> None:
         mrc.header.origin = (-box_size / 2,) * 3
 
 
-def frontal_camera() -> torch.Tensor:
-    return camera.orbit_camera(math.pi / 2, math.pi / 2)
-
-
 def seed_ws(G, seed: int, *, truncation_psi: float, truncation_cutoff: int | None, device) -> torch.Tensor:
-    z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.model_config.z_dim)).float().to(device)
-    return G.map(z, frontal_camera().to(device), truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+    """ws [1, num_ws, w_dim] of a seed, as eg3d.generate draws and conditions it (eg3d.networks.orbit)."""
+    z = orbit.seed_latents([seed], G.model_config.z_dim).to(device)
+    return orbit.styles(G, z, orbit.frontal_camera().to(device), truncation_psi=truncation_psi,
+                        truncation_cutoff=truncation_cutoff)
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m eg3d.shapes", description=__doc__.splitlines()[0])
-    parser.add_argument("snapshot", help="snapshot directory (G_ema.safetensors + config.json)")
-    parser.add_argument("--seeds", type=parse_seeds, default=[0], help="e.g. 0-3,7 (default 0)")
+    parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
+    parser.add_argument("--seeds", type=seeds_list, default=[0], help="e.g. 0-3,7 (default 0)")
     parser.add_argument("--out", required=True, help="folder for seedNNNN.ply/.obj/.mrc")
     parser.add_argument("--resolution", type=int, default=256, help="grid points per axis (default 256)")
     parser.add_argument("--level", type=float, default=REFERENCE_LEVEL,
@@ -119,6 +106,7 @@ def parse_args(argv):
     parser.add_argument("--faces", type=int, default=None, help="simplify to at most FACES faces (quadric)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    args.parser = parser
     if args.resolution < 8:
         parser.error(f"--resolution must be at least 8, got {args.resolution}")
     if args.border is None:
@@ -135,7 +123,7 @@ def parse_args(argv):
 @torch.no_grad()
 def main(argv=None) -> int:
     args = parse_args(argv)
-    G = load_generator(args.snapshot, device=args.device)
+    G = open_generator(args.parser, args.snapshot, args.device)
     box_size = G.rendering_config.box_warp
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +138,9 @@ def main(argv=None) -> int:
         mesh = extract_mesh(sigma, box_size=box_size, level=args.level, border=args.border)
         if mesh is None:
             print(f"seed {seed}: sigma never reaches --level {args.level} inside the border "
-                  f"(range {sigma.min():.3g}..{sigma.max():.3g}); no mesh written", file=sys.stderr)
+                  f"(range {sigma.min():.3g}..{sigma.max():.3g}); no mesh written. A network trained briefly has "
+                  f"lower densities than the reference's level was chosen for: try --level {sigma.max() / 2:.2g} "
+                  f"(half the maximum)", file=sys.stderr)
             missing.append(seed)
             continue
         if args.faces is not None and len(mesh.faces) > args.faces:

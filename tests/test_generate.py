@@ -38,7 +38,7 @@ def png(path) -> np.ndarray:
 
 def direct(G, seed: int, c: torch.Tensor, psi: float = 0.7) -> dict:
     """The command's render of `seed`, built by hand: z from the seed's own generator, frontal conditioning."""
-    z = torch.randn(1, G.model_config.z_dim, generator=torch.Generator().manual_seed(seed))
+    z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.model_config.z_dim)).float()
     return render(G, z, c, c_condition=camera.orbit_camera(math.pi / 2, math.pi / 2, focal=FOCAL),
                   truncation_psi=psi, truncation_cutoff=14)
 

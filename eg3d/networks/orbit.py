@@ -1,12 +1,15 @@
 """Latents, cameras and batched rendering for the image and video commands (eg3d/generate.py, eg3d/video.py).
 
-Seeds: seed s gives z = torch.randn(1, z_dim) from torch.Generator().manual_seed(s), whatever the other seeds.
+Seeds: seed s gives z = numpy.random.RandomState(s).randn(1, z_dim), whatever the other seeds, as the reference's
+gen_samples, gen_videos and shape extraction draw it (so a network imported from a reference pickle shows the
+same identity for the same seed).
 Every view is conditioned on the frontal camera (`frontal_camera`), as the reference's gen_samples and
 gen_videos do, so a seed's identity does not change with the view.
 """
 
 import math
 
+import numpy as np
 import torch
 
 from . import camera
@@ -14,8 +17,8 @@ from .snapshot import default_neural_rendering_resolution
 
 
 def seed_latents(seeds: list[int], z_dim: int) -> torch.Tensor:
-    """z [len(seeds), z_dim], each row drawn from its own seed alone."""
-    return torch.cat([torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
+    """z [len(seeds), z_dim] float32, each row drawn from its own seed alone with NumPy's RandomState."""
+    return torch.from_numpy(np.concatenate([np.random.RandomState(seed).randn(1, z_dim) for seed in seeds])).float()
 
 
 def frontal_camera(*, radius: float = camera.FFHQ_RADIUS, focal: float = camera.FFHQ_FOCAL) -> torch.Tensor:
