@@ -30,17 +30,23 @@ from .networks.snapshot import load_generator
 FFHQ_FOV_DEGREES = 18.837  # the diagonal FOV of camera.FFHQ_FOCAL
 
 
+MAX_SEED = 2 ** 32 - 1  # seeds go to numpy.random.RandomState
+
+
 def seeds_list(text: str) -> list[int]:
     """'0-63' or '1,5,9' (or both: '0-3,10') -> seeds; an argparse type."""
     seeds = []
     try:
         for part in text.split(","):
             first, dash, last = part.strip().partition("-")
+            if dash and int(last) < int(first):
+                raise argparse.ArgumentTypeError(f"{text!r}: the range {part.strip()} is empty (it ends before it starts)")
             seeds.extend(range(int(first), int(last) + 1) if dash else [int(first)])
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected seeds as a range '0-63' or a list '1,5,9'") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected at least one seed, each >= 0")
+    if not seeds or min(seeds) < 0 or max(seeds) > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least one seed, each in 0..{MAX_SEED} "
+                                         f"(NumPy's RandomState seeds)")
     return seeds
 
 

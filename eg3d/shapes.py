@@ -22,7 +22,8 @@ exp(-0.9) = 40% of its light. Lower levels give fatter, noisier surfaces.
 
 Border. Like the reference, which overwrites a border of 30/256 of the grid before meshing, the outer
 `--border` voxels (default round(30 * resolution / 256)) are treated as empty: the tri-plane edges hold
-artefacts, and this closes every surface (watertight meshes). The .mrc volume is the untrimmed sigma,
+artefacts, and this closes every surface (a few non-manifold edges may remain where marching cubes
+meets an ambiguous cell: the command reports whether each mesh is watertight). The .mrc volume is the untrimmed sigma,
 stored with the MRC axis order (data[z, y, x]), the voxel size and the origin in world units, so ChimeraX
 shows it in world axes (the reference flips and swaps axes, and stores voxel indices).
 """

@@ -191,20 +191,33 @@ def finished_checkpoint(config, run_url: str):
     return latest if latest is not None and latest.nimg >= target_nimg else None
 
 
+def checked_init_source(config, run_url: str):
+    """run.init_from checked (and a pickle's settings adopted, which a resumed run needs as much as a new one);
+    says what will be copied, or that the run resumes from its own checkpoint instead."""
+    from .training.checkpoints import CheckpointStore
+
+    config.run.init_from = absolute(config.run.init_from)
+    own = CheckpointStore(run_url).latest()
+    config = check_init_source(config, log=print if own is None else (lambda line: None))
+    if own is not None:
+        print(f"{run_url} has a checkpoint of its own ({own.nimg / 1000:g} kimg) and resumes from it; the weights "
+              f"of --init-from {config.run.init_from} are not loaded again")
+    validate(config)
+    return config
+
+
 def main(argv=None) -> int:
     from cluster.backends import load_deepspeed_file
 
     args = parse_args(argv)
     try:
         config = build_config(args)
-        if config.run.init_from is not None:  # a bad source stops the run before any worker starts
-            config.run.init_from = absolute(config.run.init_from)
-            config = check_init_source(config)
-            validate(config)
-        deepspeed_file = load_deepspeed_file(config)  # a bad file stops the run before any worker starts
         storage_url = absolute(args.storage or config.run.out)  # workers do not share the driver's cwd
         name = args.name or config.preset
         run_url = storage_url.rstrip("/") + "/" + name
+        if config.run.init_from is not None:  # a bad source stops the run before any worker starts
+            config = checked_init_source(config, run_url)
+        deepspeed_file = load_deepspeed_file(config)  # a bad file stops the run before any worker starts
         stats = StatsReporter()  # the driver's own statistics, exported beside the workers'
         preparation_start = time.perf_counter()
         manifest_url = absolute(prepare_data(config, args.data or config.data.path, run_url))

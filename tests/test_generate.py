@@ -1,5 +1,6 @@
 """python -m eg3d.generate and python -m eg3d.video on an untrained micro generator saved as a snapshot."""
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -115,6 +116,10 @@ def test_seeds_syntax():
     assert generate.seeds_list("0-3") == [0, 1, 2, 3]
     assert generate.seeds_list("1,5,9") == [1, 5, 9]
     assert generate.seeds_list("0-1,7") == [0, 1, 7]
+    assert generate.seeds_list(str(2 ** 32 - 1)) == [2 ** 32 - 1]
+    for text, message in (("7-3", "the range 7-3 is empty"), (str(2 ** 32), "each in 0..4294967295")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            generate.seeds_list(text)
 
 
 def test_orbit_path_follows_the_documented_formula():

@@ -136,6 +136,9 @@ def test_sources_that_do_not_exist_or_are_of_no_kind_are_refused(tmp_path, stage
         find_init_source(str(tmp_path / "something"))
     assert f"--init-from {tmp_path / 'something'}: neither a run, a checkpoint, a snapshot nor a pickle; expected a " \
            f"run folder (with checkpoints/), a checkpoint manifest" in str(error.value)
+    (tmp_path / "weights.pt").write_bytes(b"not ours")
+    with pytest.raises(ValueError, match="neither a run, a checkpoint, a snapshot nor a pickle"):
+        find_init_source(str(tmp_path / "weights.pt"))
     with pytest.raises(ValueError, match="not a checkpoint manifest"):
         find_init_source(str(stage1 / "config.json"))
     manifest = CheckpointStore(str(stage1)).latest().manifest_url
@@ -197,6 +200,11 @@ def test_the_command_records_init_from_in_config_json(tmp_path, shards, stage1, 
     config = json.loads((tmp_path / "stage2" / "config.json").read_text())
     assert config["run"]["init_from"] == str(stage1)
     assert (config["loss"]["blur_init_sigma"], config["loss"]["gpc_fade_kimg"], config["ema"]["rampup"]) == (0, 0, None)
+    assert train_main(cli_args(tmp_path, shards, "--init-from", str(stage1))) == 0  # the same command again
+    printed = capsys.readouterr().out
+    assert f"{tmp_path / 'stage2'} has a checkpoint of its own (0.004 kimg) and resumes from it; the weights of " \
+           f"--init-from {stage1} are not loaded again" in printed
+    assert f"--init-from {stage1}: checkpoint " not in printed
 
 
 def test_init_from_a_reference_pickle_starts_from_its_networks(tmp_path, shards, stage1, monkeypatch):

@@ -415,8 +415,9 @@ def batch_split(config: TrainConfig, world_size: int) -> BatchSplit:
     if world_size > groups:
         raise ValueError(f"config: run.batch_size ({run.batch_size}) makes {groups} minibatch-std group"
                          f"{'s' if groups > 1 else ''} of {group} images, and each of {world_size} workers needs "
-                         f"at least one; lower distributed.max_workers to {groups}, raise run.batch_size, or "
-                         f"lower model.disc_mbstd_group")
+                         f"at least one; lower distributed.max_workers to {groups} (--workers ...:{groups}), raise "
+                         f"run.batch_size (--batch) to {group} x workers or more, or lower model.disc_mbstd_group "
+                         f"(a departure from the paper's groups of 4)")
     each, extra = divmod(groups, world_size)
     shares = tuple((each + (rank < extra)) * group for rank in range(world_size))
     return BatchSplit(global_batch=run.batch_size, group=group, shares=shares, micro_batch=micro)

@@ -104,7 +104,11 @@ def find_init_source(url: str) -> InitSource:
         return InitSource(url, "checkpoint", _manifest_checkpoint(url))
     if all(storage.exists(storage.join(url, name)) for name in (SNAPSHOT_WEIGHTS_FILE, SNAPSHOT_CONFIG_FILE)):
         return InitSource(url, "snapshot")
-    if storage.list(storage.join(url, "checkpoints")):
+    try:
+        has_checkpoints = bool(storage.list(storage.join(url, "checkpoints")))
+    except NotADirectoryError:  # a local file of no known kind (its name is not .pkl or .json)
+        has_checkpoints = False
+    if has_checkpoints:
         latest = CheckpointStore(url).latest()
         if latest is None:
             raise ValueError(f"--init-from {url}: a run without a complete checkpoint yet; expected a run with one")
