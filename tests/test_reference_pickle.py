@@ -3,6 +3,7 @@ against the preset, and imported as a snapshot. The pickles are written by tests
 
 import builtins
 import dataclasses
+import io
 import os
 import pickle
 import subprocess
@@ -208,3 +209,13 @@ def test_the_command_refuses_a_bad_file_with_exit_code_2(tmp_path):
     assert result.returncode == 2
     assert "bad.pkl" in result.stderr and "system is not allowed" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_files_that_are_not_pickles_are_named_as_such():
+    buffer = io.BytesIO()
+    torch.save({"G": torch.zeros(2)}, buffer)  # our checkpoints' format: a zip
+    cases = [(b"# a README", "not a pickle, or a truncated one"), (b"", "not a pickle, or a truncated one"),
+             (buffer.getvalue(), "a zip file \\(torch.save's format")]
+    for data, message in cases:
+        with pytest.raises(pickle.UnpicklingError, match=message):
+            read_reference_pickle(data)

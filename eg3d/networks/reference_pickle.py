@@ -129,7 +129,19 @@ class RestrictedUnpickler(pickle.Unpickler):
 def load_restricted(data: bytes | BinaryIO):
     """Unpickle `data` (bytes or a binary file) with `RestrictedUnpickler`."""
     file = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    return RestrictedUnpickler(file).load()
+    start = file.read(4)
+    file.seek(-len(start), io.SEEK_CUR)
+    if start.startswith(b"PK"):  # a zip: torch.save's format, e.g. one of our trainer.pt files
+        raise pickle.UnpicklingError("a zip file (torch.save's format, e.g. a checkpoint's trainer.pt), not a "
+                                     "reference network pickle; to start from one of our runs, pass the run folder "
+                                     "or its checkpoint manifest to --init-from")
+    try:
+        return RestrictedUnpickler(file).load()
+    except (EOFError, ValueError, IndexError, KeyError, pickle.UnpicklingError) as error:
+        if NOT_A_REFERENCE_PICKLE in str(error):  # our own refusals (a global outside the allow-list) say it already
+            raise
+        # what pickle raises for bytes that are not a pickle stream
+        raise pickle.UnpicklingError(f"not a pickle, or a truncated one ({type(error).__name__}: {error})") from None
 
 
 # ---------------------------------------------------------------------------------------------------
