@@ -75,23 +75,23 @@ def open_generator(parser: argparse.ArgumentParser, url: str, device: str):
         parser.error(f"SNAPSHOT {url}: expected a snapshot folder (config.json and G_ema.safetensors): {error}")
 
 
-def dataset_camera(parser: argparse.ArgumentParser, spec: str) -> torch.Tensor:
-    """--label FILE:INDEX -> the camera label [1, 25] of entry INDEX (a number or an image name) of dataset.json."""
+def dataset_camera(parser: argparse.ArgumentParser, spec: str, argument: str = "--label") -> torch.Tensor:
+    """--label (or `argument`) FILE:INDEX -> the camera label [1, 25] of entry INDEX (a number or an image name) of dataset.json."""
     url, _, index = spec.rpartition(":")
     expected = "expected FILE:INDEX, FILE a dataset.json (path or fsspec URL), INDEX an entry number or image name"
     if not url or not index:
-        parser.error(f"--label {spec}: {expected}")
+        parser.error(f"{argument} {spec}: {expected}")
     try:
         labels = json.loads(storage.read_bytes(url))["labels"]
     except (FileNotFoundError, KeyError, ValueError) as error:
-        parser.error(f"--label {spec}: {expected} ({type(error).__name__}: {error})")
+        parser.error(f"{argument} {spec}: {expected} ({type(error).__name__}: {error})")
     by_name = {name: label for name, label in labels}
     if index.isdigit() and int(index) < len(labels):
         label = labels[int(index)][1]
     elif index in by_name:
         label = by_name[index]
     else:
-        parser.error(f"--label {spec}: no entry {index} among the {len(labels)} labels; {expected}")
+        parser.error(f"{argument} {spec}: no entry {index} among the {len(labels)} labels; {expected}")
     return torch.tensor(label, dtype=torch.float32).reshape(1, 25)
 
 

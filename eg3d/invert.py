@@ -1,0 +1,168 @@
+"""Single-view reconstruction by pivotal tuning inversion (PTI, Roich et al. 2021).
+
+    python -m eg3d.invert SNAPSHOT IMAGE --camera data/ffhq/dataset.json:12 --out DIR
+    python -m eg3d.invert SNAPSHOT IMAGE --camera frontal --out DIR --wplus --steps 500 --tune-steps 350
+
+1. The pivot: a latent w (one w for every style layer, or one per layer with --wplus), from the mean w, fitted
+   to the image with Adam on LPIPS + MSE; the camera (a 25-number label) renders every view of the fit.
+2. Pivotal tuning: the generator's weights fitted around the fixed pivot (Adam, --tune-lr), same losses.
+Writes DIR/w.pt ({'w': [1, num_ws, w_dim], 'camera': [1, 25], 'wplus'}), DIR/snapshot/ (the tuned generator,
+a snapshot for eg3d.generate, video and shapes) and DIR/reconstruction.png (target | inverted | tuned).
+"""
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from dataloading import storage
+from eg3d.config import TrainConfig
+from eg3d.metrics.lpips import load_lpips, random_lpips
+
+from .generate import dataset_camera, open_generator, positive_int
+from .networks import orbit
+from .networks.sample_grid import to_uint8
+from .networks.snapshot import CONFIG_FILE, default_neural_rendering_resolution, save_snapshot
+
+LPIPS_RESOLUTION = 256  # larger images are downsampled for the LPIPS term, as PTI does
+MEAN_W_SAMPLES = 1000
+
+
+def render(G, w: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    """The image [1, 3, H, W] of ws [1, num_ws, w_dim] from camera [1, 25], with gradients."""
+    return G.synthesis(w, camera, neural_rendering_resolution=default_neural_rendering_resolution(G),
+                       noise_mode="const")["image"]
+
+
+def mean_w(G, condition: torch.Tensor) -> torch.Tensor:
+    """[1, 1, w_dim]: the mapping's tracked w_avg, or (a generator that never tracked it) the mean over seeded
+    z of the mapping conditioned on the camera."""
+    w_avg = G.mapping.w_avg
+    if w_avg.abs().sum() > 0:
+        return w_avg.reshape(1, 1, -1).clone()
+    z = torch.from_numpy(np.random.RandomState(0).randn(MEAN_W_SAMPLES, G.model_config.z_dim)).float()
+    with torch.no_grad():
+        ws = G.map(z.to(condition.device), condition.expand(MEAN_W_SAMPLES, -1))
+    return ws[:, :1].mean(dim=0, keepdim=True)
+
+
+def reconstruction_loss(lpips, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """LPIPS (at most LPIPS_RESOLUTION pixels a side) + MSE, images in [-1, 1]."""
+    if image.shape[-1] > LPIPS_RESOLUTION:
+        image, target = (F.interpolate(x, size=LPIPS_RESOLUTION, mode="area") for x in (image, target))
+    return lpips(image, target).mean() + F.mse_loss(image, target)
+
+
+def invert_latent(G, lpips, target: torch.Tensor, camera: torch.Tensor, *, steps: int, lr: float = 0.01,
+                  wplus: bool = False, progress: bool = False) -> torch.Tensor:
+    """The pivot ws [1, num_ws, w_dim] (generator frozen)."""
+    start = mean_w(G, camera)
+    w = (start.repeat(1, G.num_ws, 1) if wplus else start).detach().requires_grad_(True)
+    optimizer = torch.optim.Adam([w], lr=lr, betas=(0.9, 0.999))
+    for _ in tqdm(range(steps), desc="invert", unit="step", disable=not progress):
+        loss = reconstruction_loss(lpips, render(G, w.expand(1, G.num_ws, -1), camera), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return w.detach().expand(1, G.num_ws, -1).clone()
+
+
+def tune_generator(G, lpips, target: torch.Tensor, camera: torch.Tensor, w: torch.Tensor, *, steps: int,
+                   lr: float = 3e-4, progress: bool = False):
+    """Fit G's weights (in place) so that the fixed pivot w renders the target; returns G in eval mode."""
+    G.requires_grad_(True)
+    parameters = [p for p in G.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    for _ in tqdm(range(steps), desc="tune", unit="step", disable=not progress):
+        loss = reconstruction_loss(lpips, render(G, w, camera), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return G.requires_grad_(False).eval()
+
+
+def read_target(parser: argparse.ArgumentParser | None, url: str, resolution: int) -> torch.Tensor:
+    """The image [1, 3, R, R] in [-1, 1] at the generator's resolution (squared by resizing)."""
+    try:
+        image = Image.open(io.BytesIO(storage.read_bytes(url))).convert("RGB")
+    except (FileNotFoundError, OSError) as error:
+        parser.error(f"IMAGE {url}: expected a readable image file ({type(error).__name__}: {error})")
+    image = image.resize((resolution, resolution), Image.LANCZOS)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def read_config(snapshot: str) -> TrainConfig:
+    return TrainConfig.from_dict(json.loads(storage.read_bytes(f"{snapshot.rstrip('/')}/{CONFIG_FILE}"))["config"])
+
+
+def lpips_network(parser: argparse.ArgumentParser, args):
+    given = [args.lpips_vgg, args.lpips_weights]
+    if not any(given):
+        return random_lpips()
+    if not all(given):
+        parser.error("--lpips-vgg and --lpips-weights come together (torchvision's vgg16 state dict and "
+                     "lpips' v0.1 vgg.pth); give neither for the random-feature stand-in")
+    try:
+        return load_lpips(args.lpips_vgg, args.lpips_vgg_sha256, args.lpips_weights, args.lpips_sha256)
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        parser.error(f"--lpips-vgg/--lpips-weights: {error}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eg3d.invert", description=__doc__.splitlines()[0])
+    parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
+    parser.add_argument("image", help="the target image (any size; resized to the generator's, squared)")
+    parser.add_argument("--camera", required=True, metavar="FILE:INDEX|frontal",
+                        help="the image's camera: a dataset.json entry (as eg3d.generate's --label) or 'frontal'")
+    parser.add_argument("--out", required=True, help="folder to write into")
+    parser.add_argument("--steps", type=positive_int, default=500, help="latent optimization steps")
+    parser.add_argument("--lr", type=float, default=0.01, help="latent learning rate")
+    parser.add_argument("--wplus", action="store_true", help="one w per style layer (w+) instead of one w")
+    parser.add_argument("--tune-steps", type=int, default=350, help="generator fine-tuning steps (0: none)")
+    parser.add_argument("--tune-lr", type=float, default=3e-4, help="generator fine-tuning learning rate")
+    parser.add_argument("--lpips-vgg", metavar="PATH|URL", help="torchvision's vgg16 ImageNet state dict")
+    parser.add_argument("--lpips-vgg-sha256", metavar="HEX", help="its SHA-256 (or a prefix of 8+ hex digits)")
+    parser.add_argument("--lpips-weights", metavar="PATH|URL", help="the lpips package's weights/v0.1/vgg.pth")
+    parser.add_argument("--lpips-sha256", metavar="HEX", help="its SHA-256 (or a prefix of 8+ hex digits)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    if args.tune_steps < 0:
+        parser.error(f"--tune-steps {args.tune_steps}: expected 0 or more")
+
+    camera = orbit.frontal_camera() if args.camera == "frontal" else dataset_camera(parser, args.camera, "--camera")
+    G = open_generator(parser, args.snapshot, args.device)
+    target = read_target(parser, args.image, G.model_config.image_resolution).to(args.device)
+    lpips = lpips_network(parser, args).to(args.device)
+    print(f"loss: {lpips.label} + MSE")
+    camera = camera.to(args.device)
+
+    w = invert_latent(G, lpips, target, camera, steps=args.steps, lr=args.lr, wplus=args.wplus, progress=True)
+    with torch.no_grad():
+        inverted = render(G, w, camera)
+    G = tune_generator(G, lpips, target, camera, w, steps=args.tune_steps, lr=args.tune_lr, progress=True)
+    with torch.no_grad():
+        tuned = render(G, w, camera)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"w": w.cpu(), "camera": camera.cpu(), "wplus": args.wplus}, out / "w.pt")
+    save_snapshot(G, read_config(args.snapshot), out / "snapshot",
+                  metadata={"pti": {"image": args.image, "camera": args.camera, "steps": args.steps,
+                                    "tune_steps": args.tune_steps, "loss": f"{lpips.label} + MSE"}})
+    Image.fromarray(np.concatenate(list(to_uint8(torch.cat([target, inverted, tuned]))), axis=1)).save(
+        out / "reconstruction.png")
+    for name, image in (("inverted", inverted), ("tuned", tuned)):
+        print(f"{name}: MSE {F.mse_loss(image, target).item():.5f}")
+    print(f"wrote w.pt, snapshot/ and reconstruction.png (target | inverted | tuned) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
