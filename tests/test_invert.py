@@ -9,7 +9,6 @@ import hashlib
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
