@@ -79,6 +79,33 @@ def write_mrc(path: Path, sigma: np.ndarray, *, box_size: float) -> None:
         mrc.header.origin = (-box_size / 2,) * 3
 
 
+def level_advice(sigma: np.ndarray, level: float) -> str:
+    """Why no mesh came out at `level`, and which level to try."""
+    return (f"sigma never reaches --level {level} inside the border (range {sigma.min():.3g}..{sigma.max():.3g}); "
+            f"no mesh written. A network trained briefly has lower densities than the reference's level was chosen "
+            f"for: try --level {sigma.max() / 2:.2g} (half the maximum)")
+
+
+@torch.no_grad()
+def finish_mesh(G, ws: torch.Tensor, sigma: np.ndarray, *, level: float, border: int, faces: int | None = None,
+                largest: bool = False, colors: bool = False) -> trimesh.Trimesh | None:
+    """The mesh of one latent (ws [1, num_ws, w_dim]) from its sigma grid [R, R, R] (world units, see the
+    module docstring): marching cubes at `level`, then optional simplification to at most `faces` faces,
+    the largest component and vertex colours from the decoder. None where sigma never reaches `level`."""
+    mesh = extract_mesh(sigma, box_size=G.rendering_config.box_warp, level=level, border=border)
+    if mesh is None:
+        return None
+    if faces is not None and len(mesh.faces) > faces:
+        mesh = mesh.simplify_quadric_decimation(face_count=faces)
+    if largest:  # after simplifying, which can cut thin parts off
+        mesh = largest_component(mesh)
+    if colors:
+        device = ws.device
+        rgb = generator_colors(G, ws, torch.from_numpy(mesh.vertices).float().to(device)).cpu().numpy()
+        mesh.visual.vertex_colors = np.round(rgb * 255).astype(np.uint8)
+    return mesh
+
+
 def seed_ws(G, seed: int, *, truncation_psi: float, truncation_cutoff: int | None, device) -> torch.Tensor:
     """ws [1, num_ws, w_dim] of a seed, as eg3d.generate draws and conditions it (eg3d.networks.orbit)."""
     z = orbit.seed_latents([seed], G.model_config.z_dim).to(device)
@@ -136,22 +163,12 @@ def main(argv=None) -> int:
         stem = out / f"seed{seed:04d}"
         if args.mrc:
             write_mrc(stem.with_suffix(".mrc"), sigma, box_size=box_size)
-        mesh = extract_mesh(sigma, box_size=box_size, level=args.level, border=args.border)
+        mesh = finish_mesh(G, ws, sigma, level=args.level, border=args.border, faces=args.faces,
+                           largest=args.largest_component, colors=args.colors)
         if mesh is None:
-            print(f"seed {seed}: sigma never reaches --level {args.level} inside the border "
-                  f"(range {sigma.min():.3g}..{sigma.max():.3g}); no mesh written. A network trained briefly has "
-                  f"lower densities than the reference's level was chosen for: try --level {sigma.max() / 2:.2g} "
-                  f"(half the maximum)", file=sys.stderr)
+            print(f"seed {seed}: {level_advice(sigma, args.level)}", file=sys.stderr)
             missing.append(seed)
             continue
-        if args.faces is not None and len(mesh.faces) > args.faces:
-            mesh = mesh.simplify_quadric_decimation(face_count=args.faces)
-        if args.largest_component:  # after simplifying, which can cut thin parts off
-            mesh = largest_component(mesh)
-        if args.colors:
-            points = torch.from_numpy(mesh.vertices).float().to(args.device)
-            rgb = generator_colors(G, ws, points).cpu().numpy()
-            mesh.visual.vertex_colors = np.round(rgb * 255).astype(np.uint8)
         mesh.export(stem.with_suffix(".ply"))
         if args.obj:
             mesh.export(stem.with_suffix(".obj"))

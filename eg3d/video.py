@@ -46,6 +46,29 @@ def compose_frame(images: torch.Tensor, depths: torch.Tensor | None, rows: int, 
     return np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
 
 
+def write_video(path, G, ws: torch.Tensor, cameras: torch.Tensor, *, rows: int, cols: int, fps: int,
+                quality: float = 8, depth: bool = False, batch: int = 8, progress: bool = True) -> None:
+    """Render ws [frames*R*C, num_ws, w_dim] from cameras [frames*R*C, 25] (frame-major, then cells row-major)
+    into an H.264 MP4 at `path`; with `depth`, each cell's depth beside it, on the first frame's depth scale."""
+    cells = rows * cols
+    writer = imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                pixelformat="yuv420p", quality=quality, macro_block_size=1)
+    images, depths, depth_range = [], [], None
+    with writer:
+        batches = orbit.render_batches(G, ws, cameras, batch)
+        for rendered in tqdm(batches, total=math.ceil(len(ws) / batch), unit="batch", desc="video",
+                             disable=not progress):
+            images.extend(rendered["image"])
+            depths.extend(rendered["image_depth"])
+            while len(images) >= cells:
+                frame_images, frame_depths = torch.stack(images[:cells]), torch.stack(depths[:cells])
+                del images[:cells], depths[:cells]
+                if depth_range is None:
+                    depth_range = (frame_depths.min().item(), frame_depths.max().item())
+                writer.append_data(compose_frame(frame_images, frame_depths if depth else None, rows, cols,
+                                                 depth_range))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eg3d.video", description=__doc__.splitlines()[0])
     add_common_arguments(parser)
@@ -75,21 +98,8 @@ def main(argv=None) -> int:
                             radius=args.radius, focal=focal)
     cameras = path.to(args.device).repeat_interleave(cells, dim=0)
 
-    writer = imageio.get_writer(args.out, format="FFMPEG", mode="I", fps=args.fps, codec="libx264",
-                                pixelformat="yuv420p", quality=args.quality, macro_block_size=1)
-    images, depths, depth_range = [], [], None
-    with writer:
-        batches = orbit.render_batches(G, ws, cameras, args.batch)
-        for rendered in tqdm(batches, total=math.ceil(len(ws) / args.batch), unit="batch", desc="video"):
-            images.extend(rendered["image"])
-            depths.extend(rendered["image_depth"])
-            while len(images) >= cells:
-                frame_images, frame_depths = torch.stack(images[:cells]), torch.stack(depths[:cells])
-                del images[:cells], depths[:cells]
-                if depth_range is None:
-                    depth_range = (frame_depths.min().item(), frame_depths.max().item())
-                writer.append_data(compose_frame(frame_images, frame_depths if args.depth else None, rows, cols,
-                                                 depth_range))
+    write_video(args.out, G, ws, cameras, rows=rows, cols=cols, fps=args.fps, quality=args.quality,
+                depth=args.depth, batch=args.batch)
     print(f"wrote {args.out} ({args.frames} frames, {rows}x{cols} seeds, {args.fps} fps)")
     return 0
 

@@ -1,0 +1,186 @@
+"""python -m eg3d.viewer: the renders behind the page, then the page itself in Debian's headless Chromium."""
+
+import io
+import math
+import shlex
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+from conftest import micro_config
+from distributed_helpers import free_port
+from eg3d import generate, viewer
+from eg3d.networks import camera, orbit
+from eg3d.networks.generator import TriPlaneGenerator
+from eg3d.networks.sample_grid import to_uint8
+from eg3d.networks.snapshot import load_generator, render, save_snapshot
+
+imageio = pytest.importorskip("imageio.v2")
+pytest.importorskip("gradio")
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+# An off-centre view with every control away from its default.
+VIEW = viewer.View(seed=5, truncation_psi=0.6, yaw=20.0, pitch=-10.0, fov=21.5, radius=2.9)
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    config = micro_config()
+    torch.manual_seed(0)
+    return str(save_snapshot(TriPlaneGenerator(config.model, config.rendering), config,
+                             tmp_path_factory.mktemp("snapshot") / "snapshot-000000000"))
+
+
+@pytest.fixture
+def view_server(snapshot, tmp_path):
+    return viewer.Viewer(load_generator(snapshot), snapshot, "cpu", tmp_path)
+
+
+def by_hand(G, view: viewer.View) -> np.ndarray:
+    """The view rendered without the viewer: z from the seed's RandomState, frontal conditioning, cutoff 14."""
+    focal = camera.focal_from_fov(view.fov)
+    z = torch.from_numpy(np.random.RandomState(view.seed).randn(1, G.model_config.z_dim)).float()
+    c = camera.orbit_camera(math.pi / 2 + math.radians(view.yaw), math.pi / 2 + math.radians(view.pitch),
+                            radius=view.radius, focal=focal)
+    condition = camera.orbit_camera(math.pi / 2, math.pi / 2, radius=view.radius, focal=focal)
+    out = render(G, z, c, c_condition=condition, truncation_psi=view.truncation_psi, truncation_cutoff=14)
+    return to_uint8(out["image"])[0]
+
+
+def run_generate_command(command: str, out: Path) -> np.ndarray:
+    """Run the page's eg3d.generate command line (its --out replaced by `out`); the seed's PNG."""
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "eg3d.generate"]
+    argv = argv[3:]
+    argv[argv.index("--out") + 1] = str(out)
+    assert generate.main(argv) == 0
+    return np.asarray(Image.open(next(p for p in out.glob("seed*.png") if not p.stem.endswith("-depth"))))
+
+
+def test_a_view_equals_a_render_by_hand_and_the_generate_command_it_shows(view_server, tmp_path):
+    image, depth = view_server.render(VIEW)
+    np.testing.assert_array_equal(image, by_hand(view_server.G, VIEW))
+    np.testing.assert_array_equal(image, run_generate_command(view_server.generate_command(VIEW), tmp_path / "gen"))
+    frontal, _ = view_server.render(viewer.View(seed=5, truncation_psi=0.6))
+    assert np.abs(frontal.astype(int) - image).mean() > 1  # the camera controls move the camera
+
+    png, depth_png, npy = view_server.view_files(VIEW, image, depth)
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), image)
+    np.testing.assert_array_equal(np.load(npy), depth)
+    assert np.asarray(Image.open(depth_png)).dtype == np.uint16
+
+
+def test_out_of_range_controls_are_refused_with_their_names(view_server):
+    for bad, name in [(viewer.View(fov=0), "field of view"), (viewer.View(radius=-1), "camera distance"),
+                      (viewer.View(seed=-3), "seed")]:
+        with pytest.raises(ValueError, match=name):
+            view_server.render(bad)
+
+
+def test_the_orbit_preview_is_an_mp4_of_image_and_depth_along_the_video_path(view_server):
+    frames = imageio.mimread(view_server.orbit(VIEW, frames=12, fps=12))
+    size = view_server.G.model_config.image_resolution
+    assert len(frames) == 12 and frames[0].shape == (size, 2 * size, 3)
+    # Frame 0 is the orbit's first camera, the one eg3d.video starts at: compare its image half (H.264 is lossy).
+    yaw, pitch = orbit.orbit_angles(12)
+    start = viewer.View(seed=VIEW.seed, truncation_psi=VIEW.truncation_psi, fov=VIEW.fov, radius=VIEW.radius,
+                        yaw=math.degrees(yaw[0] - math.pi / 2), pitch=math.degrees(pitch[0] - math.pi / 2))
+    expected = by_hand(view_server.G, start).astype(float)
+    assert np.abs(frames[0][:, :size].astype(float) - expected).mean() < 8
+
+
+def test_the_mesh_files_hold_the_same_coloured_surface(view_server):
+    paths, status = view_server.mesh(VIEW, resolution=32)
+    glb, ply, obj = (trimesh.load(p, force="mesh") for p in paths)
+    assert len(ply.faces) > 0 and len(glb.faces) == len(ply.faces) == len(obj.faces)
+    half = view_server.G.rendering_config.box_warp / 2
+    assert np.abs(ply.vertices).max() <= half + 1e-6  # inside the tri-plane box, in world units
+    assert ply.visual.vertex_colors.shape == (len(ply.vertices), 4)
+    assert f"{len(ply.faces)} faces" in status
+
+
+# --- the page, in a real browser ---------------------------------------------------------------------------
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (tests/run.sh installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1300"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(condition, what: str, timeout: float = 90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"the page never showed {what} within {timeout} s")
+
+
+def image_src(driver, element_id: str) -> str | None:
+    from selenium.webdriver.common.by import By
+    found = driver.find_elements(By.CSS_SELECTOR, f"#{element_id} img")
+    return found[0].get_attribute("src") if found else None
+
+
+def fetch_png(url: str) -> np.ndarray:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+
+
+def set_slider(driver, element_id: str, value: float) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    box = driver.find_element(By.CSS_SELECTOR, f"#{element_id} input[type=number]")
+    box.clear()
+    box.send_keys(str(value), Keys.ENTER)
+
+
+@pytest.mark.slow
+def test_the_page_renders_follows_a_control_and_shows_what_a_direct_render_gives(view_server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    port = free_port()
+    app = viewer.build_app(view_server)
+    viewer.serve(app, host="127.0.0.1", port=port, workdir=tmp_path, block=False)
+    try:
+        browser.get(f"http://127.0.0.1:{port}")
+        first = wait_for(lambda: image_src(browser, "image"), "an image")
+        np.testing.assert_array_equal(fetch_png(first), view_server.render(viewer.View())[0])
+
+        set_slider(browser, "yaw", 30)
+        moved = wait_for(lambda: (src := image_src(browser, "image")) != first and src, "a new image after yaw 30")
+        expected = viewer.View(yaw=30)
+        shown = fetch_png(moved)
+        np.testing.assert_array_equal(shown, by_hand(view_server.G, expected))
+        assert np.abs(shown.astype(int) - fetch_png(first)).mean() > 1
+        assert image_src(browser, "depth")
+        command = browser.find_element(By.CSS_SELECTOR, "#command textarea").get_attribute("value")
+        np.testing.assert_array_equal(run_generate_command(command, tmp_path / "gen"), shown)
+
+        browser.find_element(By.CSS_SELECTOR, "#orbit-button").click()
+        browser.find_element(By.CSS_SELECTOR, "#mesh-button").click()
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#orbit video[src]"), "the orbit video")
+        status = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "#mesh-status textarea").get_attribute("value"),
+                          "the mesh status")
+        assert "faces" in status
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#mesh-files a")) == 3
+        browser.save_screenshot(str(tmp_path / "viewer.png"))
+    finally:
+        app.close()
