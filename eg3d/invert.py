@@ -7,7 +7,9 @@
    to the image with Adam on LPIPS + MSE; the camera (a 25-number label) renders every view of the fit.
 2. Pivotal tuning: the generator's weights fitted around the fixed pivot (Adam, --tune-lr), same losses.
 Writes DIR/w.pt ({'w': [1, num_ws, w_dim], 'camera': [1, 25], 'wplus'}), DIR/snapshot/ (the tuned generator,
-a snapshot for eg3d.generate, video and shapes) and DIR/reconstruction.png (target | inverted | tuned).
+a snapshot for eg3d.generate, video and shapes), DIR/reconstruction.png (target | inverted | tuned), and, from
+the tuned generator at the pivot, DIR/novel-views.mp4 (image | depth along eg3d.video's orbit path) and
+DIR/mesh.ply (eg3d.shapes' marching cubes at level 10, or at half the density's maximum where it never gets there).
 """
 
 import argparse
@@ -28,8 +30,11 @@ from eg3d.metrics.lpips import load_lpips, random_lpips
 
 from .generate import dataset_camera, open_generator, positive_int
 from .networks import orbit
+from .networks.density_grid import generator_density, sample_density_grid
 from .networks.sample_grid import to_uint8
 from .networks.snapshot import CONFIG_FILE, default_neural_rendering_resolution, save_snapshot
+from .shapes import REFERENCE_LEVEL, mesh_or_half_max, reference_border
+from .video import write_video
 
 LPIPS_RESOLUTION = 256  # larger images are downsampled for the LPIPS term, as PTI does
 MEAN_W_SAMPLES = 1000
@@ -115,6 +120,20 @@ def lpips_network(parser: argparse.ArgumentParser, args):
         parser.error(f"--lpips-vgg/--lpips-weights: {error}")
 
 
+@torch.no_grad()
+def write_mesh(G, w: torch.Tensor, path: Path, *, resolution: int, device) -> str:
+    """The pivot's surface in the tuned generator as a coloured .ply (see eg3d.shapes); what was written."""
+    sigma = sample_density_grid(generator_density(G, w), resolution=resolution, box_size=G.rendering_config.box_warp,
+                                device=device, progress=True).numpy()
+    try:
+        mesh, _, note = mesh_or_half_max(G, w, sigma, level=REFERENCE_LEVEL, border=reference_border(resolution))
+    except ValueError as error:
+        print(f"no mesh: {error}", file=sys.stderr)
+        return "no mesh"
+    mesh.export(path)
+    return f"{path.name} ({len(mesh.faces)} faces{'; ' + note if note else ''})"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eg3d.invert", description=__doc__.splitlines()[0])
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
@@ -131,10 +150,15 @@ def main(argv=None) -> int:
     parser.add_argument("--lpips-vgg-sha256", metavar="HEX", help="its SHA-256 (or a prefix of 8+ hex digits)")
     parser.add_argument("--lpips-weights", metavar="PATH|URL", help="the lpips package's weights/v0.1/vgg.pth")
     parser.add_argument("--lpips-sha256", metavar="HEX", help="its SHA-256 (or a prefix of 8+ hex digits)")
+    parser.add_argument("--frames", type=int, default=120, help="novel-view video frames (0: no video)")
+    parser.add_argument("--mesh-resolution", type=int, default=256, help="mesh grid points per axis (0: no mesh)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    if args.tune_steps < 0:
-        parser.error(f"--tune-steps {args.tune_steps}: expected 0 or more")
+    for name in ("tune_steps", "frames"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected 0 or more")
+    if args.mesh_resolution != 0 and args.mesh_resolution < 8:
+        parser.error(f"--mesh-resolution {args.mesh_resolution}: expected 0 (no mesh) or at least 8")
 
     camera = orbit.frontal_camera() if args.camera == "frontal" else dataset_camera(parser, args.camera, "--camera")
     G = open_generator(parser, args.snapshot, args.device)
@@ -160,7 +184,16 @@ def main(argv=None) -> int:
         out / "reconstruction.png")
     for name, image in (("inverted", inverted), ("tuned", tuned)):
         print(f"{name}: MSE {F.mse_loss(image, target).item():.5f}")
-    print(f"wrote w.pt, snapshot/ and reconstruction.png (target | inverted | tuned) to {out}")
+    written = ["w.pt", "snapshot/", "reconstruction.png (target | inverted | tuned)"]
+    if args.frames:
+        cameras = orbit.orbit_path(args.frames).to(args.device)
+        write_video(out / "novel-views.mp4", G, w.detach().expand(args.frames, -1, -1), cameras, rows=1, cols=1,
+                    fps=30, depth=True)
+        written.append("novel-views.mp4")
+    if args.mesh_resolution:
+        written.append(write_mesh(G, w.detach(), out / "mesh.ply", resolution=args.mesh_resolution,
+                                  device=args.device))
+    print(f"wrote {', '.join(written)} to {out}")
     return 0
 
 

@@ -106,6 +106,20 @@ def finish_mesh(G, ws: torch.Tensor, sigma: np.ndarray, *, level: float, border:
     return mesh
 
 
+def mesh_or_half_max(G, ws: torch.Tensor, sigma: np.ndarray, *, level: float, border: int,
+                     colors: bool = True) -> tuple[trimesh.Trimesh, float, str]:
+    """finish_mesh at `level`, or, where sigma never reaches it (a briefly trained network), at half sigma's
+    maximum: (mesh, the level used, a note saying which). ValueError where even that gives no surface."""
+    mesh = finish_mesh(G, ws, sigma, level=level, border=border, colors=colors)
+    if mesh is not None:
+        return mesh, level, ""
+    half = float(sigma.max() / 2)
+    mesh = finish_mesh(G, ws, sigma, level=half, border=border, colors=colors)
+    if mesh is None:
+        raise ValueError(f"the density has no surface inside the border (sigma {sigma.min():.3g}..{sigma.max():.3g})")
+    return mesh, half, f"sigma never reaches {level:g}: meshed at {half:.3g}, half its maximum"
+
+
 def seed_ws(G, seed: int, *, truncation_psi: float, truncation_cutoff: int | None, device) -> torch.Tensor:
     """ws [1, num_ws, w_dim] of a seed, as eg3d.generate draws and conditions it (eg3d.networks.orbit)."""
     z = orbit.seed_latents([seed], G.model_config.z_dim).to(device)

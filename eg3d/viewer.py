@@ -36,7 +36,7 @@ from .networks import camera, orbit
 from .networks.density_grid import generator_density, sample_density_grid
 from .networks.sample_grid import depth_to_images, to_uint8
 from .networks.snapshot import default_neural_rendering_resolution, load_generator
-from .shapes import finish_mesh, reference_border
+from .shapes import mesh_or_half_max, reference_border
 from .video import write_video
 
 # Small renders (64 px at tiny) fill their boxes, pixels kept square and sharp.
@@ -140,18 +140,14 @@ class Viewer:
         box_size = self.G.rendering_config.box_warp
         sigma = sample_density_grid(generator_density(self.G, ws), resolution=resolution, box_size=box_size,
                                     device=self.device).numpy()
-        border = reference_border(resolution)
-        mesh = finish_mesh(self.G, ws, sigma, level=level, border=border, colors=True)
-        note = ""
-        if mesh is None:
-            level = float(sigma.max() / 2)
-            mesh = finish_mesh(self.G, ws, sigma, level=level, border=border, colors=True)
-            note = f" (sigma never reaches {MESH_LEVEL:g}, the reference's level: meshed at half its maximum)"
-        if mesh is None:
-            raise ValueError(f"seed {view.seed}: the density is empty (max {sigma.max():.3g}); no surface to mesh")
+        try:
+            mesh, level, note = mesh_or_half_max(self.G, ws, sigma, level=level, border=reference_border(resolution))
+        except ValueError as error:
+            raise ValueError(f"seed {view.seed}: {error}") from None
         paths = [self._path(view, suffix, resolution=resolution, level=level) for suffix in (".glb", ".ply", ".obj")]
         for path in paths:
             mesh.export(path)
+        note = f" ({note})" if note else ""
         status = (f"seed {view.seed}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces at level {level:.3g}"
                   f"{note}; grid {resolution}^3 over the box of side {box_size:g} world units, y up, frontal camera on +z")
         return [str(p) for p in paths], status

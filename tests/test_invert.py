@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+import trimesh
 import torch.nn.functional as F
 from PIL import Image
 
@@ -22,6 +23,7 @@ from eg3d.networks.generator import TriPlaneGenerator
 from eg3d.networks.sample_grid import to_uint8
 from eg3d.networks.snapshot import load_generator, save_snapshot
 
+imageio = pytest.importorskip("imageio.v2")
 NOVEL_VIEW = camera.orbit_camera(math.pi / 2 + 0.4, math.pi / 2 - 0.1)
 
 
@@ -60,7 +62,8 @@ def test_the_command_writes_the_pivot_a_tuned_snapshot_and_the_comparison(scene,
     root = scene["root"]
     out = root / "out"
     assert invert.main([str(root / "snapshot"), str(root / "target.png"), "--camera", "frontal", "--out", str(out),
-                        "--steps", "20", "--lr", "0.05", "--tune-steps", "10", "--device", "cpu"]) == 0
+                        "--steps", "20", "--lr", "0.05", "--tune-steps", "10", "--device", "cpu",
+                        "--frames", "6", "--mesh-resolution", "32"]) == 0
     assert STAND_IN_LABEL in capsys.readouterr().out
     pivot = torch.load(out / "w.pt")
     w = pivot["w"]
@@ -71,6 +74,10 @@ def test_the_command_writes_the_pivot_a_tuned_snapshot_and_the_comparison(scene,
     metadata = json.loads((out / "snapshot" / "config.json").read_text())["metadata"]["pti"]
     assert STAND_IN_LABEL in metadata["loss"]
     assert Image.open(out / "reconstruction.png").size == (3 * 32, 32)
+    frames = imageio.mimread(out / "novel-views.mp4")
+    assert len(frames) == 6 and frames[0].shape == (32, 2 * 32, 3)  # image | depth
+    mesh = trimesh.load(out / "mesh.ply")
+    assert len(mesh.faces) > 0 and abs(mesh.vertices).max() <= tuned.rendering_config.box_warp / 2 + 1e-6
 
 
 @pytest.mark.parametrize("change, argument", [
