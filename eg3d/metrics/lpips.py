@@ -9,6 +9,10 @@ Real LPIPS needs two weight files, each a path or URL checked by SHA-256 (as `lo
 Distance (images in [-1, 1]): shift and scale to the backbone's input statistics, take the features at
 relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3, normalise each pixel's feature vector to unit length, and
 sum over taps the spatial mean of sum_c w_c * (difference_c)^2.
+Every constant here was checked against the lpips package's source (richzhang/PerceptualSimilarity): the
+scaling layer's shift and scale, the taps after torchvision `features` indices 3, 8, 15, 22 and 29, the
+unit normalisation's eps of 1e-10 (added to the norm), and the heads as bias-free 1x1 convolutions
+behind a dropout (hence the `.model.1.` in their names), averaged over space.
 
 Without weight files `random_lpips` builds the same architecture with seeded random convolutions and
 uniform heads: a "random-feature LPIPS stand-in, not LPIPS", whose values are not comparable to LPIPS.
