@@ -184,3 +184,15 @@ def test_the_page_renders_follows_a_control_and_shows_what_a_direct_render_gives
         browser.save_screenshot(str(tmp_path / "viewer.png"))
     finally:
         app.close()
+
+
+def test_load_switches_snapshots_and_a_wrong_url_keeps_the_current_one(view_server, snapshot, tmp_path):
+    config = micro_config("rendering.neural_rendering_resolution_initial=12")
+    torch.manual_seed(1)
+    other = save_snapshot(TriPlaneGenerator(config.model, config.rendering), config, tmp_path / "other")
+    before = view_server.render(VIEW)[0]
+    assert "neural rendering at 12" in view_server.load(str(other))
+    assert np.abs(view_server.render(VIEW)[0].astype(int) - before).mean() > 1  # other weights, other image
+    with pytest.raises(FileNotFoundError, match="missing"):
+        view_server.load(str(tmp_path / "nothing-here"))
+    assert view_server.url == str(other) and "neural rendering at 12" in view_server.describe()
