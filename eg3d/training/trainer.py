@@ -47,6 +47,7 @@ class Phase:
     optimizer: torch.optim.Optimizer
     interval: int
     run: Callable  # (real_img, real_c, gen_z, gen_c, schedule, gain) -> None, accumulates gradients
+    low_precision: bool = True  # under run.precision's autocast; False: always float32
 
 
 class SingleProcess:
@@ -148,8 +149,12 @@ class Trainer:
             Phase("Dreg", self.D, self.opt_D, loss_cfg.r1_interval, lambda r, rc, z, c, s, g: self.loss.d_r1(r, rc, s, g)),
         ]
         if loss_cfg.density_reg > 0:
+            # Always float32: the regularizer is a finite difference of densities at points a small step
+            # apart, which bf16's rounding swamps (its gradient lost its direction in tests/test_gpu.py);
+            # the reference runs the tri-plane backbone and decoder in float32 throughout.
             self.phases.insert(1, Phase("Greg", self.G, self.opt_G, loss_cfg.density_reg_interval,
-                                        lambda r, rc, z, c, s, g: self.loss.g_density(z, c, s, g)))
+                                        lambda r, rc, z, c, s, g: self.loss.g_density(z, c, s, g),
+                                        low_precision=False))
         self.nimg = 0
         self.step_index = 0
         self.skipped_steps = {"G": 0, "D": 0}
@@ -172,8 +177,8 @@ class Trainer:
     def schedule(self) -> Schedule:
         return Schedule.at(self.config, self.nimg)
 
-    def autocast(self):
-        if self.config.run.precision == "bf16":
+    def autocast(self, phase: Phase):
+        if self.config.run.precision == "bf16" and phase.low_precision:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -258,7 +263,7 @@ class Trainer:
         for start, size in zip(starts, split.micro_batches(rank)):
             part = slice(start, start + size)
             torch.manual_seed(step_seed(self.config.run.seed, self.step_index, phase_index, first + start))
-            with self.autocast():
+            with self.autocast(phase):
                 phase.run(real_img[part], real_c[part], gen_z[part], gen_c[part], schedule,
                           phase.interval * size * split.world_size / split.global_batch)
 
