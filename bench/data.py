@@ -177,6 +177,16 @@ def bench_consumer(manifest_url: str, steps: int) -> tuple[float, int]:
 
 # --- main ----------------------------------------------------------------------------------------------
 
+def print_rows(rows: list[dict], consumer_ips: float | None) -> None:
+    print()
+    print(f"{'res':>4} {'dataset':<15} {'reader':<20} {'source':<13} {'thr':>3} {'img/s':>8} "
+          f"{'img/s/core':>10} {'x consumer':>10}")
+    for r in rows:
+        ratio = f"{r['ips'] / consumer_ips:>10.1f}" if r["res"] == 64 and consumer_ips else f"{'-':>10}"
+        print(f"{r['res']:>4} {r['made']:<15} {r['reader']:<20} {r['source']:<13} {r['threads']:>3} "
+              f"{r['ips']:>8.1f} {r['ips'] / r['threads']:>10.1f} {ratio}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128],
@@ -189,6 +199,9 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=2,
                         help="timed tiny training steps (>=1; each takes seconds on a CPU)")
     parser.add_argument("--no-s3", action="store_true", help="skip the loopback S3 server")
+    parser.add_argument("--backends", nargs="+", default=None, help="reader backends (default: every installed one)")
+    parser.add_argument("--no-consumer", action="store_true", help="skip the training-step consumer and the 2x check")
+    parser.add_argument("--json", default=None, metavar="PATH", help="append each reader row as a JSON line")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -197,6 +210,10 @@ def main() -> None:
     from eg3d.config.presets import tiny
 
     images = args.images or args.count
+    backends = args.backends or BACKENDS
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        parser.error(f"backend(s) {', '.join(unknown)} not available here (installed: {', '.join(BACKENDS)})")
     batch_size = args.batch or tiny().run.batch_size
     cores = os.cpu_count() or 1
     print(f"cpu cores {cores}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
@@ -225,16 +242,16 @@ def main() -> None:
             base = {"res": resolution, "made": made}
             rows.append({**base, "reader": "PIL loop", "source": "local folder", "threads": 1,
                          "ips": bench_pil_loop(folder, images)})
-            for backend in BACKENDS:
+            for backend in backends:
                 for where, manifest_url in manifests.items():
                     for threads in args.threads:
                         rows.append({**base, "reader": f"ShardReader {backend}", "source": where,
                                      "threads": threads,
                                      "ips": bench_reader(manifest_url, backend, threads, batch_size, images)})
                         print(f"  {rows[-1]['reader']} {where} x{threads}: {rows[-1]['ips']:.0f} img/s", flush=True)
-            if resolution == 64:
+            if resolution == 64 and not args.no_consumer:
                 consumer = bench_consumer(manifests["local"], max(1, args.train_steps))
-        if consumer is None:
+        if consumer is None and not args.no_consumer:
             folder64, _ = make_dataset(root, 64, min(args.count, 64), args.seed, workers=min(2, cores))
             build(str(folder64), str(root / "shards64"), shard_size_mb=args.shard_size_mb, workers=1, progress=False)
             consumer = bench_consumer(str(root / "shards64" / "manifest.json"), max(1, args.train_steps))
@@ -243,14 +260,14 @@ def main() -> None:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
+    if args.json:
+        with open(args.json, "a") as file:
+            file.writelines(json.dumps({**row, "cores": cores}) + "\n" for row in rows)
+    if consumer is None:
+        print_rows(rows, None)
+        return
     consumer_ips, consumer_batch = consumer
-    print()
-    print(f"{'res':>4} {'dataset':<15} {'reader':<20} {'source':<13} {'thr':>3} {'img/s':>8} "
-          f"{'img/s/core':>10} {'x consumer':>10}")
-    for r in rows:
-        ratio = f"{r['ips'] / consumer_ips:>10.1f}" if r["res"] == 64 else f"{'-':>10}"
-        print(f"{r['res']:>4} {r['made']:<15} {r['reader']:<20} {r['source']:<13} {r['threads']:>3} "
-              f"{r['ips']:>8.1f} {r['ips'] / r['threads']:>10.1f} {ratio}")
+    print_rows(rows, consumer_ips)
     print(f"{64:>4} {'-':<15} {'tiny train_step':<20} {'(consumer)':<13} {torch.get_num_threads():>3} "
           f"{consumer_ips:>8.1f} {consumer_ips / torch.get_num_threads():>10.1f} {1.0:>10.1f}")
     print()

@@ -1,22 +1,89 @@
-"""Training-step throughput and memory for each preset this machine can run.
+"""Training-step throughput, memory, MFU and profile for each preset this machine can run.
 
-    python bench/train_step.py                 # tiny on CPU; ffhq512 too when a GPU is present
-    python bench/train_step.py --presets tiny ffhq512 --steps 5
+    python bench/train_step.py                        # tiny on CPU; ffhq512 too when a GPU is present
+    python bench/train_step.py --presets tiny ffhq512 --steps 5 --dtype bf16
+    python bench/train_step.py --profile              # top operators and time per phase of one iteration
+    python bench/train_step.py --loop --presets ffhq512 --set run.batch_size=4   # through the worker loop, on real shards
+    python bench/train_step.py --presets --g-forward ffhq512        # only the G forward time at batch 1
 
-Prints one table: images per second for a full training iteration (every phase, lazy regularizers
-amortized by running whole intervals), peak memory, and the G forward time at batch 1 for ffhq512.
+The default rows time `Trainer.train_step` on a resident synthetic batch. `--loop` times the single-process
+worker loop (`eg3d.training.loop.train`: shard reader, trainer, logging) on a local shard folder it writes
+first (synthetic 64 px renders, upscaled to the preset's resolution), reading the loop's own images/s of
+its last log interval, which leaves out the first interval (warm-up) and the final snapshot and checkpoint.
+Both run whole lazy-regularization periods, so every phase weighs as in training.
+
+`--profile` runs one iteration with every phase due (step 0) under torch.profiler (CPU activity, and CUDA
+on a GPU) and prints the top operators by self time, then the time per phase from the trainer's
+`record_function` labels (eg3d.training.trainer.PROFILER_LABEL): each phase's forward and backward passes,
+its optimizer step, the EMA update. On a GPU the CPU column of an optimizer step includes waiting for the
+phase's kernels (the finite-gradient check reads a value back); the CUDA column is the kernels' own time.
+
+MFU (model FLOPs utilization) = training FLOPs per image x images/s / the device's peak FLOP/s, where
+
+    training FLOPs per image = 4 G + 8 D
+        Gmain: G forward and backward (2x forward)                                    3 G
+               D forward and backward to its input only (D's weights are frozen)      2 D
+        Dmain: G forward without gradients                                            1 G
+               D forward and backward (weights and activations) on a fake and a real  2 x 3 D
+
+with G and D the forward FLOPs per image of eg3d.summary (matmuls and convolutions, plus the tri-plane
+lookups) at the neural rendering resolution the trainer is at. The lazy regularizers (Greg, Dreg) are
+not counted though their time is in images/s, so the MFU slightly understates what the device computes.
+The peak is --peak-tflops, else the datasheet figure for the device and --dtype from PEAK_TFLOPS (bf16:
+dense tensor cores; fp32: without tensor cores, though cuDNN runs fp32 convolutions on TF32 tensor cores
+by default, so an fp32 MFU can pass 100%); on a CPU, or an unknown GPU, it is n/a without the flag.
 """
 
 import argparse
+import copy
+import json
 import resource
+import shutil
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+from eg3d.config import apply_overrides
 from eg3d.config.presets import get_preset
 from eg3d.networks import camera
 from eg3d.networks.generator import TriPlaneGenerator
-from eg3d.training.trainer import Trainer
+from eg3d.summary import flops_per_image
+from eg3d.training.trainer import PROFILER_LABEL, Trainer
+
+# Peak dense TFLOP/s (bf16 on tensor cores, fp32 without), from NVIDIA's datasheets (the sparse figures
+# there are twice these). Matched in order as substrings of torch.cuda.get_device_name().
+PEAK_TFLOPS = (
+    ("H200 NVL", {"bf16": 836.0, "fp32": 60.0}),
+    ("H200", {"bf16": 989.5, "fp32": 67.0}),  # H200 SXM
+    ("H100 PCIe", {"bf16": 756.0, "fp32": 51.0}),
+    ("H100 NVL", {"bf16": 835.0, "fp32": 60.0}),
+    ("H100", {"bf16": 989.5, "fp32": 67.0}),  # H100 SXM ("NVIDIA H100 80GB HBM3")
+    ("A100", {"bf16": 312.0, "fp32": 19.5}),
+    ("L4", {"bf16": 121.0, "fp32": 30.3}),
+    # AWS's A10G has no NVIDIA datasheet: these are the A10's (the same GA102 chip; AWS's part may clock
+    # differently), so pass --peak-tflops for an exact figure.
+    ("A10G", {"bf16": 125.0, "fp32": 31.2}),
+)
+
+
+def peak_tflops(device: torch.device, dtype: str, override: float | None) -> float | None:
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peaks[dtype] for key, peaks in PEAK_TFLOPS if key in name), None)
+
+
+def training_flops_per_image(config, neural_rendering_resolution: int) -> float:
+    """4 G + 8 D (the module docstring says why) at the given neural rendering resolution."""
+    config = copy.deepcopy(config)
+    config.rendering.neural_rendering_resolution_final = neural_rendering_resolution
+    flops = flops_per_image(config)
+    return 4 * flops["G_forward"] + 8 * flops["D_forward"]
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -37,19 +104,33 @@ def fake_batch(config, n: int, device: torch.device):
     return torch.rand(n, 3, res, res, device=device) * 2 - 1, c.to(device)
 
 
-def bench_training(name: str, device: torch.device, steps: int, warmup: int) -> dict:
-    config = get_preset(name)
+def bench_config(name: str, device: torch.device, *, dtype: str, overrides: list[str]):
+    config = apply_overrides(get_preset(name), overrides)
     config.run.device = device.type
-    pool = fake_batch(config, 64, device)[1]
-    trainer = Trainer(config, camera_pool=pool, device=device)
+    config.run.precision = dtype
+    return config
+
+
+def make_trainer(config, device: torch.device) -> Trainer:
+    # torch.compile of the networks (a --compile flag) belongs here, once the trainer supports it.
+    return Trainer(config, camera_pool=fake_batch(config, 64, device)[1], device=device)
+
+
+def lazy_period_steps(config, steps: int) -> int:
+    """`steps` rounded to whole lazy-regularization periods (at least one), as the trainer's phases run."""
+    loss = config.loss
+    period = max(loss.r1_interval, loss.density_reg_interval if loss.density_reg > 0 else 1)
+    return max(steps // period, 1) * period
+
+
+def bench_training(config, device: torch.device, steps: int, warmup: int) -> dict:
+    trainer = make_trainer(config, device)
     img, c = fake_batch(config, config.run.batch_size, device)
     for _ in range(warmup):
         trainer.train_step(img, c)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    # A whole number of lazy-regularization periods, so each phase is weighted by how often it runs.
-    period = max(p.interval for p in trainer.phases)
-    steps = max(steps // period, 1) * period
+    steps = lazy_period_steps(config, steps)
     trainer.step_index = 0
     synchronize(device)
     start = time.perf_counter()
@@ -57,42 +138,180 @@ def bench_training(name: str, device: torch.device, steps: int, warmup: int) -> 
         trainer.train_step(img, c)
     synchronize(device)
     seconds = time.perf_counter() - start
-    return {"preset": name, "device": device.type, "batch": config.run.batch_size,
-            "images_per_second": steps * config.run.batch_size / seconds, "seconds_per_iteration": seconds / steps,
-            "peak_memory_mib": peak_memory_bytes(device) / 2**20, "lazy_period": period, "steps": steps}
+    return result_row(config, trainer, device, "train_step", steps * config.run.batch_size / seconds, steps)
+
+
+def bench_loop(config, device: torch.device, steps: int, warmup: int) -> dict:
+    """Images/s of the worker loop's last log interval: `steps` (whole lazy periods) after `warmup` such
+    intervals (0: the one interval timed includes the first step)."""
+    from eg3d.training.loop import train
+
+    steps = lazy_period_steps(config, steps)
+    batch = config.run.batch_size
+    config = copy.deepcopy(config)
+    config.data.backend = "pytorch"
+    config.metrics.num_generated = 0  # no quality measurement at the final snapshot
+    config.run.log_kimg = steps * batch / 1000
+    config.run.total_kimg = (warmup + 1) * steps * batch / 1000
+    config.run.snapshot_kimg = config.run.checkpoint_kimg = 10 * config.run.total_kimg  # only at the end
+    records = []
+    root = Path(tempfile.mkdtemp(prefix="eg3d-bench-loop-"))
+    try:
+        manifest = write_shards(root, config.model.image_resolution, count=max(4 * batch, 32))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        trainer = train(config, manifest_url=manifest, run_url=root / "run", device=device,
+                        report=records.append, log=lambda line: None)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return result_row(config, trainer, device, "worker loop", records[-1]["images_per_second"], steps)
+
+
+def write_shards(root: Path, resolution: int, count: int) -> str:
+    """A local shard folder of `count` synthetic images (bench/data.py's datasets); its manifest path."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from data import make_dataset
+
+    from dataloading.build import build
+
+    folder, _ = make_dataset(root, resolution, count, seed=0, workers=2)
+    build(str(folder), str(root / "shards"), workers=1, progress=False)
+    return str(root / "shards" / "manifest.json")
+
+
+def result_row(config, trainer: Trainer, device: torch.device, how: str, images_per_second: float,
+               steps: int) -> dict:
+    return {"preset": config.preset, "how": how, "device": device_name(device), "dtype": config.run.precision,
+            "batch": config.run.batch_size, "steps": steps, "images_per_second": images_per_second,
+            "seconds_per_iteration": config.run.batch_size / images_per_second,
+            "peak_memory_mib": peak_memory_bytes(device) / 2**20,
+            "neural_rendering_resolution": trainer.schedule.neural_rendering_resolution}
+
+
+def with_mfu(row: dict, config, device: torch.device, peak_override: float | None) -> dict:
+    flops = training_flops_per_image(config, row["neural_rendering_resolution"])
+    peak = peak_tflops(device, config.run.precision, peak_override)
+    return {**row, "training_gflops_per_image": flops / 1e9, "peak_tflops": peak,
+            "mfu": flops * row["images_per_second"] / (peak * 1e12) if peak else None}
 
 
 @torch.no_grad()
-def bench_g_forward(device: torch.device, repeats: int = 3) -> float:
-    config = get_preset("ffhq512")
+def bench_g_forward(name: str, device: torch.device, dtype: str, repeats: int = 3) -> dict:
+    config = get_preset(name)
     G = TriPlaneGenerator(config.model, config.rendering).to(device).eval()
     z = torch.randn(1, config.model.z_dim, device=device)
     c = fake_batch(config, 1, device)[1]
-    G(z, c, neural_rendering_resolution=64)
+    resolution = config.rendering.neural_rendering_resolution_initial
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    with autocast:
+        G(z, c, neural_rendering_resolution=resolution)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            G(z, c, neural_rendering_resolution=resolution)
+        synchronize(device)
+    return {"preset": name, "how": "G forward, batch 1", "device": device_name(device), "dtype": dtype,
+            "neural_rendering_resolution": resolution, "seconds": (time.perf_counter() - start) / repeats}
+
+
+def profile_iteration(config, device: torch.device, warmup: int, top: int = 25) -> None:
+    """Print the top operators of one iteration with every phase due, and the time per phase."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = make_trainer(config, device)
+    img, c = fake_batch(config, config.run.batch_size, device)
+    for _ in range(warmup):
+        trainer.train_step(img, c)
+    trainer.step_index = 0  # every lazy regularizer is due
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        G(z, c, neural_rendering_resolution=64)
-    synchronize(device)
-    return (time.perf_counter() - start) / repeats
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        trainer.train_step(img, c)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    print(f"\n{config.preset} ({config.run.precision}, batch {config.run.batch_size}, {device_name(device)}): "
+          f"one iteration with every phase, {seconds * 1000:.1f} ms; top {top} operators by {sort}")
+    print(events.table(sort_by=sort, row_limit=top))
+    print(phase_table(events, seconds, cuda=device.type == "cuda"))
+
+
+def phase_table(events, iteration_seconds: float, *, cuda: bool) -> str:
+    """The trainer's labelled regions: CPU (and CUDA) time, in ms and as a share of the iteration."""
+    cpu, gpu = {}, {}
+    for event in events:  # a label can appear as a CPU and as a GPU-side annotation row: keep the larger
+        if event.key.startswith(PROFILER_LABEL):
+            name = event.key[len(PROFILER_LABEL):]
+            cpu[name] = max(cpu.get(name, 0.0), event.cpu_time_total / 1000)
+            gpu[name] = max(gpu.get(name, 0.0), event.device_time_total / 1000)
+    lines = [f"{'region':<20} {'CPU ms':>9} {'% iter':>7}" + (f" {'CUDA ms':>9}" if cuda else "")]
+    for name in cpu:  # in the order the trainer runs them
+        lines.append(f"{name:<20} {cpu[name]:>9.1f} {100 * cpu[name] / (iteration_seconds * 1000):>6.1f}%"
+                     + (f" {gpu[name]:>9.1f}" if cuda else ""))
+    total = sum(cpu.values())
+    lines.append(f"{'(labelled, total)':<20} {total:>9.1f} {100 * total / (iteration_seconds * 1000):>6.1f}%")
+    return "\n".join(lines)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'preset':<10} {'how':<12} {'dtype':<5} {'batch':>5} {'img/s':>8} {'s/iter':>8} {'peak MiB':>9} "
+          f"{'GFLOP/img':>9} {'MFU':>6}")
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        print(f"{r['preset']:<10} {r['how']:<12} {r['dtype']:<5} {r['batch']:>5} {r['images_per_second']:>8.2f} "
+              f"{r['seconds_per_iteration']:>8.3f} {r['peak_memory_mib']:>9.0f} "
+              f"{r['training_gflops_per_image']:>9.1f} {mfu:>6}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=None)
-    parser.add_argument("--steps", type=int, default=16, help="timed iterations (tiny's lazy period is 16)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--presets", nargs="*", default=None, help="default: tiny, and ffhq512 on a GPU")
+    parser.add_argument("--steps", type=int, default=16, help="timed iterations (rounded to lazy periods, 16)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations (--loop: log intervals)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a config field of every preset, e.g. run.batch_size=4")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="run.precision: bf16 runs the forward passes under bfloat16 autocast")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: table)")
+    parser.add_argument("--profile", action="store_true", help="profile one iteration of each preset")
+    parser.add_argument("--loop", action="store_true", help="time the worker loop on a local shard folder")
+    parser.add_argument("--g-forward", default="ffhq512", metavar="PRESET|none",
+                        help="time G's forward pass at batch 1 for this preset (default ffhq512)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="append each result as a JSON line")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    presets = args.presets or (["tiny", "ffhq512"] if device.type == "cuda" else ["tiny"])
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"{'preset':<10} {'device':<6} {'batch':>5} {'img/s':>8} {'s/iter':>8} {'peak MiB':>9}")
+    presets = args.presets if args.presets is not None else (["tiny", "ffhq512"] if device.type == "cuda" else ["tiny"])
+    print(f"device: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"dtype {args.dtype}")
+    rows = []
     for name in presets:
-        r = bench_training(name, device, args.steps, args.warmup)
-        print(f"{r['preset']:<10} {r['device']:<6} {r['batch']:>5} {r['images_per_second']:>8.2f} "
-              f"{r['seconds_per_iteration']:>8.3f} {r['peak_memory_mib']:>9.0f}")
-    print(f"ffhq512 G forward, batch 1, neural rendering 64: {bench_g_forward(device):.3f} s")
+        try:
+            config = bench_config(name, device, dtype=args.dtype, overrides=args.overrides)
+        except ValueError as error:
+            parser.error(str(error))
+        if args.profile:
+            profile_iteration(config, device, args.warmup)
+        elif args.loop:
+            rows.append(with_mfu(bench_loop(config, device, args.steps, args.warmup), config, device,
+                                 args.peak_tflops))
+        else:
+            rows.append(with_mfu(bench_training(config, device, args.steps, args.warmup), config, device,
+                                 args.peak_tflops))
+    if rows:
+        print_rows(rows)
+    if args.g_forward != "none":
+        rows.append(bench_g_forward(args.g_forward, device, args.dtype))
+        print(f"{args.g_forward} G forward, batch 1, neural rendering {rows[-1]['neural_rendering_resolution']}, "
+              f"{args.dtype}: {rows[-1]['seconds']:.3f} s")
+    if args.json:
+        with open(args.json, "a") as file:
+            file.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 if __name__ == "__main__":

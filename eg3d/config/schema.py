@@ -112,7 +112,7 @@ class RunConfig:
     total_kimg: float = 25000.0
     batch_size: int = 32  # global batch, in images
     micro_batch: int | None = None  # per-worker micro-batch; None: each worker's whole share at once
-    precision: str = "fp32"  # "bf16": forward passes under bfloat16 autocast (weights, EMA, optimizers stay fp32)
+    precision: str = "fp32"  # "bf16": forward passes under bfloat16 autocast, except the density regularizer (weights, EMA, optimizers stay fp32)
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda
     checkpoint_kimg: float = 200.0

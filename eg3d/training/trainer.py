@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from eg3d.config import TrainConfig, batch_split
 from eg3d.config.seeds import step_seed
@@ -33,6 +34,13 @@ from .schedules import Schedule
 from .stats import StatsReporter
 
 
+# Each phase's forward and backward passes, its optimizer step and the EMA update run under
+# `record_function` labels starting with this, so that a torch.profiler trace (bench/train_step.py
+# --profile) shows where a step's time goes. Outside a profiler a label costs ~15 us (measured on a CPU),
+# nine of them per step: nothing beside a step's 100 ms or more.
+PROFILER_LABEL = "eg3d/"
+
+
 @dataclass
 class Phase:
     name: str
@@ -40,6 +48,7 @@ class Phase:
     optimizer: torch.optim.Optimizer
     interval: int
     run: Callable  # (real_img, real_c, gen_z, gen_c, schedule, gain) -> None, accumulates gradients
+    low_precision: bool = True  # under run.precision's autocast; False: always float32
 
 
 class SingleProcess:
@@ -141,8 +150,12 @@ class Trainer:
             Phase("Dreg", self.D, self.opt_D, loss_cfg.r1_interval, lambda r, rc, z, c, s, g: self.loss.d_r1(r, rc, s, g)),
         ]
         if loss_cfg.density_reg > 0:
+            # Always float32: the regularizer is a finite difference of densities at points a small step
+            # apart, which bf16's rounding swamps (its gradient lost its direction in tests/test_gpu.py);
+            # the reference runs the tri-plane backbone and decoder in float32 throughout.
             self.phases.insert(1, Phase("Greg", self.G, self.opt_G, loss_cfg.density_reg_interval,
-                                        lambda r, rc, z, c, s, g: self.loss.g_density(z, c, s, g)))
+                                        lambda r, rc, z, c, s, g: self.loss.g_density(z, c, s, g),
+                                        low_precision=False))
         self.nimg = 0
         self.step_index = 0
         self.skipped_steps = {"G": 0, "D": 0}
@@ -165,8 +178,8 @@ class Trainer:
     def schedule(self) -> Schedule:
         return Schedule.at(self.config, self.nimg)
 
-    def autocast(self):
-        if self.config.run.precision == "bf16":
+    def autocast(self, phase: Phase):
+        if self.config.run.precision == "bf16" and phase.low_precision:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -197,8 +210,7 @@ class Trainer:
         if len(real_img) != split.shares[rank] or len(real_c) != split.shares[rank]:
             raise ValueError(f"rank {rank}: expected its share of {split.shares[rank]} images and cameras "
                              f"({split.describe()}), got {len(real_img)} and {len(real_c)}")
-        schedule, first = self.schedule, split.offset(rank)
-        starts = np.cumsum((0,) + split.micro_batches(rank)[:-1]).tolist()
+        schedule = self.schedule
         buffers_before = None
         if self.sync.world_size > 1:
             buffers_before = torch.cat([b.detach().flatten() for b in self._float_buffers()])
@@ -210,18 +222,11 @@ class Trainer:
             # G's tracked mean w moves in G's forward passes (Dmain's fakes included): a skipped phase
             # must leave it as it was, like the weights and optimizer state it does not update.
             buffers_before_phase = [b.detach().clone() for b in self._float_buffers()]
-            gen_z, gen_c = self.phase_latents(phase_index)
-            self.G.requires_grad_(phase.network is self.G)
-            self.D.requires_grad_(phase.network is self.D)
-            self.sync.zero_grad(phase)
-            self.loss.backward = functools.partial(self.sync.backward, phase)
-            for start, size in zip(starts, split.micro_batches(rank)):
-                part = slice(start, start + size)
-                torch.manual_seed(step_seed(self.config.run.seed, self.step_index, phase_index, first + start))
-                with self.autocast():
-                    phase.run(real_img[part], real_c[part], gen_z[part], gen_c[part], schedule,
-                              phase.interval * size * split.world_size / split.global_batch)
-            if not self._optimizer_step(phase):
+            with record_function(f"{PROFILER_LABEL}phase/{phase.name}"):
+                self.accumulate_gradients(phase_index, real_img, real_c, schedule)
+            with record_function(f"{PROFILER_LABEL}optimizer/{phase.name}"):
+                finite = self._optimizer_step(phase)
+            if not finite:
                 self._restore_buffers(buffers_before_phase)
                 all_phases_finite = False
             if self.device.type == "cuda":  # the phase's kernels have run, not merely been queued
@@ -233,7 +238,8 @@ class Trainer:
         # A finite gradient can still overflow a weight (an absurd learning rate), so the networks are
         # checked too (they are the same on every rank). G_ema follows fully finite steps only.
         if all_phases_finite and self._networks_finite():
-            self._update_ema(split.global_batch)
+            with record_function(f"{PROFILER_LABEL}ema"):
+                self._update_ema(split.global_batch)
             self.nonfinite_streak = 0
         else:
             self.nonfinite_streak += 1
@@ -242,6 +248,25 @@ class Trainer:
         self._adapt_augmentation()
         self.stats.add("images", split.shares[rank])
         self.stats.add("steps", 1)
+
+    def accumulate_gradients(self, phase_index: int, real_img: torch.Tensor, real_c: torch.Tensor,
+                             schedule: Schedule) -> None:
+        """The forward and backward passes of one phase over this rank's micro-batches: its network's
+        gradients, zeroed first, hold the phase's loss gradient afterwards (not yet reduced or applied)."""
+        phase, split, rank = self.phases[phase_index], self.split, self.sync.rank
+        gen_z, gen_c = self.phase_latents(phase_index)
+        self.G.requires_grad_(phase.network is self.G)
+        self.D.requires_grad_(phase.network is self.D)
+        self.sync.zero_grad(phase)
+        self.loss.backward = functools.partial(self.sync.backward, phase)
+        first = split.offset(rank)
+        starts = np.cumsum((0,) + split.micro_batches(rank)[:-1]).tolist()
+        for start, size in zip(starts, split.micro_batches(rank)):
+            part = slice(start, start + size)
+            torch.manual_seed(step_seed(self.config.run.seed, self.step_index, phase_index, first + start))
+            with self.autocast(phase):
+                phase.run(real_img[part], real_c[part], gen_z[part], gen_c[part], schedule,
+                          phase.interval * size * split.world_size / split.global_batch)
 
     def _adapt_augmentation(self) -> None:
         """ADA: every `interval` steps, move p by the sign of (mean sign of D's real logits - target).
