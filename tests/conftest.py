@@ -29,6 +29,17 @@ def micro():
     return micro_config()
 
 
+@pytest.fixture(scope="module")
+def micro_snapshot(tmp_path_factory) -> str:
+    """An untrained micro generator (torch seed 0) saved as a snapshot folder; its path."""
+    from eg3d.networks.generator import TriPlaneGenerator
+    from eg3d.networks.snapshot import save_snapshot
+    config = micro_config()
+    torch.manual_seed(0)
+    return str(save_snapshot(TriPlaneGenerator(config.model, config.rendering), config,
+                             tmp_path_factory.mktemp("snapshot") / "snapshot-000000000"))
+
+
 def random_cameras(n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     yaw = torch.pi / 2 + (torch.rand(n, generator=g) - 0.5) * 1.2

@@ -10,13 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import micro_config
 from dataloading import storage
 from eg3d import generate, video
 from eg3d.networks import camera, orbit
-from eg3d.networks.generator import TriPlaneGenerator
 from eg3d.networks.sample_grid import to_uint8
-from eg3d.networks.snapshot import load_generator, render, save_snapshot
+from eg3d.networks.snapshot import load_generator, render
 from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 
 imageio = pytest.importorskip("imageio.v2")
@@ -26,11 +24,8 @@ FOCAL = camera.focal_from_fov(generate.FFHQ_FOV_DEGREES)
 
 
 @pytest.fixture(scope="module")
-def snapshot(tmp_path_factory):
-    config = micro_config()
-    torch.manual_seed(0)
-    return str(save_snapshot(TriPlaneGenerator(config.model, config.rendering), config,
-                             tmp_path_factory.mktemp("snapshot") / "snapshot-000000000"))
+def snapshot(micro_snapshot):
+    return micro_snapshot
 
 
 def png(path) -> np.ndarray:

@@ -31,11 +31,8 @@ VIEW = viewer.View(seed=5, truncation_psi=0.6, yaw=20.0, pitch=-10.0, fov=21.5, 
 
 
 @pytest.fixture(scope="module")
-def snapshot(tmp_path_factory):
-    config = micro_config()
-    torch.manual_seed(0)
-    return str(save_snapshot(TriPlaneGenerator(config.model, config.rendering), config,
-                             tmp_path_factory.mktemp("snapshot") / "snapshot-000000000"))
+def snapshot(micro_snapshot):
+    return micro_snapshot
 
 
 @pytest.fixture
