@@ -22,26 +22,53 @@ def fir_filter(taps=(1, 3, 3, 1)) -> torch.Tensor:
 
 def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, *, up: int = 1, down: int = 1,
               pad: tuple[int, int] = (0, 0), gain: float = 1.0) -> torch.Tensor:
-    """Upsample by zero insertion, pad (a negative pad crops), filter with `kernel` per channel (a true
-    convolution), then keep every `down`-th pixel. A 1D kernel is separable: filtering is by its outer
-    product with itself, one axis at a time."""
-    n, c, h, w = x.shape
-    if up > 1:
-        x = x.reshape(n, c, h, 1, w, 1)
-        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
-        x = x.reshape(n, c, h * up, w * up)
-    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+    """FIR resampling of x [N, C, H, W]: upsample by zero insertion, pad (a negative pad crops), filter
+    with `kernel` per channel (a true convolution), keep every `down`-th pixel (upfirdn of scipy.signal
+    and StyleGAN2, in 2D). A 1D kernel is separable: filtering is by its outer product with itself.
+
+    Only the taps that meet input samples are computed: upsampling is a depthwise transposed convolution
+    with stride `up` (the polyphase filter: each output phase reads every `up`-th tap), downsampling a
+    depthwise convolution with stride `down`, and a 1D kernel runs as one pass per axis. Output side:
+    H * up + pad[0] + pad[1] - taps + 1, then divided by `down` rounding up.
+    """
     if kernel.ndim == 1:
-        k = (kernel * math.sqrt(gain)).to(x.dtype).flip([0])
-        x = F.conv2d(x, k[None, None, None, :].repeat(c, 1, 1, 1), groups=c)
-        x = F.conv2d(x, k[None, None, :, None].repeat(c, 1, 1, 1), groups=c)
-    else:
-        k = (kernel * gain).to(x.dtype).flip([0, 1])[None, None].repeat(c, 1, 1, 1)
-        x = F.conv2d(x, k, groups=c)
-    return x[:, :, ::down, ::down] if down > 1 else x
+        k = kernel * math.sqrt(gain)
+        x = _upfirdn_pass(x, k[None, :], up=(1, up), down=(1, down), pad=((0, 0), pad))
+        return _upfirdn_pass(x, k[:, None], up=(up, 1), down=(down, 1), pad=(pad, (0, 0)))
+    return _upfirdn_pass(x, kernel * gain, up=(up, up), down=(down, down), pad=(pad, pad))
+
+
+def _upfirdn_pass(x, kernel, *, up, down, pad):
+    """upfirdn2d with a 2D kernel [kh, kw] and per-axis (height, width) up, down and (before, after) pad.
+
+    As many border pixels as possible are handled by the convolution's own (symmetric) padding; the rest
+    by F.pad, which crops when negative.
+    """
+    c = x.shape[1]
+    weight = kernel.to(x.dtype)[None, None].repeat(c, 1, 1, 1)
+    if up == (1, 1):
+        conv_pad = [max(0, min(p)) for p in pad]
+        x = _pad(x, [(p0 - q, p1 - q) for (p0, p1), q in zip(pad, conv_pad)])
+        return F.conv2d(x, weight.flip([2, 3]), stride=down, padding=conv_pad, groups=c)
+    # The transposed convolution is the full convolution of the zero-inserted input (its last up-1 zeros
+    # excepted): full[j] = sum_i x[i] k[j - up * i], length (L - 1) * up + taps. The padded, filtered
+    # signal is full[taps - 1 - pad0 :], of length L * up + pad0 + pad1 - taps + 1.
+    crops = [(taps - 1 - p0, taps - u - p1) for taps, u, (p0, p1) in zip(kernel.shape, up, pad)]
+    conv_crop = [max(0, min(cr)) for cr in crops]
+    x = F.conv_transpose2d(x, weight, stride=up, padding=conv_crop, groups=c)
+    x = _pad(x, [(q - c0, q - c1) for (c0, c1), q in zip(crops, conv_crop)])
+    return x[:, :, ::down[0], ::down[1]] if down != (1, 1) else x
+
+
+def _pad(x, pad):
+    """Zero-pad (negative: crop) x [N, C, H, W] by ((top, bottom), (left, right)); no copy when all zero."""
+    (top, bottom), (left, right) = pad
+    return F.pad(x, [left, right, top, bottom]) if any((top, bottom, left, right)) else x
 
 
 def upsample2x(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """2x FIR upsampling [N, C, H, W] -> [N, C, 2H, 2W], gain 4 so a constant stays constant (StyleGAN2's
+    upsample2d padding: the filter centred on each input sample)."""
     taps = kernel.shape[-1]
     return upfirdn2d(x, kernel, up=2, pad=((taps + 1) // 2, (taps - 2) // 2), gain=4)
 
@@ -102,8 +129,10 @@ class Conv2d(nn.Module):
         else:  # low-pass, then a strided convolution
             taps = self.resample_filter.shape[-1]
             margin = self.padding + (taps - self.down + 1) // 2
-            x = upfirdn2d(x, self.resample_filter, pad=(margin, margin))
-            x = F.conv2d(x, w, stride=self.down)
+            if w.shape[-1] == 1:  # a 1x1 conv reads only the kept pixels: filter only those
+                x = F.conv2d(upfirdn2d(x, self.resample_filter, down=self.down, pad=(margin, margin)), w)
+            else:
+                x = F.conv2d(upfirdn2d(x, self.resample_filter, pad=(margin, margin)), w, stride=self.down)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, self.bias, activation=self.activation, gain=gain, clamp=clamp)
 

@@ -20,14 +20,15 @@ from .stats import StatsReporter
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (standard deviation `sigma` pixels, radius 3 sigma); identity below 1/3 pixel."""
+    """Gaussian blur of images [N, C, H, W] (standard deviation `sigma` pixels, radius 3 sigma, zero
+    padded, same size out); identity below 1/3 pixel. Separable: one 1D pass per axis, 2 (2r + 1) taps a
+    pixel instead of (2r + 1)^2."""
     radius = int(math.floor(sigma * 3))
     if radius <= 0:
         return images
     x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
     taps = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = torch.outer(taps, taps)
-    return upfirdn2d(images, kernel / kernel.sum(), pad=(radius, radius))
+    return upfirdn2d(images, taps / taps.sum(), pad=(radius, radius))
 
 
 def swap_conditioning(c: torch.Tensor, prob: float | None, *, whole_batch: bool = False) -> torch.Tensor:
