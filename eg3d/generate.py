@@ -33,6 +33,15 @@ FFHQ_FOV_DEGREES = 18.837  # the diagonal FOV of camera.FFHQ_FOCAL
 MAX_SEED = 2 ** 32 - 1  # seeds go to numpy.random.RandomState
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default, except where there is none (required options, flags)."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default in (None, False) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def seeds_list(text: str) -> list[int]:
     """'0-63' or '1,5,9' (or both: '0-3,10') -> seeds; an argparse type."""
     seeds = []
@@ -59,13 +68,13 @@ def positive_int(text: str) -> int:
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The snapshot, seeds, truncation, camera distance and lens, batch and device: shared with eg3d.video."""
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
-    parser.add_argument("--seeds", type=seeds_list, required=True, help="'0-63' or '1,5,9'")
+    parser.add_argument("--seeds", type=seeds_list, required=True, help="a range '0-63', a list '1,5,9' or both '0-3,10'")
     parser.add_argument("--trunc", type=float, default=0.7, help="truncation psi (1: none)")
     parser.add_argument("--trunc-cutoff", type=int, default=14, help="truncate the first N style layers")
     parser.add_argument("--radius", type=float, default=camera.FFHQ_RADIUS, help="camera distance to the origin")
     parser.add_argument("--fov", type=float, default=FFHQ_FOV_DEGREES, help="diagonal field of view, degrees")
     parser.add_argument("--batch", type=positive_int, default=8, help="renders per forward pass")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
 
 
 def open_generator(parser: argparse.ArgumentParser, url: str, device: str):
@@ -103,7 +112,8 @@ def depth_png(depth: np.ndarray) -> Image.Image:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eg3d.generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m eg3d.generate", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--out", required=True, help="folder to write the PNGs into")
     parser.add_argument("--yaw", type=float, default=0.0, help="radians from frontal (orbit yaw pi/2 + YAW)")

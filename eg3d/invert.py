@@ -28,7 +28,7 @@ from dataloading import storage
 from eg3d.config import TrainConfig
 from eg3d.metrics.lpips import load_lpips, random_lpips
 
-from .generate import dataset_camera, open_generator, positive_int
+from .generate import HelpFormatter, dataset_camera, open_generator, positive_int
 from .networks import orbit
 from .networks.density_grid import generator_density, sample_density_grid
 from .networks.sample_grid import to_uint8
@@ -135,7 +135,8 @@ def write_mesh(G, w: torch.Tensor, path: Path, *, resolution: int, device) -> st
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eg3d.invert", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m eg3d.invert", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
     parser.add_argument("image", help="the target image (any size; resized to the generator's, squared)")
     parser.add_argument("--camera", required=True, metavar="FILE:INDEX|frontal",
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lpips-sha256", metavar="HEX", help="its SHA-256 (or a prefix of 8+ hex digits)")
     parser.add_argument("--frames", type=int, default=120, help="novel-view video frames (0: no video)")
     parser.add_argument("--mesh-resolution", type=int, default=256, help="mesh grid points per axis (0: no mesh)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     args = parser.parse_args(argv)
     for name in ("tune_steps", "frames"):
         if getattr(args, name) < 0:

@@ -137,8 +137,9 @@ def parse_args(argv):
                         help="raw sigma at the surface (default 10, the reference's)")
     parser.add_argument("--border", type=int, default=None,
                         help="outer voxels treated as empty (default round(30 * resolution / 256))")
-    parser.add_argument("--psi", type=float, default=0.7, help="truncation psi (default 0.7)")
-    parser.add_argument("--cutoff", type=int, default=14, help="truncate the first CUTOFF ws (default 14)")
+    parser.add_argument("--trunc", "--psi", dest="psi", type=float, default=0.7, help="truncation psi (default 0.7)")
+    parser.add_argument("--trunc-cutoff", "--cutoff", dest="cutoff", type=int, default=14,
+                        help="truncate the first N style layers (default 14)")
     parser.add_argument("--chunk", type=int, default=1_000_000, help="points per decoder forward")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--obj", action="store_true", help="also write .obj")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .generate import add_common_arguments, open_generator, positive_int
+from .generate import HelpFormatter, add_common_arguments, open_generator, positive_int
 from .networks import camera, orbit
 from .networks.sample_grid import depth_to_images, to_uint8
 
@@ -55,9 +55,8 @@ def write_video(path, G, ws: torch.Tensor, cameras: torch.Tensor, *, rows: int, 
                                 pixelformat="yuv420p", quality=quality, macro_block_size=1)
     images, depths, depth_range = [], [], None
     with writer:
-        batches = orbit.render_batches(G, ws, cameras, batch)
-        for rendered in tqdm(batches, total=math.ceil(len(ws) / batch), unit="batch", desc="video",
-                             disable=not progress):
+        bar = tqdm(total=len(ws) // cells, unit="frame", desc="video", disable=not progress)
+        for rendered in orbit.render_batches(G, ws, cameras, batch):
             images.extend(rendered["image"])
             depths.extend(rendered["image_depth"])
             while len(images) >= cells:
@@ -67,10 +66,13 @@ def write_video(path, G, ws: torch.Tensor, cameras: torch.Tensor, *, rows: int, 
                     depth_range = (frame_depths.min().item(), frame_depths.max().item())
                 writer.append_data(compose_frame(frame_images, frame_depths if depth else None, rows, cols,
                                                  depth_range))
+                bar.update()
+        bar.close()
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eg3d.video", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m eg3d.video", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--out", required=True, help="MP4 file to write")
     parser.add_argument("--frames", type=positive_int, default=120)

@@ -31,7 +31,7 @@ from PIL import Image
 
 from dataloading import storage
 
-from .generate import FFHQ_FOV_DEGREES, depth_png, open_generator
+from .generate import HelpFormatter, FFHQ_FOV_DEGREES, depth_png, open_generator
 from .networks import camera, orbit
 from .networks.density_grid import generator_density, sample_density_grid
 from .networks.sample_grid import depth_to_images, to_uint8
@@ -223,7 +223,7 @@ def build_app(viewer: Viewer, title: str = "eg3d viewer"):
                     mesh_button = gr.Button("Extract mesh", elem_id="mesh-button")
                 model = gr.Model3D(label="mesh", elem_id="mesh", clear_color=(1, 1, 1, 1))
                 mesh_files = gr.File(label="mesh files (.glb, .ply, .obj)", file_count="multiple", elem_id="mesh-files")
-                mesh_status = gr.Textbox(label="mesh", interactive=False, elem_id="mesh-status")
+                mesh_status = gr.Textbox(label="mesh details", interactive=False, elem_id="mesh-status")
 
         controls = [seed, psi, yaw, pitch, fov, radius]
         shown = [image, depth, files, command]
@@ -242,11 +242,12 @@ def serve(app, *, host: str, port: int, workdir: Path, block: bool = True) -> No
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eg3d.viewer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m eg3d.viewer", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     args = parser.parse_args(argv)
     try:
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -15,7 +15,7 @@ unit normalisation's eps of 1e-10 (added to the norm), and the heads as bias-fre
 behind a dropout (hence the `.model.1.` in their names), averaged over space.
 
 Without weight files `random_lpips` builds the same architecture with seeded random convolutions and
-uniform heads: a "random-feature LPIPS stand-in, not LPIPS", whose values are not comparable to LPIPS.
+uniform heads: a "random-feature LPIPS stand-in (not LPIPS)", whose values are not comparable to LPIPS.
 """
 
 import errno
@@ -27,7 +27,7 @@ from torch import nn
 
 from .inception import cached_download, check_digest, default_cache_dir, normalized_digest
 
-STAND_IN_LABEL = "random-feature LPIPS stand-in, not LPIPS"
+STAND_IN_LABEL = "random-feature LPIPS stand-in (not LPIPS)"
 # (output channels of each 3x3 convolution, stage by stage); a stage ends at an LPIPS tap, then max-pools.
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 TAP_CHANNELS = tuple(stage[-1] for stage in VGG16_STAGES)

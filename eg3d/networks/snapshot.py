@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load, save_file
+from safetensors.torch import load, save
 
 from eg3d.config import TrainConfig
 
@@ -28,7 +28,7 @@ def save_snapshot(G_ema: TriPlaneGenerator, config: TrainConfig, directory: str 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in G_ema.state_dict().items()}
-    save_file(tensors, directory / (WEIGHTS_FILE + ".tmp"))
+    (directory / (WEIGHTS_FILE + ".tmp")).write_bytes(save(tensors))  # plain write: the umask's permissions
     (directory / (WEIGHTS_FILE + ".tmp")).replace(directory / WEIGHTS_FILE)
     document = {"config": config.to_dict(), "metadata": metadata or {}}
     (directory / (CONFIG_FILE + ".tmp")).write_text(json.dumps(document, indent=2))
