@@ -37,7 +37,7 @@ def test_set_threads_reads_the_affinity_mask_and_says_so_once(monkeypatch, resto
     assert torch.get_num_threads() == 3
     assert lines == ["torch threads: 3 (the 8 CPU(s) assigned, 3 core(s) in the affinity mask)"]
     threads.set_threads(requested=1, log=lines.append)
-    assert torch.get_num_threads() == 1 and lines[-1] == "torch threads: 1 (run.threads)"
+    assert torch.get_num_threads() == 1 and lines[-1] == "torch threads: 1 (as requested)"
 
 
 def test_a_ray_worker_takes_the_cpus_ray_assigned_to_it(monkeypatch):

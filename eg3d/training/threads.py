@@ -30,7 +30,7 @@ def set_threads(*, requested: int | None, assigned_cpus: float | None = None, lo
     cores = available_cores()
     threads = thread_count(requested=requested, assigned_cpus=assigned_cpus, cores=cores)
     torch.set_num_threads(threads)
-    reason = ("run.threads" if requested is not None else
+    reason = ("as requested" if requested is not None else
               f"{'the ' + format(assigned_cpus, 'g') + ' CPU(s) assigned, ' if assigned_cpus is not None else ''}"
               f"{cores} core(s) in the affinity mask")
     log(f"torch threads: {threads} ({reason})")
