@@ -5,6 +5,7 @@
     python bench/train_step.py --profile              # top operators and time per phase of one iteration
     python bench/train_step.py --loop --presets ffhq512 --set run.batch_size=4   # through the worker loop, on real shards
     python bench/train_step.py --presets --g-forward ffhq512        # only the G forward time at batch 1
+    python bench/train_step.py --compile --threads 1  # run.compile, one torch thread
 
 The default rows time `Trainer.train_step` on a resident synthetic batch. `--loop` times the single-process
 worker loop (`eg3d.training.loop.train`: shard reader, trainer, logging) on a local shard folder it writes
@@ -32,6 +33,10 @@ not counted though their time is in images/s, so the MFU slightly understates wh
 The peak is --peak-tflops, else the datasheet figure for the device and --dtype from PEAK_TFLOPS (bf16:
 dense tensor cores; fp32: without tensor cores, though cuDNN runs fp32 convolutions on TF32 tensor cores
 by default, so an fp32 MFU can pass 100%); on a CPU, or an unknown GPU, it is n/a without the flag.
+
+With --compile (run.compile), the seconds spent in phases that compiled graphs (the warm-up's first step)
+are a column of their own and are not part of the iteration time. torch.compile keeps compiled kernels in
+its cache folder (TORCHINDUCTOR_CACHE_DIR), so a second run compiles much faster than the first.
 """
 
 import argparse
@@ -51,6 +56,7 @@ from eg3d.config.presets import get_preset
 from eg3d.networks import camera
 from eg3d.networks.generator import TriPlaneGenerator
 from eg3d.summary import flops_per_image
+from eg3d.training.threads import set_threads
 from eg3d.training.trainer import PROFILER_LABEL, Trainer
 
 # Peak dense TFLOP/s (bf16 on tensor cores, fp32 without), from NVIDIA's datasheets (the sparse figures
@@ -104,15 +110,15 @@ def fake_batch(config, n: int, device: torch.device):
     return torch.rand(n, 3, res, res, device=device) * 2 - 1, c.to(device)
 
 
-def bench_config(name: str, device: torch.device, *, dtype: str, overrides: list[str]):
+def bench_config(name: str, device: torch.device, *, dtype: str, overrides: list[str], compile: bool = False):
     config = apply_overrides(get_preset(name), overrides)
     config.run.device = device.type
     config.run.precision = dtype
+    config.run.compile = compile
     return config
 
 
 def make_trainer(config, device: torch.device) -> Trainer:
-    # torch.compile of the networks (a --compile flag) belongs here, once the trainer supports it.
     return Trainer(config, camera_pool=fake_batch(config, 64, device)[1], device=device)
 
 
@@ -132,12 +138,13 @@ def bench_training(config, device: torch.device, steps: int, warmup: int) -> dic
         torch.cuda.reset_peak_memory_stats(device)
     steps = lazy_period_steps(config, steps)
     trainer.step_index = 0
+    compile_before = trainer.compile_seconds  # a phase compiling in the timed steps is counted apart
     synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         trainer.train_step(img, c)
     synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - (trainer.compile_seconds - compile_before)
     return result_row(config, trainer, device, "train_step", steps * config.run.batch_size / seconds, steps)
 
 
@@ -184,7 +191,8 @@ def result_row(config, trainer: Trainer, device: torch.device, how: str, images_
     return {"preset": config.preset, "how": how, "device": device_name(device), "dtype": config.run.precision,
             "batch": config.run.batch_size, "steps": steps, "images_per_second": images_per_second,
             "seconds_per_iteration": config.run.batch_size / images_per_second,
-            "peak_memory_mib": peak_memory_bytes(device) / 2**20,
+            "peak_memory_mib": peak_memory_bytes(device) / 2**20, "compile": config.run.compile,
+            "compile_seconds": trainer.compile_seconds,
             "neural_rendering_resolution": trainer.schedule.neural_rendering_resolution}
 
 
@@ -260,13 +268,13 @@ def device_name(device: torch.device) -> str:
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"{'preset':<10} {'how':<12} {'dtype':<5} {'batch':>5} {'img/s':>8} {'s/iter':>8} {'peak MiB':>9} "
-          f"{'GFLOP/img':>9} {'MFU':>6}")
+    print(f"{'preset':<10} {'how':<12} {'dtype':<5} {'compile':>7} {'batch':>5} {'img/s':>8} {'s/iter':>8} "
+          f"{'compile s':>9} {'peak MiB':>9} {'GFLOP/img':>9} {'MFU':>6}")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-        print(f"{r['preset']:<10} {r['how']:<12} {r['dtype']:<5} {r['batch']:>5} {r['images_per_second']:>8.2f} "
-              f"{r['seconds_per_iteration']:>8.3f} {r['peak_memory_mib']:>9.0f} "
-              f"{r['training_gflops_per_image']:>9.1f} {mfu:>6}")
+        print(f"{r['preset']:<10} {r['how']:<12} {r['dtype']:<5} {'yes' if r['compile'] else 'no':>7} {r['batch']:>5} "
+              f"{r['images_per_second']:>8.2f} {r['seconds_per_iteration']:>8.3f} {r['compile_seconds']:>9.1f} "
+              f"{r['peak_memory_mib']:>9.0f} {r['training_gflops_per_image']:>9.1f} {mfu:>6}")
 
 
 def main() -> None:
@@ -284,7 +292,11 @@ def main() -> None:
     parser.add_argument("--g-forward", default="ffhq512", metavar="PRESET|none",
                         help="time G's forward pass at batch 1 for this preset (default ffhq512)")
     parser.add_argument("--json", default=None, metavar="PATH", help="append each result as a JSON line")
+    parser.add_argument("--compile", action="store_true", help="run.compile: torch.compile G and D")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the cores this process may run on)")
     args = parser.parse_args()
+    set_threads(requested=args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     presets = args.presets if args.presets is not None else (["tiny", "ffhq512"] if device.type == "cuda" else ["tiny"])
     print(f"device: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
@@ -292,7 +304,7 @@ def main() -> None:
     rows = []
     for name in presets:
         try:
-            config = bench_config(name, device, dtype=args.dtype, overrides=args.overrides)
+            config = bench_config(name, device, dtype=args.dtype, overrides=args.overrides, compile=args.compile)
         except ValueError as error:
             parser.error(str(error))
         if args.profile:

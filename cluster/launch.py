@@ -54,6 +54,7 @@ def worker_loop(job: dict) -> str | None:
 
     from eg3d.config import TrainConfig
     from eg3d.training.loop import TrainingDiverged, train
+    from eg3d.training.threads import set_threads
 
     from .backends import make_sync
 
@@ -61,7 +62,8 @@ def worker_loop(job: dict) -> str | None:
     config = TrainConfig.from_dict(job.config)
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        torch.set_num_threads(max(int(job.cpus_per_worker), 1))
+        set_threads(requested=config.run.threads, assigned_cpus=assigned_cpus(job.cpus_per_worker),
+                    log=logging.getLogger("eg3d").info)
     else:
         torch.cuda.set_device(device)
     sync = make_sync(config.distributed.backend, zero_stage=config.distributed.zero_stage,
@@ -79,6 +81,13 @@ def worker_loop(job: dict) -> str | None:
         if exporter is not None:
             exporter.close()
     return None
+
+
+def assigned_cpus(requested: float) -> float:
+    """The CPUs Ray assigned to this worker (what it was asked for, when Ray does not say)."""
+    import ray
+
+    return ray.get_runtime_context().get_assigned_resources().get("CPU", requested)
 
 
 def start_exporter(job: Job, config, sync):

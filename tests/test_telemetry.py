@@ -151,6 +151,16 @@ def test_the_status_line_shows_a_quality_measurement_in_the_interval_it_was_take
     assert status_line(record, 1000).endswith("D 1.250  FID 12.50")
 
 
+def test_the_status_line_shows_graphs_compiled_in_the_interval():
+    from eg3d.training.loop import status_line
+
+    record = {"kimg": 0.4, "nimg": 400, "target_nimg": 2000, "images_per_second": 5.0, "world_size": 1,
+              "loss/G": 0.5, "loss/D": 1.25, "ranks": [{"seconds/Gmain": 9.0}]}
+    assert "compiled" not in status_line(record, 0)
+    record["ranks"][0].update({"compile/graphs": 11.0, "compile/seconds": 95.25})
+    assert status_line(record, 0).endswith("D 1.250  compiled 11 graphs in 95.2 s")
+
+
 @pytest.mark.parametrize("nimg, target_nimg, images_per_second, expected", [
     (400, 2000, 6.9, "kimg 0.400/2.000 (20.0%)  img/s 6.9  ETA 0:03:52"),  # 1600 / 6.9 = 231.9 s
     (0, 25_000_000, 32.0, "kimg 0.000/25000.000 (0.0%)  img/s 32.0  ETA 9 days, 1:00:50"),  # 781250 s

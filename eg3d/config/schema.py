@@ -113,6 +113,10 @@ class RunConfig:
     batch_size: int = 32  # global batch, in images
     micro_batch: int | None = None  # per-worker micro-batch; None: each worker's whole share at once
     precision: str = "fp32"  # "bf16": forward passes under bfloat16 autocast, except the density regularizer (weights, EMA, optimizers stay fp32)
+    # torch.compile G and D for the Gmain, Greg and Dmain phases (Dreg stays eager); see eg3d.training.compilation
+    compile: bool = False
+    # torch threads per worker; None: the CPUs Ray assigned to it, capped by the cores it may run on
+    threads: int | None = None
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda
     checkpoint_kimg: float = 200.0
@@ -297,6 +301,8 @@ def validate(config: TrainConfig) -> None:
     if run.max_nonfinite_steps is not None and run.max_nonfinite_steps < 0:
         raise ValueError(f"config: run.max_nonfinite_steps must be a positive number of steps, or 0 or null to "
                          f"never stop, got {run.max_nonfinite_steps}")
+    if run.threads is not None and run.threads < 1:
+        raise ValueError(f"config: run.threads must be at least 1, or null for the worker's cores, got {run.threads}")
     if run.precision not in ("fp32", "bf16"):
         raise ValueError(f"config: run.precision must be fp32 or bf16, got {run.precision!r}")
     a = config.augment

@@ -244,6 +244,7 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
                 "accumulation_steps": split.accumulation_steps, "restarts": restarts,
                 "checkpoint_nimg": checkpoint.nimg if checkpoint is not None else None, **last_quality}
     tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
+    tick_compile_seconds = trainer.compile_seconds
     checkpoint_due = False
     last_line = None  # when rank 0 last printed its progress: after the first step, then every PROGRESS_SECONDS
     while trainer.nimg < total_nimg:
@@ -259,7 +260,9 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
         if crossed(before, trainer.nimg, run.snapshot_kimg) or done:  # before the checkpoint that passes it
             standing.update(take_snapshot(trainer, run_url, quality, grid_z, cameras))
         maintenance_seconds += time.perf_counter() - maintenance_start
-        training_seconds = time.perf_counter() - tick_start - maintenance_seconds
+        # Compile time (run.compile) is left out too: it is reported on its own (compile/seconds).
+        training_seconds = (time.perf_counter() - tick_start - maintenance_seconds
+                            - (trainer.compile_seconds - tick_compile_seconds))
         images_per_second = (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9)
         if crossed(before, trainer.nimg, run.log_kimg) or done or diverged:
             record = interval_record(trainer, standing, images_per_second)
@@ -269,6 +272,7 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
             if report is not None:
                 report(record)
             tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
+            tick_compile_seconds = trainer.compile_seconds
             last_line = tick_start
         elif sync.rank == 0 and (last_line is None or time.perf_counter() - last_line >= PROGRESS_SECONDS):
             log(progress_text(trainer.nimg, total_nimg, images_per_second))
@@ -346,4 +350,7 @@ def status_line(record: dict, interval_start_nimg: int) -> str:
     for extractor, name in (("inception_v3", "FID"), ("random", "random-feature FD")):
         if interval_start_nimg < record.get(f"quality_nimg/{extractor}", -1) <= record["nimg"]:  # measured now
             line += f"  {name} {record[f'frechet_distance/{extractor}']:.2f}"
+    own = record.get("ranks", [{}])[0]
+    if own.get("compile/graphs"):  # run.compile: graphs compiled (or recompiled) in this interval
+        line += f"  compiled {own['compile/graphs']:.0f} graphs in {own['compile/seconds']:.1f} s"
     return line

@@ -15,6 +15,7 @@ from eg3d.config import TrainConfig
 from eg3d.networks.layers import resize, upfirdn2d
 
 from .augment import AugmentPipe
+from .compilation import eager
 from .schedules import Schedule
 from .stats import StatsReporter
 
@@ -105,7 +106,8 @@ class EG3DLoss:
         # The gradient is taken at D's input, as in the reference: after blur and augmentation.
         inputs = [x.detach().requires_grad_(True)
                   for x in self.discriminator_inputs(self.real_images(real_img, schedule), schedule)]
-        logits = self.D(*inputs, real_c)
+        with eager():  # even under run.compile: compiled graphs have no double backward
+            logits = self.D(*inputs, real_c)
         self._report_scores("real", logits)
         grad_image, grad_raw = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
         penalty = grad_image.square().sum(dim=[1, 2, 3]) + grad_raw.square().sum(dim=[1, 2, 3])

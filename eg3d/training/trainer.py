@@ -29,6 +29,7 @@ from eg3d.networks.discriminator import DualDiscriminator
 from eg3d.networks.generator import TriPlaneGenerator
 
 from .augment import AugmentPipe, adjust_p
+from .compilation import compile_networks, compiled_graphs
 from .loss import EG3DLoss
 from .schedules import Schedule
 from .stats import StatsReporter
@@ -160,10 +161,13 @@ class Trainer:
         self.step_index = 0
         self.skipped_steps = {"G": 0, "D": 0}
         self.nonfinite_streak = 0  # consecutive steps with a skipped phase (see train_step)
+        self.compile_seconds = 0.0  # time of the phases that compiled graphs (run.compile), kept out of step time
         for name, state in (networks or {}).items():
             if state is not None:
                 getattr(self, name).load_state_dict(state)
         self.sync.setup(self)
+        if config.run.compile:
+            compile_networks(self.G, self.D)
 
     def _configured_p(self) -> float:
         return self.config.augment.p if self.config.augment.kind != "none" else 0.0
@@ -218,7 +222,7 @@ class Trainer:
         for phase_index, phase in enumerate(self.phases):
             if self.step_index % phase.interval:
                 continue
-            phase_start = time.perf_counter()
+            phase_start, graphs_before = time.perf_counter(), compiled_graphs()
             # G's tracked mean w moves in G's forward passes (Dmain's fakes included): a skipped phase
             # must leave it as it was, like the weights and optimizer state it does not update.
             buffers_before_phase = [b.detach().clone() for b in self._float_buffers()]
@@ -231,7 +235,7 @@ class Trainer:
                 all_phases_finite = False
             if self.device.type == "cuda":  # the phase's kernels have run, not merely been queued
                 torch.cuda.synchronize(self.device)
-            self.stats.add(f"seconds/{phase.name}", time.perf_counter() - phase_start)
+            self._add_phase_time(phase, time.perf_counter() - phase_start, compiled_graphs() - graphs_before)
         self.G.requires_grad_(False)
         self.D.requires_grad_(False)
         self._sync_buffers(buffers_before)
@@ -267,6 +271,16 @@ class Trainer:
             with self.autocast(phase):
                 phase.run(real_img[part], real_c[part], gen_z[part], gen_c[part], schedule,
                           phase.interval * size * split.world_size / split.global_batch)
+
+    def _add_phase_time(self, phase: Phase, seconds: float, new_graphs: int) -> None:
+        """A phase that compiled graphs (its first run at a new shape, under run.compile) counts as compile
+        time, so that seconds/<phase> stays the time of a compiled step."""
+        if new_graphs:
+            self.compile_seconds += seconds
+            self.stats.add("compile/seconds", seconds)
+            self.stats.add("compile/graphs", new_graphs)
+        else:
+            self.stats.add(f"seconds/{phase.name}", seconds)
 
     def _adapt_augmentation(self) -> None:
         """ADA: every `interval` steps, move p by the sign of (mean sign of D's real logits - target).
