@@ -112,7 +112,7 @@ class RunConfig:
     total_kimg: float = 25000.0
     batch_size: int = 32  # global batch, in images
     micro_batch: int | None = None  # per-worker micro-batch; None: each worker's whole share at once
-    precision: str = "fp32"  # "bf16": forward passes under bfloat16 autocast, except the density regularizer (weights, EMA, optimizers stay fp32)
+    precision: str = "fp32"  # "bf16": forward passes under bfloat16 autocast, except the regularizers Greg and Dreg (weights, EMA, optimizers stay fp32)
     # torch.compile G and D for the Gmain, Greg and Dmain phases (Dreg stays eager); see eg3d.training.compilation
     compile: bool = False
     # torch threads per worker; None: the CPUs Ray assigned to it, capped by the cores it may run on

@@ -148,7 +148,10 @@ class Trainer:
         self.phases = [
             Phase("Gmain", self.G, self.opt_G, 1, lambda r, rc, z, c, s, g: self.loss.g_main(z, c, s, g)),
             Phase("Dmain", self.D, self.opt_D, 1, self.loss.d_main),
-            Phase("Dreg", self.D, self.opt_D, loss_cfg.r1_interval, lambda r, rc, z, c, s, g: self.loss.d_r1(r, rc, s, g)),
+            # R1 is the gradient of a gradient norm: under bf16 its gradient drifted (cosine 0.989 against
+            # float32 on D's blocks in tests/test_gpu.py), so it runs in float32, 1 step in r1_interval.
+            Phase("Dreg", self.D, self.opt_D, loss_cfg.r1_interval, lambda r, rc, z, c, s, g: self.loss.d_r1(r, rc, s, g),
+                  low_precision=False),
         ]
         if loss_cfg.density_reg > 0:
             # Always float32: the regularizer is a finite difference of densities at points a small step
