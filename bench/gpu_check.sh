@@ -92,7 +92,9 @@ stage "G forward" 60 "$PYTHON" bench/train_step.py --presets --g-forward "$PRESE
 stage "reader" 120 "$PYTHON" bench/data.py --resolutions "$RESOLUTION" --count "$DATA_COUNT" --images $((4 * DATA_COUNT)) \
   --threads "$CORES" --backends "${BACKENDS[@]}" --no-s3 --no-consumer --json "$JSONL"
 stage "profile" 90 "${TRAIN[@]}" --profile --warmup "$PROFILE_WARMUP"
-if "$PYTHON" bench/train_step.py --help 2>/dev/null | grep -q -- '--compile'; then
+if [ "$DRY_RUN" = 1 ]; then
+  note "compile: skipped in a dry run (a cold torch.compile takes minutes on 2 CPU cores; tests/test_compile.py checks run.compile on the CPU)"
+elif "$PYTHON" bench/train_step.py --help 2>/dev/null | grep -q -- '--compile'; then
   stage "loop fp32 compile" 180 "${TRAIN[@]}" --loop "${LOOP_STEPS[@]}" --dtype fp32 --compile
   stage "loop bf16 compile" 180 "${TRAIN[@]}" --loop "${LOOP_STEPS[@]}" --dtype bf16 --compile
 else
