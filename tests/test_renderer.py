@@ -428,6 +428,24 @@ def previous_decoder(decoder, plane_features):
     return x[..., :1], torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001
 
 
+def previous_composite(features, sigma_raw, depths, *, white_background):
+    depths = depths.unsqueeze(-1)
+    deltas = depths[:, :, 1:] - depths[:, :, :-1]
+    sigma_mid = torch.nn.functional.softplus((sigma_raw[:, :, 1:] + sigma_raw[:, :, :-1]) / 2 - 1)
+    alpha = 1 - torch.exp(-sigma_mid * deltas)
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], dim=2), dim=2)
+    weights = alpha * transmittance[:, :, :-1]
+    features_mid = (features[:, :, 1:] + features[:, :, :-1]) / 2
+    depths_mid = (depths[:, :, 1:] + depths[:, :, :-1]) / 2
+    feature = (weights * features_mid).sum(dim=2)
+    weight_total = weights.sum(dim=2)
+    depth = torch.nan_to_num((weights * depths_mid).sum(dim=2) / weight_total, float("inf"))
+    depth = torch.minimum(torch.maximum(depth, depths[:, :, 0]), depths[:, :, -1])
+    if white_background:
+        feature = feature + 1 - weight_total
+    return feature * 2 - 1, depth, weights
+
+
 def assert_same_values_and_gradients(outputs, reference_outputs, inputs, atol=1e-12):
     """Compare outputs and the gradients of a random projection of them with respect to every input."""
     generator = torch.Generator().manual_seed(7)
@@ -449,3 +467,15 @@ def test_decoder_matches_previous_formulation_float64():
     params = [planes, *decoder.parameters()]
     assert_same_values_and_gradients(decoder(plane_features), previous_decoder(decoder, plane_features), params)
 
+
+@pytest.mark.parametrize("white_background", [False, True])
+def test_composite_matches_previous_formulation_float64(white_background):
+    torch.manual_seed(4)
+    N, R, S, C = 2, 6, 10, 5
+    features = torch.rand(N, R, S, C, dtype=torch.float64, requires_grad=True)
+    sigma_raw = (torch.randn(N, R, S, 1, dtype=torch.float64) * 3).requires_grad_()
+    depths = torch.sort(torch.rand(N, R, S, dtype=torch.float64) + 2.25, dim=2).values
+    assert_same_values_and_gradients(composite(features, sigma_raw, depths, white_background=white_background),
+                                     previous_composite(features, sigma_raw, depths,
+                                                        white_background=white_background),
+                                     [features, sigma_raw])

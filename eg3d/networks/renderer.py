@@ -124,9 +124,12 @@ def composite(features: torch.Tensor, sigma_raw: torch.Tensor, depths: torch.Ten
     """
     depths = depths.unsqueeze(-1)
     weights = compositing_weights(sigma_raw, depths)
-    features_mid = (features[:, :, 1:] + features[:, :, :-1]) / 2
+    # sum_i w_i (f_i + f_i+1) / 2 = sum_s f_s (w_s-1 + w_s) / 2 (w_-1 = w_S-1 = 0): one [1, S] x [S, C]
+    # product per ray, without the midpoint features [N, R, S-1, C] or their gradient.
+    padded = F.pad(weights, (0, 0, 1, 1))  # [N, R, S+1, 1]
+    sample_weights = (padded[:, :, 1:] + padded[:, :, :-1]) / 2  # [N, R, S, 1]
+    feature = torch.matmul(sample_weights.transpose(2, 3), features).squeeze(2)  # [N, R, C]
     depths_mid = (depths[:, :, 1:] + depths[:, :, :-1]) / 2
-    feature = (weights * features_mid).sum(dim=2)
     weight_total = weights.sum(dim=2)
     depth = torch.nan_to_num((weights * depths_mid).sum(dim=2) / weight_total, float("inf"))
     depth = torch.minimum(torch.maximum(depth, depths[:, :, 0]), depths[:, :, -1])  # per ray, unlike the reference
