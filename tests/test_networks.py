@@ -363,3 +363,34 @@ def test_style_mixing_takes_coarse_layers_from_one_code_and_fine_from_the_other(
     assert torch.equal(ws_a, torch.zeros(2, 10, 4))  # inputs untouched
     with pytest.raises(ValueError, match="crossover 11"):
         TriPlaneGenerator.mix_styles(ws_a, ws_b, 11)
+
+
+def previous_discriminator_forward(D, image, image_raw, c):
+    """DualDiscriminator.forward as it was before its input went channels_last (contiguous NCHW)."""
+    from eg3d.networks.layers import resize_bilinear
+    if image_raw.shape[-1] != image.shape[-1]:
+        image_raw = resize_bilinear(image_raw, image.shape[-2:])
+    x, img = None, torch.cat([image, image_raw], dim=1)
+    for block in D.blocks:
+        x = block(x, img)
+    return D.epilogue(x, D.mapping(None, c))
+
+
+def test_discriminator_channels_last_matches_nchw_float64():
+    """Logits, their gradients (inputs and weights) and the R1 double backward agree with the NCHW forward."""
+    model = get_preset("tiny").model
+    model.disc_camera_noise = 0
+    torch.manual_seed(0)
+    D = DualDiscriminator(model).double()
+    image = torch.randn(2, 3, 64, 64, dtype=torch.float64, requires_grad=True)
+    image_raw = torch.randn(2, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(2, 25, dtype=torch.float64)
+    params = list(D.parameters())
+    results = []
+    for forward in (D, lambda *a: previous_discriminator_forward(D, *a)):
+        logits = forward(image, image_raw, c)
+        grads = torch.autograd.grad(logits.sum(), [image, image_raw], create_graph=True)
+        r1 = sum(g.square().sum() for g in grads)
+        results.append([logits, *grads, *torch.autograd.grad(logits.sum() + r1, params)])
+    for new, old in zip(*results):
+        torch.testing.assert_close(new, old, atol=1e-12, rtol=1e-10)

@@ -413,3 +413,69 @@ def test_render_with_jitter_is_close():
     centre = (res // 2) * res + res // 2
     assert depth[0, centre, 0].item() == pytest.approx(sphere_hit_depth(origins[0, centre], directions[0, centre]),
                                                        abs=0.02)
+
+
+# ------------------------------------------------- rewritten for speed: against the previous formulation
+# Each function below is the renderer's earlier (slower) implementation, copied here as an independent
+# reference; the library's rewrite must agree with it in float64, values and gradients.
+
+def previous_decoder(decoder, plane_features):
+    """plane_features [N, 3, M, C] -> sigma [N, M, 1], features [N, M, out]: mean, then two F.linear."""
+    x = plane_features.transpose(2, 3).mean(dim=1).transpose(1, 2)
+    w1, b1 = decoder.hidden.weight * decoder.hidden.weight_gain, decoder.hidden.bias * decoder.hidden.bias_gain
+    w2, b2 = decoder.out.weight * decoder.out.weight_gain, decoder.out.bias * decoder.out.bias_gain
+    x = torch.nn.functional.linear(torch.nn.functional.softplus(torch.nn.functional.linear(x, w1, b1)), w2, b2)
+    return x[..., :1], torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001
+
+
+def previous_composite(features, sigma_raw, depths, *, white_background):
+    depths = depths.unsqueeze(-1)
+    deltas = depths[:, :, 1:] - depths[:, :, :-1]
+    sigma_mid = torch.nn.functional.softplus((sigma_raw[:, :, 1:] + sigma_raw[:, :, :-1]) / 2 - 1)
+    alpha = 1 - torch.exp(-sigma_mid * deltas)
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], dim=2), dim=2)
+    weights = alpha * transmittance[:, :, :-1]
+    features_mid = (features[:, :, 1:] + features[:, :, :-1]) / 2
+    depths_mid = (depths[:, :, 1:] + depths[:, :, :-1]) / 2
+    feature = (weights * features_mid).sum(dim=2)
+    weight_total = weights.sum(dim=2)
+    depth = torch.nan_to_num((weights * depths_mid).sum(dim=2) / weight_total, float("inf"))
+    depth = torch.minimum(torch.maximum(depth, depths[:, :, 0]), depths[:, :, -1])
+    if white_background:
+        feature = feature + 1 - weight_total
+    return feature * 2 - 1, depth, weights
+
+
+def assert_same_values_and_gradients(outputs, reference_outputs, inputs, atol=1e-12):
+    """Compare outputs and the gradients of a random projection of them with respect to every input."""
+    generator = torch.Generator().manual_seed(7)
+    projections = [torch.randn(o.shape, generator=generator, dtype=o.dtype) for o in reference_outputs]
+    for out, ref in zip(outputs, reference_outputs):
+        torch.testing.assert_close(out, ref, atol=atol, rtol=0)
+    grads = torch.autograd.grad(sum((o * p).sum() for o, p in zip(outputs, projections)), inputs, retain_graph=True)
+    ref_grads = torch.autograd.grad(sum((o * p).sum() for o, p in zip(reference_outputs, projections)), inputs)
+    for grad, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref, atol=atol, rtol=0)
+
+
+def test_decoder_matches_previous_formulation_float64():
+    decoder = make_decoder(C=8, hidden=16, out=6).double()
+    torch.manual_seed(3)
+    planes = torch.randn(2, 3, 8, 9, 7, dtype=torch.float64, requires_grad=True)
+    points = (torch.rand(2, 50, 3, dtype=torch.float64) - 0.5) * 1.2  # some outside the box
+    plane_features = sample_triplanes(planes, points, box_warp=1.0)
+    params = [planes, *decoder.parameters()]
+    assert_same_values_and_gradients(decoder(plane_features), previous_decoder(decoder, plane_features), params)
+
+
+@pytest.mark.parametrize("white_background", [False, True])
+def test_composite_matches_previous_formulation_float64(white_background):
+    torch.manual_seed(4)
+    N, R, S, C = 2, 6, 10, 5
+    features = torch.rand(N, R, S, C, dtype=torch.float64, requires_grad=True)
+    sigma_raw = (torch.randn(N, R, S, 1, dtype=torch.float64) * 3).requires_grad_()
+    depths = torch.sort(torch.rand(N, R, S, dtype=torch.float64) + 2.25, dim=2).values
+    assert_same_values_and_gradients(composite(features, sigma_raw, depths, white_background=white_background),
+                                     previous_composite(features, sigma_raw, depths,
+                                                        white_background=white_background),
+                                     [features, sigma_raw])

@@ -81,7 +81,8 @@ class DualDiscriminator(nn.Module):
         """Logits [N, 1] for final images [N,3,R,R], raw images [N,3,r,r] and cameras [N,25]."""
         if image_raw.shape[-1] != image.shape[-1]:
             image_raw = resize_bilinear(image_raw, image.shape[-2:])
-        x, img = None, torch.cat([image, image_raw], dim=1)
+        # channels_last: the convolutions (and their backward) run faster in it on CPU; values are the same.
+        x, img = None, torch.cat([image, image_raw], dim=1).contiguous(memory_format=torch.channels_last)
         for block in self.blocks:
             x = block(x, img)
         if self.model_config.disc_camera_noise > 0:

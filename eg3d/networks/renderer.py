@@ -33,6 +33,34 @@ def sample_triplanes(planes: torch.Tensor, points: torch.Tensor, *, box_warp: fl
     return features.reshape(n, n_planes, channels, -1).transpose(2, 3)
 
 
+class _PlaneMean(torch.autograd.Function):
+    """Mean over the planes, one row per point: features [N, P, C, M] -> [N * M, C], contiguous.
+
+    The gradient comes back contiguous in the [N, P, C, M] layout grid_sample's output has, so grid_sample's
+    backward reads it without a transposing copy: grad [N * M, C] -> grad / P, transposed once at [N, C, M]
+    and then broadcast over the planes.
+    """
+
+    @staticmethod
+    def forward(ctx, features):
+        n, p, c, m = ctx.shape = features.shape
+        features = features.contiguous()
+        total = features[:, 0]
+        for k in range(1, p):  # in order, as the sum over a dim does
+            total = total + features[:, k]
+        mean = total.new_empty(n, m, c)
+        torch.div(total.transpose(1, 2), p, out=mean)  # one transposing pass
+        return mean.view(n * m, c)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        n, p, c, m = ctx.shape
+        grad_mean = grad.new_empty(n, c, m)
+        torch.div(grad.view(n, m, c).transpose(1, 2), p, out=grad_mean)  # one transposing pass
+        return grad_mean.unsqueeze(1).expand(n, p, c, m).contiguous()
+
+
 class TriPlaneDecoder(nn.Module):
     """Small MLP: mean of the three plane features -> raw density and `out_features` features."""
 
@@ -42,12 +70,13 @@ class TriPlaneDecoder(nn.Module):
         self.out = FullyConnected(hidden, 1 + out_features, lr_multiplier=lr_multiplier)
 
     def forward(self, plane_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Average in the [N, 3, C, M] layout grid_sample produces (a transposed view here): a contiguous reduction.
-        x = plane_features.transpose(2, 3).mean(dim=1).transpose(1, 2)  # [N, M, C]
-        x = self.out(F.softplus(self.hidden(x)))
-        sigma = x[..., :1]
-        features = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001  # slightly beyond [0,1], as in the paper
-        return sigma, features
+        """plane_features [N, P, M, C] (best a transposed view of a contiguous [N, P, C, M], as
+        `sample_triplanes` returns) -> raw density sigma [N, M, 1], features [N, M, out_features]."""
+        n, _, m, _ = plane_features.shape
+        x = _PlaneMean.apply(plane_features.transpose(2, 3))  # [N * M, C]
+        sigma, features = self.out(F.softplus(self.hidden(x))).split([1, self.out.weight.shape[0] - 1], dim=1)
+        features = torch.sigmoid(features) * (1 + 2 * 0.001) - 0.001  # slightly beyond [0,1], as in the paper
+        return sigma.reshape(n, m, 1), features.reshape(n, m, -1)
 
 
 def stratified_depths(ray_start, ray_end, num_samples: int, shape: tuple[int, int], *, jitter: bool,
@@ -95,9 +124,12 @@ def composite(features: torch.Tensor, sigma_raw: torch.Tensor, depths: torch.Ten
     """
     depths = depths.unsqueeze(-1)
     weights = compositing_weights(sigma_raw, depths)
-    features_mid = (features[:, :, 1:] + features[:, :, :-1]) / 2
+    # sum_i w_i (f_i + f_i+1) / 2 = sum_s f_s (w_s-1 + w_s) / 2 (w_-1 = w_S-1 = 0): one [1, S] x [S, C]
+    # product per ray, without the midpoint features [N, R, S-1, C] or their gradient.
+    padded = F.pad(weights, (0, 0, 1, 1))  # [N, R, S+1, 1]
+    sample_weights = (padded[:, :, 1:] + padded[:, :, :-1]) / 2  # [N, R, S, 1]
+    feature = torch.matmul(sample_weights.transpose(2, 3), features).squeeze(2)  # [N, R, C]
     depths_mid = (depths[:, :, 1:] + depths[:, :, :-1]) / 2
-    feature = (weights * features_mid).sum(dim=2)
     weight_total = weights.sum(dim=2)
     depth = torch.nan_to_num((weights * depths_mid).sum(dim=2) / weight_total, float("inf"))
     depth = torch.minimum(torch.maximum(depth, depths[:, :, 0]), depths[:, :, -1])  # per ray, unlike the reference
