@@ -48,16 +48,15 @@ class _PlaneMean(torch.autograd.Function):
         total = features[:, 0]
         for k in range(1, p):  # in order, as the sum over a dim does
             total = total + features[:, k]
-        mean = total.new_empty(n, m, c)
-        torch.div(total.transpose(1, 2), p, out=mean)  # one transposing pass
-        return mean.view(n * m, c)
+        # One transposing copy, then an in-place division: the result is contiguous under torch.compile too
+        # (which does not keep the strides of an out= argument).
+        return total.transpose(1, 2).contiguous().div_(p).view(n * m, c)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         n, p, c, m = ctx.shape
-        grad_mean = grad.new_empty(n, c, m)
-        torch.div(grad.view(n, m, c).transpose(1, 2), p, out=grad_mean)  # one transposing pass
+        grad_mean = grad.reshape(n, m, c).transpose(1, 2).contiguous().div_(p)  # [N, C, M]
         return grad_mean.unsqueeze(1).expand(n, p, c, m).contiguous()
 
 
