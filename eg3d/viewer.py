@@ -31,18 +31,17 @@ from PIL import Image
 
 from dataloading import storage
 
-from .generate import HelpFormatter, FFHQ_FOV_DEGREES, depth_png, open_generator
+from .generate import FFHQ_FOV_DEGREES, MAX_SEED, HelpFormatter, depth_png, open_generator
 from .networks import camera, orbit
 from .networks.density_grid import generator_density, sample_density_grid
 from .networks.sample_grid import depth_to_images, to_uint8
 from .networks.snapshot import default_neural_rendering_resolution, load_generator
-from .shapes import mesh_or_half_max, reference_border
+from .shapes import REFERENCE_LEVEL, mesh_or_half_max, reference_border
 from .video import write_video
 
 # Small renders (64 px at tiny) fill their boxes, pixels kept square and sharp.
 CSS = "#image img, #depth img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 TRUNCATION_CUTOFF = 14  # eg3d.generate's --trunc-cutoff default
-MESH_LEVEL = 10.0  # the reference's surface level (eg3d.shapes)
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,8 @@ class View:
 
     def check(self) -> None:
         """ValueError naming the control that is out of range."""
-        if not 0 <= self.seed <= 2 ** 32 - 1 or self.seed != int(self.seed):
-            raise ValueError(f"seed {self.seed}: expected a whole number in 0..{2 ** 32 - 1}")
+        if not 0 <= self.seed <= MAX_SEED or self.seed != int(self.seed):
+            raise ValueError(f"seed {self.seed}: expected a whole number in 0..{MAX_SEED}")
         if not 0 < self.fov < 180:
             raise ValueError(f"field of view {self.fov}: expected 0..180 degrees")
         if self.radius <= 0:
@@ -132,7 +131,7 @@ class Viewer:
         return str(path)
 
     @torch.no_grad()
-    def mesh(self, view: View, *, resolution: int = 128, level: float = MESH_LEVEL) -> tuple[list[str], str]:
+    def mesh(self, view: View, *, resolution: int = 128, level: float = REFERENCE_LEVEL) -> tuple[list[str], str]:
         """The seed's surface as .glb (for the page's 3D view), .ply and .obj with vertex colours, and a status
         line. Where sigma never reaches `level`, it meshes at half the maximum instead and says so."""
         view.check()
