@@ -113,21 +113,29 @@ def compositing_weights(sigma_raw: torch.Tensor, depths: torch.Tensor) -> torch.
     return alpha * transmittance[:, :, :-1]
 
 
-def composite(features: torch.Tensor, sigma_raw: torch.Tensor, depths: torch.Tensor, *,
+def composite(features, sigma_raw: torch.Tensor, depths: torch.Tensor, *, order: torch.Tensor | None = None,
               white_background: bool = False):
-    """Volume-render samples sorted by depth.
+    """Volume-render samples along rays.
 
-    features [N, R, S, C], sigma_raw [N, R, S, 1], depths [N, R, S] -> (feature [N, R, C] mapped to [-1, 1],
-    depth [N, R, 1], weights [N, R, S-1, 1]). Quantities are averaged at interval midpoints; density is
-    softplus(sigma_raw - 1).
+    sigma_raw [N, R, S, 1] and depths [N, R, S] sorted by depth; features [N, R, S, C] in the same order, or,
+    with `order` [N, R, S] (sorted sample j is unsorted sample order[..., j], as torch.sort returns it), a
+    tuple of chunks [N, R, S_k, C] whose concatenation along the samples is the unsorted order.
+    -> (feature [N, R, C] mapped to [-1, 1], depth [N, R, 1], weights [N, R, S-1, 1]). Quantities are averaged
+    at interval midpoints; density is softplus(sigma_raw - 1).
     """
     depths = depths.unsqueeze(-1)
     weights = compositing_weights(sigma_raw, depths)
     # sum_i w_i (f_i + f_i+1) / 2 = sum_s f_s (w_s-1 + w_s) / 2 (w_-1 = w_S-1 = 0): one [1, S] x [S, C]
-    # product per ray, without the midpoint features [N, R, S-1, C] or their gradient.
+    # product per ray, without the midpoint features [N, R, S-1, C] or their gradient. The sum runs over the
+    # samples in any order, so unsorted features need only their weights moved to them (one channel),
+    # instead of being sorted themselves (C channels, and a scatter of C channels in the backward pass).
     padded = F.pad(weights, (0, 0, 1, 1))  # [N, R, S+1, 1]
     sample_weights = (padded[:, :, 1:] + padded[:, :, :-1]) / 2  # [N, R, S, 1]
-    feature = torch.matmul(sample_weights.transpose(2, 3), features).squeeze(2)  # [N, R, C]
+    chunks = (features,) if order is None else tuple(features)
+    if order is not None:
+        sample_weights = torch.zeros_like(sample_weights).scatter(2, order.unsqueeze(-1), sample_weights)
+    parts = sample_weights.transpose(2, 3).split([chunk.shape[2] for chunk in chunks], dim=3)
+    feature = sum(torch.matmul(part, chunk) for part, chunk in zip(parts, chunks)).squeeze(2)  # [N, R, C]
     depths_mid = (depths[:, :, 1:] + depths[:, :, :-1]) / 2
     weight_total = weights.sum(dim=2)
     depth = torch.nan_to_num((weights * depths_mid).sum(dim=2) / weight_total, float("inf"))
@@ -202,7 +210,7 @@ class VolumeRenderer(nn.Module):
                                             deterministic=not jitter)
             fine_features, fine_sigma = self._decode_samples(planes, decoder, origins, directions, fine_depths)
             depths, order = torch.sort(torch.cat([depths, fine_depths], dim=2), dim=2)
-            features = torch.cat([features, fine_features], dim=2)
-            features = features.gather(2, order.unsqueeze(-1).expand(-1, -1, -1, features.shape[-1]))
             sigma = torch.cat([sigma, fine_sigma], dim=2).gather(2, order.unsqueeze(-1))
+            return composite((features, fine_features), sigma, depths, order=order,
+                             white_background=cfg.white_background)
         return composite(features, sigma, depths, white_background=cfg.white_background)
