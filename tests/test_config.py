@@ -26,7 +26,7 @@ def test_reference_preset_values():
     assert (s.rendering.ray_start, s.rendering.ray_end, s.rendering.box_warp) == (0.1, 2.6, 1.6)
     assert s.rendering.white_background and s.loss.r1_gamma == 0.3 and s.loss.gpc_prob is None
     t = tiny()
-    assert (t.model.image_resolution, t.rendering.neural_rendering_resolution_initial, t.run.batch_size) == (64, 32, 8)
+    assert (t.model.image_resolution, t.rendering.neural_rendering_resolution_initial, t.run.batch_size) == (64, 16, 8)
     for preset in PRESETS.values():
         validate(preset())
 
@@ -142,7 +142,8 @@ def test_summary_matches_module_counts_and_hand_derived_flops(capsys):
     assert set(result["G"]["modules"]) == {"mapping", "backbone", "decoder", "superresolution"}
     flops = result["flops_per_image"]
     t = tiny()
-    points = 32 * 32 * (t.rendering.depth_resolution + t.rendering.depth_resolution_importance)
+    res = t.rendering.neural_rendering_resolution_initial
+    points = res * res * (t.rendering.depth_resolution + t.rendering.depth_resolution_importance)
     assert flops["points_per_image"] == points
     # Decoder MLP by hand: 2 FLOPs per multiply-add, 32 -> 64 -> 33 per point, plus 4 bilinear taps x 3 planes.
     assert flops["G_rendering"] == points * 2 * (32 * 64 + 64 * 33) + points * 3 * 4 * 32 * 2

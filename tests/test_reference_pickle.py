@@ -22,7 +22,7 @@ from eg3d.networks.generator import TriPlaneGenerator
 from eg3d.networks.reference_pickle import apply_to_config, read_reference_pickle
 from eg3d.networks.snapshot import load_generator, render
 
-NEURAL_RENDERING_RESOLUTION = 32
+NEURAL_RENDERING_RESOLUTION = tiny().rendering.neural_rendering_resolution_initial  # what a snapshot renders at
 
 
 def tiny_legacy():

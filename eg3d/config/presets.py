@@ -74,24 +74,26 @@ def shapenet128() -> TrainConfig:
 
 
 def tiny() -> TrainConfig:
-    """The same architecture scaled down for CPU: 64x64 images, 32x32 neural rendering, 24+24 samples."""
+    """The same architecture scaled down for CPU: 64x64 images from a 16x16 neural rendering through a 4x
+    super-resolution (the paper's 64 -> 512 is 8x), 12+12 depth samples, 10 kimg. Rendering at 16 instead of 32
+    trains about 1.8x as many images per second on a CPU, with sample grids no worse at equal images seen, and the
+    blur fades out over the first kimg instead of five, so that most of a short run sees the images unblurred."""
     batch_size = 8
-    ema_kimg, blur_fade_kimg = _batch_scaled(batch_size)
+    ema_kimg, _ = _batch_scaled(batch_size)
     return TrainConfig(
         preset="tiny",
         model=ModelConfig(z_dim=64, w_dim=64, mapping_layers=2, backbone_resolution=64, backbone_channel_base=2048,
                           backbone_channel_max=64, plane_channels=32, decoder_hidden=64, image_resolution=64,
-                          sr_input_resolution=32, sr_channels=(32, 16), disc_channel_base=1024,
+                          sr_input_resolution=16, sr_channels=(32, 16), disc_channel_base=1024,
                           disc_channel_max=128, disc_mapping_layers=2),
         rendering=RenderingConfig(depth_resolution=12, depth_resolution_importance=12, ray_start=2.25,
                                   ray_end=3.3, box_warp=1.0, white_background=True,
-                                  neural_rendering_resolution_initial=32),
-        loss=LossConfig(r1_gamma=1.0, gpc_prob=0.5, gpc_fade_kimg=10, blur_init_sigma=2.0,
-                        blur_fade_kimg=blur_fade_kimg / 10),
+                                  neural_rendering_resolution_initial=16),
+        loss=LossConfig(r1_gamma=1.0, gpc_prob=0.5, gpc_fade_kimg=10, blur_init_sigma=2.0, blur_fade_kimg=1),
         optimizer=OptimizerConfig(),
         ema=EmaConfig(ema_kimg=ema_kimg),
         data=DataConfig(xflip=False, synthetic_count=2000),
-        run=RunConfig(total_kimg=2, batch_size=batch_size, micro_batch=None, checkpoint_kimg=1, snapshot_kimg=1,
+        run=RunConfig(total_kimg=10, batch_size=batch_size, micro_batch=None, checkpoint_kimg=2, snapshot_kimg=2,
                       log_kimg=0.4),
         # No Inception weights on a fresh machine: the random-feature distance, on a sample small enough for a CPU.
         metrics=MetricsConfig(extractor="random", num_generated=256, num_real=1000, batch_size=32, kid_subset_size=100),
