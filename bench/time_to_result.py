@@ -36,7 +36,9 @@ def snapshot_rows(run_url: str) -> list[dict]:
         records = [json.loads(line) for line in
                    storage.read_bytes(storage.join(run_url, "log.jsonl")).decode().splitlines() if line.strip()]
     except FileNotFoundError as error:
-        raise SystemExit(f"{run_url}: not a training run ({error}); expected starts.json and log.jsonl there")
+        print(f"skipping {run_url}: not a training run ({error}); expected starts.json and log.jsonl there",
+              file=sys.stderr)
+        return []
     start, rows = starts[0]["time"], {}
     for record in records:  # a measurement stays in every record until the next one; quality_nimg says whose
         measured = next((v for k, v in record.items() if k.startswith("quality_nimg/")), None)
