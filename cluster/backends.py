@@ -47,12 +47,19 @@ class DistributedSync(SingleProcess):
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
         return reduced.to(tensor.device)
 
+    # On one worker the object collectives are skipped: there is nothing to exchange, and a gloo all-gather
+    # of a few MB (the quality measurement's features) left every later training step of that process about
+    # 1.5x slower on CPU (bench/collective_slowdown.py reproduces it; the cause inside gloo is not known).
     def all_gather_object(self, value) -> list:
+        if self.world_size == 1:
+            return [value]
         gathered = [None] * self.world_size
         dist.all_gather_object(gathered, value)
         return gathered
 
     def broadcast_object(self, value):
+        if self.world_size == 1:
+            return value
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]

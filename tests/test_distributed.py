@@ -221,3 +221,29 @@ def test_optimizer_state_saved_by_two_workers_resumes_on_one(backend, zero_stage
     for name, value in networks(single).items():
         tolerance = dict(rtol=0, atol=1e-4) if name.endswith("w_avg") else dict(rtol=1e-4, atol=2e-6)
         torch.testing.assert_close(resumed[name], value, msg=name, **tolerance)
+
+
+def test_object_collectives_at_world_size_1_exchange_nothing(tmp_path, monkeypatch):
+    """One rank: all_gather_object and broadcast_object return the value without a gloo collective (a gloo
+    all-gather of the quality measurement's features slowed that process's later training steps about
+    1.5x; bench/collective_slowdown.py). Every collective is made to fail, so a call to one would show."""
+    import torch.distributed as dist
+
+    from cluster.backends import DDPSync
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        sync = DDPSync()
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a collective ran at world size 1")
+
+        for name in ("all_gather_object", "broadcast_object_list", "all_gather", "broadcast"):
+            monkeypatch.setattr(dist, name, refuse)
+        features = torch.randn(300, 16)
+        gathered = sync.all_gather_object((features, [1, 2]))
+        assert len(gathered) == 1 and gathered[0][0] is features and gathered[0][1] == [1, 2]
+        assert sync.broadcast_object({"nimg": 12}) == {"nimg": 12}
+    finally:
+        monkeypatch.undo()
+        dist.destroy_process_group()
