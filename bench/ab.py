@@ -77,7 +77,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--base", help="the commit to compare against (any git revision)")
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--preset", default="tiny", help="the preset both trees train")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="config override for both trees (repeatable)")
     parser.add_argument("--pairs", type=int, default=7, help="timed runs of each tree, interleaved")

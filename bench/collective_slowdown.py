@@ -6,7 +6,7 @@
 Found on a 2-core CPU machine: the embedded default trained at 16 img/s until its first snapshot and at
 12 img/s after it, through the rest of the run. The snapshot's quality measurement gathers its features with
 `all_gather_object` over the gloo group Ray Train sets up (one rank); one plain `dist.all_gather` of 2 MB
-in a fresh process reproduces it (0.42 -> 0.66 s per step), with no other thread using the CPU afterwards:
+in a fresh process reproduces it (0.43 -> 0.63 s per step), with no other thread using the CPU afterwards:
 the compute threads themselves sit idle for part of each step. The cause inside gloo is not known.
 `cluster.backends` now skips object collectives at world size 1, so one worker is not affected; with
 several CPU workers the collectives are needed, and this script is where to look further.
