@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+THIS_TREE = "this tree"
 
 
 def child(preset: str, overrides: list[str], threads: int, periods: int, warmup: int) -> None:
@@ -99,7 +100,8 @@ def main(argv=None) -> None:
         subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), args.base], cwd=REPO, check=True,
                        capture_output=True)
         try:
-            trees = {"this tree": REPO, f"base {base_commit.stdout.strip()}": base_tree}
+            base_name = f"base {base_commit.stdout.strip()}"
+            trees = {THIS_TREE: REPO, base_name: base_tree}
             times, batches = {name: [] for name in trees}, {}
             for pair in range(args.pairs):
                 order = list(trees) if pair % 2 == 0 else list(reversed(trees))
@@ -118,10 +120,8 @@ def main(argv=None) -> None:
     for name, values in times.items():
         print(f"{name:<20} {medians[name]:>14.3f} {batches[name] / medians[name]:>7.2f}  "
               + " ".join(f"{v:.3f}" for v in values))
-    this, base = medians["this tree"], medians[[n for n in trees if n != "this tree"][0]]
-    base_name = [n for n in trees if n != "this tree"][0]
-    print(f"speed-up in images/s (this tree's over the base's): "
-          f"{(batches['this tree'] / this) / (batches[base_name] / base):.2f}x")
+    speed = {name: batches[name] / medians[name] for name in trees}  # images/s
+    print(f"speed-up in images/s (this tree's over the base's): {speed[THIS_TREE] / speed[base_name]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,8 @@ import sys
 from PIL import Image, ImageDraw
 
 from dataloading import storage
-from eg3d.training.loop import snapshot_url
+from eg3d.training.loop import GRID_VIEWS, snapshot_url
 
-VIEWS = 5  # sample grids show five cameras, then five depth maps (eg3d.training.loop: grid_cameras(5))
 LABEL_HEIGHT = 14
 
 
@@ -57,8 +56,8 @@ def grid_views(run_url: str, nimg: int, latents: int, scale: int) -> Image.Image
     if not storage.exists(url):
         return None
     grid = Image.open(io.BytesIO(storage.read_bytes(url))).convert("RGB")
-    tile = grid.width // (2 * VIEWS)  # five views, then five depth maps
-    views = grid.crop((0, 0, VIEWS * tile, min(latents, grid.height // tile) * tile))
+    tile = grid.width // (2 * GRID_VIEWS)  # the views, then as many depth maps
+    views = grid.crop((0, 0, GRID_VIEWS * tile, min(latents, grid.height // tile) * tile))
     return views.resize((views.width * scale, views.height * scale), Image.Resampling.NEAREST)
 
 

@@ -31,6 +31,7 @@ FFHQ_FOV_DEGREES = 18.837  # the diagonal FOV of camera.FFHQ_FOCAL
 
 
 MAX_SEED = 2 ** 32 - 1  # seeds go to numpy.random.RandomState
+TRUNCATION_CUTOFF = 14  # style layers truncated by default (--trunc-cutoff)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -70,7 +71,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
     parser.add_argument("--seeds", type=seeds_list, required=True, help="a range '0-63', a list '1,5,9' or both '0-3,10'")
     parser.add_argument("--trunc", type=float, default=0.7, help="truncation psi (1: none)")
-    parser.add_argument("--trunc-cutoff", type=int, default=14, help="truncate the first N style layers")
+    parser.add_argument("--trunc-cutoff", type=int, default=TRUNCATION_CUTOFF,
+                        help="truncate the first N style layers")
     parser.add_argument("--radius", type=float, default=camera.FFHQ_RADIUS, help="camera distance to the origin")
     parser.add_argument("--fov", type=float, default=FFHQ_FOV_DEGREES, help="diagonal field of view, degrees")
     parser.add_argument("--batch", type=positive_int, default=8, help="renders per forward pass")

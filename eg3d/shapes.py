@@ -38,7 +38,7 @@ import torch
 import trimesh
 from skimage.measure import marching_cubes
 
-from .generate import open_generator, seeds_list
+from .generate import TRUNCATION_CUTOFF, open_generator, seeds_list
 from .networks import orbit
 from .networks.density_grid import generator_colors, generator_density, grid_spacing, sample_density_grid
 
@@ -138,8 +138,8 @@ def parse_args(argv):
     parser.add_argument("--border", type=int, default=None,
                         help="outer voxels treated as empty (default round(30 * resolution / 256))")
     parser.add_argument("--trunc", "--psi", dest="psi", type=float, default=0.7, help="truncation psi (default 0.7)")
-    parser.add_argument("--trunc-cutoff", "--cutoff", dest="cutoff", type=int, default=14,
-                        help="truncate the first N style layers (default 14)")
+    parser.add_argument("--trunc-cutoff", "--cutoff", dest="cutoff", type=int, default=TRUNCATION_CUTOFF,
+                        help=f"truncate the first N style layers (default {TRUNCATION_CUTOFF})")
     parser.add_argument("--chunk", type=int, default=1_000_000, help="points per decoder forward")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--obj", action="store_true", help="also write .obj")

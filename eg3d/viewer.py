@@ -31,7 +31,7 @@ from PIL import Image
 
 from dataloading import storage
 
-from .generate import FFHQ_FOV_DEGREES, MAX_SEED, HelpFormatter, depth_png, open_generator
+from .generate import FFHQ_FOV_DEGREES, MAX_SEED, TRUNCATION_CUTOFF, HelpFormatter, depth_png, open_generator
 from .networks import camera, orbit
 from .networks.density_grid import generator_density, sample_density_grid
 from .networks.sample_grid import depth_to_images, to_uint8
@@ -41,7 +41,6 @@ from .video import write_video
 
 # Small renders (64 px at tiny) fill their boxes, pixels kept square and sharp.
 CSS = "#image img, #depth img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
-TRUNCATION_CUTOFF = 14  # eg3d.generate's --trunc-cutoff default
 
 
 @dataclass(frozen=True)

@@ -131,8 +131,10 @@ def composite(features, sigma_raw: torch.Tensor, depths: torch.Tensor, *, order:
     # instead of being sorted themselves (C channels, and a scatter of C channels in the backward pass).
     padded = F.pad(weights, (0, 0, 1, 1))  # [N, R, S+1, 1]
     sample_weights = (padded[:, :, 1:] + padded[:, :, :-1]) / 2  # [N, R, S, 1]
-    chunks = (features,) if order is None else tuple(features)
-    if order is not None:
+    if order is None:
+        chunks = (features,)
+    else:
+        chunks = tuple(features)
         sample_weights = torch.zeros_like(sample_weights).scatter(2, order.unsqueeze(-1), sample_weights)
     parts = sample_weights.transpose(2, 3).split([chunk.shape[2] for chunk in chunks], dim=3)
     feature = sum(torch.matmul(part, chunk) for part, chunk in zip(parts, chunks)).squeeze(2)  # [N, R, C]

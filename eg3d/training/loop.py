@@ -63,6 +63,7 @@ def open_reader(config: TrainConfig, manifest_url: str, device: torch.device, sy
 
 # --- checkpoints ---------------------------------------------------------------------------------------
 
+GRID_VIEWS = 5  # cameras per latent code in a snapshot's sample grid (then as many depth maps)
 QUALITY_KEYS = ("frechet_distance/", "kernel_distance/", "quality_nimg/", "quality_seconds/", "fid", "kid")
 QUALITY_FILE = "quality.json"  # the last measurement, so that a resumed run reports it until the next one
 
@@ -237,7 +238,7 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
                                      if sync.rank == 0 else None)
     log(f"rank {sync.rank}/{sync.world_size}: {split.describe()}; this rank: {split.shares[sync.rank]} images")
     grid_z = torch.randn(4, config.model.z_dim, generator=torch.Generator().manual_seed(run.seed)).to(device)
-    cameras = grid_cameras(5).to(device)
+    cameras = grid_cameras(GRID_VIEWS).to(device)
     total_nimg = int(run.total_kimg * 1000)
     # Run-wide values that stay in the record until they change (as Prometheus gauges do).
     standing = {"target_nimg": total_nimg, "world_size": sync.world_size, "micro_batch": split.largest_micro_batch,
