@@ -1,4 +1,5 @@
-"""Per-op times of the FIR resampling, the loss's blur and the tri-plane sampling, before and after.
+"""Per-op times of the FIR resampling, the 1x1 modulated convolution, the loss's blur and the tri-plane sampling,
+before and after.
 
     python bench/ops.py                      # tiny and ffhq512 shapes, 5 and 3 repeats
     python bench/ops.py --shapes tiny --repeats 9
@@ -50,6 +51,13 @@ def naive_blur(images, sigma):
     return naive_upfirdn2d(images, kernel / kernel.sum(), pad=(radius, radius))
 
 
+def grouped_torgb(x, weight, styles):
+    """ToRGB's 1x1 modulated convolution before: one grouped convolution, a group per sample."""
+    n, c, h, w = x.shape
+    wts = (weight[None] * styles[:, None, :, None, None]).reshape(-1, c, 1, 1)
+    return F.conv2d(x.reshape(1, n * c, h, w), wts, groups=n).reshape(n, -1, h, w)
+
+
 def triplane_decode(planes, points, decoder, *, channels_last: bool = False):
     if channels_last:
         planes = planes.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, planes.shape[:2])
@@ -67,6 +75,12 @@ def cases(name: str):
     up_in = torch.randn(batch, channels, res + 1, res + 1)
     yield ("modconv up: FIR after conv_transpose", lambda x: naive_upfirdn2d(x, fir, pad=(1, 1), gain=4),
            lambda x: layers.upfirdn2d(x, fir, pad=(1, 1), gain=4), [up_in])
+    # The backbone's last ToRGB: a 1x1 modulated conv (no demodulation) to the three planes' channels.
+    res = m.backbone_resolution
+    torgb = torch.randn(3 * m.plane_channels, channels, 1, 1)
+    x, styles = torch.randn(batch, channels, res, res), torch.randn(batch, channels)
+    yield (f"ToRGB 1x1 modconv {channels}->{3 * m.plane_channels}", lambda x, s: grouped_torgb(x, torgb, s),
+           lambda x, s: layers.modulated_conv2d(x, torgb, s, demodulate=False), [x, styles])
     # The discriminator's first block: 3x3 conv1 and 1x1 skip, both halving the resolution.
     res, img = m.image_resolution, m.image_resolution
     tmp, out = (min(m.disc_channel_base // r, m.disc_channel_max) for r in (res, res // 2))

@@ -139,12 +139,17 @@ class Conv2d(nn.Module):
 
 def modulated_conv2d(x, weight, styles, *, demodulate: bool = True, up: int = 1,
                      resample_filter: torch.Tensor | None = None):
-    """Per-sample modulated convolution as one grouped convolution; `up=2` uses a transposed conv + FIR."""
+    """Per-sample modulated convolution x [N, I, H, W] -> [N, O, H * up, W * up] with weight [O, I, k, k] and
+    styles [N, I]: one grouped convolution (a 1x1 kernel: one batched matmul, about twice as fast on a CPU
+    as oneDNN's grouped 1x1 convolution, forward and backward); `up=2` uses a transposed conv + FIR."""
     n, in_channels, h, w = x.shape
     out_channels, _, kh, kw = weight.shape
     wts = weight[None] * styles[:, None, :, None, None]  # [N, O, I, k, k]
     if demodulate:
         wts = wts * (wts.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    if kh == kw == 1 and up == 1:
+        x = torch.bmm(wts.reshape(n, out_channels, in_channels), x.reshape(n, in_channels, h * w))
+        return x.reshape(n, out_channels, h, w)
     x = x.reshape(1, n * in_channels, h, w)
     if up == 1:
         x = F.conv2d(x, wts.reshape(n * out_channels, in_channels, kh, kw), padding=kh // 2, groups=n)
