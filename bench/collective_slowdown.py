@@ -4,12 +4,18 @@
     python bench/collective_slowdown.py --op all_reduce --mb 2
 
 Found on a 2-core CPU machine: the embedded default trained at 16 img/s until its first snapshot and at
-12 img/s after it, through the rest of the run. The snapshot's quality measurement gathers its features with
-`all_gather_object` over the gloo group Ray Train sets up (one rank); one plain `dist.all_gather` of 2 MB
-in a fresh process reproduces it (0.43 -> 0.63 s per step), with no other thread using the CPU afterwards:
-the compute threads themselves sit idle for part of each step. The cause inside gloo is not known.
-`cluster.backends` now skips object collectives at world size 1, so one worker is not affected; with
-several CPU workers the collectives are needed, and this script is where to look further.
+12 img/s after it, through the rest of the run. The snapshot's quality measurement gathered its features with
+`all_gather_object` over the gloo group Ray Train sets up; one plain `dist.all_gather` of 2 MB in a fresh
+process reproduces it (0.36 -> 0.53 s per step).
+
+The cause: gloo's all-gather copies its output inside one of gloo's worker threads, and a copy of more than
+32k elements runs as an OpenMP parallel region there, which starts a second OpenMP team. Once a process has
+more OpenMP threads than CPUs, libgomp shortens every thread's spin-wait from 300,000 to 100 spins (see
+GOMP_SPINCOUNT in the libgomp manual), so the compute threads go to sleep between operations. Evidence:
+`GOMP_SPINCOUNT=100 ... --op none` is as slow as "after" with no collective; `OMP_WAIT_POLICY=PASSIVE` makes
+"before" as slow as "after"; `--op all_reduce` and `--op broadcast`, which work in place, change nothing; and
+the all-gather adds one thread to the process. `cluster.backends.DistributedSync.all_gather_object` therefore
+gathers objects with an in-place all-reduce.
 """
 
 import argparse

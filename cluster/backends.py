@@ -21,6 +21,7 @@ world-size-independent batch handling, the ZeRO stage and the checkpoints depend
 
 import copy
 import json
+import pickle
 from dataclasses import dataclass
 
 import torch
@@ -47,15 +48,27 @@ class DistributedSync(SingleProcess):
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
         return reduced.to(tensor.device)
 
-    # On one worker the object collectives are skipped: there is nothing to exchange, and a gloo all-gather
-    # of a few MB (the quality measurement's features) left every later training step of that process about
-    # 1.5x slower on CPU (bench/collective_slowdown.py reproduces it; the cause inside gloo is not known).
     def all_gather_object(self, value) -> list:
+        """Every rank's picklable `value`, in rank order (one rank: `[value]`, with no collective).
+
+        Gathered as a sum: each rank writes its pickled bytes into its own zeroed slot of a [world size, longest]
+        uint8 buffer, and one all_reduce adds the slots up. torch's `all_gather_object` copies the gathered
+        bytes inside one of gloo's worker threads, and a copy of more than 32k elements starts an OpenMP team
+        there. With more OpenMP threads than CPUs, libgomp cuts every thread's spin-wait from 300,000 to 100
+        spins (the GOMP_SPINCOUNT documentation) for the rest of the process: on 2 cores with 2 torch threads,
+        each later training step took 1.5x as long (bench/collective_slowdown.py). An all_reduce of one tensor
+        runs in place, with no such copy.
+        """
         if self.world_size == 1:
             return [value]
-        gathered = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
-        return gathered
+        payload = torch.frombuffer(bytearray(pickle.dumps(value)), dtype=torch.uint8)
+        sizes = torch.zeros(self.world_size, dtype=torch.int64)
+        sizes[self.rank] = len(payload)
+        sizes = self.all_reduce_sum(sizes).tolist()
+        slots = torch.zeros(self.world_size, max(sizes), dtype=torch.uint8)
+        slots[self.rank, :len(payload)] = payload
+        slots = self.all_reduce_sum(slots)
+        return [pickle.loads(slots[rank, :size].numpy().tobytes()) for rank, size in enumerate(sizes)]
 
     def broadcast_object(self, value):
         if self.world_size == 1:

@@ -224,9 +224,8 @@ def test_optimizer_state_saved_by_two_workers_resumes_on_one(backend, zero_stage
 
 
 def test_object_collectives_at_world_size_1_exchange_nothing(tmp_path, monkeypatch):
-    """One rank: all_gather_object and broadcast_object return the value without a gloo collective (a gloo
-    all-gather of the quality measurement's features slowed that process's later training steps about
-    1.5x; bench/collective_slowdown.py). Every collective is made to fail, so a call to one would show."""
+    """One rank: all_gather_object and broadcast_object return the value without a gloo collective: there is
+    nothing to exchange. Every collective is made to fail, so a call to one would show."""
     import torch.distributed as dist
 
     from cluster.backends import DDPSync
@@ -238,7 +237,7 @@ def test_object_collectives_at_world_size_1_exchange_nothing(tmp_path, monkeypat
         def refuse(*args, **kwargs):
             raise AssertionError("a collective ran at world size 1")
 
-        for name in ("all_gather_object", "broadcast_object_list", "all_gather", "broadcast"):
+        for name in ("all_gather_object", "broadcast_object_list", "all_gather", "broadcast", "all_reduce"):
             monkeypatch.setattr(dist, name, refuse)
         features = torch.randn(300, 16)
         gathered = sync.all_gather_object((features, [1, 2]))
@@ -247,3 +246,41 @@ def test_object_collectives_at_world_size_1_exchange_nothing(tmp_path, monkeypat
     finally:
         monkeypatch.undo()
         dist.destroy_process_group()
+
+
+def gather_and_count_threads(rank: int):
+    import os
+
+    import torch.distributed as dist
+
+    from cluster.backends import DDPSync
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    torch.set_num_threads(2)  # before gloo's threads first ask torch for a thread count
+    torch.ones(2**22).add_(1)  # this thread's OpenMP team exists before counting
+    mine = {"rank": rank, "features": torch.arange(10**6 + 7 * rank, dtype=torch.float32) + rank}  # sizes differ
+    before = threads()
+    ours = DDPSync().all_gather_object(mine)
+    after = threads()
+    theirs = [None, None]
+    dist.all_gather_object(theirs, mine)  # the control: torch's gather starts an OpenMP team in a gloo thread
+    return ours, theirs, before, after, threads()
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_all_gather_object_on_two_workers_starts_no_openmp_team_in_gloo():
+    """The gather returns every rank's object in rank order, and starts no thread: torch's all_gather_object
+    copies inside a gloo worker thread, whose new OpenMP team made libgomp throttle every thread's spin-wait
+    (more OpenMP threads than CPUs), and every later CPU step 1.5x slower (bench/collective_slowdown.py)."""
+    results = run_on_workers(gather_and_count_threads, 2)
+    for rank, (ours, theirs, before, after, after_control) in enumerate(results):
+        for r in range(2):
+            assert ours[r]["rank"] == r
+            torch.testing.assert_close(ours[r]["features"], torch.arange(10**6 + 7 * r, dtype=torch.float32) + r,
+                                       rtol=0, atol=0)
+            torch.testing.assert_close(ours[r]["features"], theirs[r]["features"], rtol=0, atol=0)
+        assert after == before, f"rank {rank}: the gather started {after - before} thread(s)"
+        assert after_control > after, f"rank {rank}: torch's own gather no longer starts a thread; the count " \
+                                      "cannot tell the two apart any more"
