@@ -56,7 +56,7 @@ from eg3d.config.presets import get_preset
 from eg3d.networks import camera
 from eg3d.networks.generator import TriPlaneGenerator
 from eg3d.summary import flops_per_image
-from eg3d.training.threads import set_threads
+from eg3d.training.threads import flush_denormals, set_threads
 from eg3d.training.trainer import PROFILER_LABEL, Trainer
 
 # Peak dense TFLOP/s (bf16 on tensor cores, fp32 without), from NVIDIA's datasheets (the sparse figures
@@ -296,6 +296,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: the cores this process may run on)")
     args = parser.parse_args()
+    flush_denormals()  # as a CPU worker does (cluster.launch)
     set_threads(requested=args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     presets = args.presets if args.presets is not None else (["tiny", "ffhq512"] if device.type == "cuda" else ["tiny"])

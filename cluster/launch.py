@@ -54,7 +54,7 @@ def worker_loop(job: dict) -> str | None:
 
     from eg3d.config import TrainConfig
     from eg3d.training.loop import TrainingDiverged, train
-    from eg3d.training.threads import set_threads
+    from eg3d.training.threads import flush_denormals, set_threads
 
     from .backends import make_sync
 
@@ -62,6 +62,7 @@ def worker_loop(job: dict) -> str | None:
     config = TrainConfig.from_dict(job.config)
     device = ray.train.torch.get_device()
     if device.type == "cpu":
+        flush_denormals()
         set_threads(requested=config.run.threads, assigned_cpus=assigned_cpus(job.cpus_per_worker),
                     log=logging.getLogger("eg3d").info)
     else:

@@ -59,3 +59,26 @@ def test_run_threads_must_be_positive():
     assert micro_config("run.threads=2").run.threads == 2
     with pytest.raises(ValueError, match="run.threads"):
         validate(micro_config("run.threads=0"))
+
+
+FLUSH_CHECK = """
+import torch
+from eg3d.training.threads import flush_denormals
+if {flush}:
+    flush_denormals()
+torch.set_num_threads(2)
+tiny = torch.full((1 << 20,), 3e-39)  # a float32 denormal; the product is one too
+print(int((tiny * 2).ne(0).sum()))  # elementwise over 2 OpenMP threads
+"""
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormals_reaches_the_openmp_threads_started_afterwards(flush):
+    """Flushed: every element of a product computed by two OpenMP threads is zero, so the threads started after the
+    call flush too. Not flushed (the control): the denormal products survive."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", FLUSH_CHECK.format(flush=flush)], capture_output=True, text=True,
+                            check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert int(result.stdout) == (0 if flush else 1 << 20)
