@@ -1,7 +1,10 @@
 """Data-parallel training on real gloo process groups: DDP and DeepSpeed give what one process gives.
 
-Every test compares N workers against an independent single-process run of the same global batch.
+The training tests compare N workers against an independent single-process run of the same global batch;
+the last two check the object collectives (nothing exchanged on one rank, no thread started on two).
 """
+
+import os
 
 import pytest
 import torch
@@ -249,8 +252,6 @@ def test_object_collectives_at_world_size_1_exchange_nothing(tmp_path, monkeypat
 
 
 def gather_and_count_threads(rank: int):
-    import os
-
     import torch.distributed as dist
 
     from cluster.backends import DDPSync
@@ -269,7 +270,7 @@ def gather_and_count_threads(rank: int):
     return ours, theirs, before, after, threads()
 
 
-@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="counts threads in /proc")
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
 def test_all_gather_object_on_two_workers_starts_no_openmp_team_in_gloo():
     """The gather returns every rank's object in rank order, and starts no thread: torch's all_gather_object
     copies inside a gloo worker thread, whose new OpenMP team made libgomp throttle every thread's spin-wait

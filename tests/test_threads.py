@@ -1,6 +1,8 @@
 """Torch threads per worker: the CPUs it was assigned, capped by the cores it may run on (eg3d.training.threads)."""
 
 import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -76,9 +78,6 @@ print(int((tiny * 2).ne(0).sum()))  # elementwise over 2 OpenMP threads
 def test_flush_denormals_reaches_the_openmp_threads_started_afterwards(flush):
     """Flushed: every element of a product computed by two OpenMP threads is zero, so the threads started after the
     call flush too. Not flushed (the control): the denormal products survive."""
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-c", FLUSH_CHECK.format(flush=flush)], capture_output=True, text=True,
                             check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert int(result.stdout) == (0 if flush else 1 << 20)
