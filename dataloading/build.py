@@ -10,20 +10,27 @@ DEST is a local folder or `s3://bucket/prefix`. DEST receives:
 
 - `shard-000000.tar`, ...: webdataset tars. Sample key `%08d` is the image's position in SRC (sorted
   by name); members `KEY.png` or `KEY.jpg` (the source bytes unless re-encoding is asked for or needed),
-  `KEY.cam.npy` (float32[25] camera) and `KEY.name.txt` (the source file name). Headers carry no
-  time or owner, so the same input gives the same bytes.
+  `KEY.cam.npy` (float32[25] camera) and `KEY.name.txt` (the source file name), then the ground truth
+  the source has: `KEY.depth.npy` (the bytes of the image's side file `<image stem>.depth.npy`, a 2-D
+  float array of the image's resolution: per-pixel depth along each ray, NaN on the background) and
+  `KEY.cls` (ASCII decimal class index, the webdataset convention, from dataset.json's "classes" pairs
+  [[image path, index], ...] into its "class_names"). Headers carry no time or owner, so the same input
+  gives the same bytes.
 - `shard-000000.idx`: the index DALI's `wds2idx` writes ("v1.2 <samples>", then per sample
   `<ext> <data offset> <size> <member name>` for each member), for `fn.readers.webdataset`.
 - `shard-000000.done.json`: written after the shard and its index are published; it records the
   settings, size, sha256, sample keys and rejects, so a re-run skips the shard.
 - `labels.npy` (float32 [N,25] in manifest order, for the generator's camera sampler), `rejects.json`
   ([{file, kind, fault}]), and last `manifest.json`, which names only complete shards and carries the
-  camera statistics ("cameras": radius, look-at point, optical-axis distance, fraction of the box seen).
+  camera statistics ("cameras": radius, look-at point, optical-axis distance, fraction of the box seen)
+  and "ground_truth": {"depth": true when every sample has a depth member, "class_names": [...] or null}.
 
 Shards hold fixed runs of source positions (a count measured from the first images to meet the target
 size and recorded in the manifest), so the plan, and with it every shard, is the same on a re-run.
 Every sample is validated: the image decodes, is square and of the expected resolution (the first
-image's, or --resolution), in a pixel format with an 8-bit RGB form; the label is 25 finite floats
+image's, or --resolution), in a pixel format with an 8-bit RGB form; its depth side file, if any, is a
+2-D float array of that resolution; its class, when dataset.json has classes, is listed and indexes
+"class_names" (a malformed "classes" or "class_names" is an error); the label is 25 finite floats
 with normalized intrinsics and a cam2world whose rotation is a rotation, and its camera sees the
 tri-plane box (`dataloading.camera_checks`; by default any ray hitting the box [-0.5, 0.5]^3, or the
 samples between --ray-start and --ray-end in a --box-warp box: 2.25/3.3/1 for ffhq512, afhq512 and tiny,
@@ -73,13 +80,20 @@ TOLERANCE = 1e-3  # for the rotation and the fixed rows of the camera matrices
 EXAMPLES_PER_KIND = 3  # rejects named per kind in summaries and errors
 FAULT_KINDS = ("bad entry", "listed twice", "missing file", "wrong extension", "no label", "bad label",
                "bad cam2world", "intrinsics in pixels", "bad intrinsics", "camera sees nothing",
-               "undecodable image", "unsupported pixel format", "wrong image size")
+               "undecodable image", "unsupported pixel format", "wrong image size", "bad depth", "bad class")
+DEPTH_SUFFIX = ".depth.npy"  # an image's depth side file is its stem + this: not an image extension, so
+# reference loaders, which list files by image extension, skip it
 _EXTENSION = {"png": "png", "jpeg": "jpg"}
 _PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG"}
 
 
 def shard_stem(index: int) -> str:
     return f"shard-{index:06d}"
+
+
+def depth_file(image: str) -> str:
+    """The name of an image's depth side file: 00000/img00000000.png -> 00000/img00000000.depth.npy."""
+    return os.path.splitext(image)[0] + DEPTH_SUFFIX
 
 
 # --- the source ----------------------------------------------------------------------------------------
@@ -97,11 +111,14 @@ class Rejected(ValueError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One listed or found image: its key (position in the sorted source), label, and any fault."""
+    """One listed or found image: its key (position in the sorted source), label, any fault, and its
+    ground truth: class index from dataset.json and depth side file name, when the source has them."""
     key: int
     name: str
     label: tuple[float, ...] | None
     fault: Rejected | None
+    class_index: int | None = None
+    depth: str | None = None
 
 
 class SourceFiles:
@@ -144,14 +161,17 @@ class SourceFiles:
         return {**self.__dict__, "_zip": None, "_zip_pid": None}
 
 
-def read_entries(files: SourceFiles) -> list[Entry]:
-    """Every image the metadata lists or the source holds, sorted by name, each with its fault if any.
-    Only a missing or unreadable dataset.json is an error: it leaves nothing to build."""
+def read_entries(files: SourceFiles) -> tuple[list[Entry], list[str] | None]:
+    """(every image the metadata lists or the source holds, sorted by name, each with its fault if any;
+    dataset.json's "class_names", None without classes). Only a missing or unreadable dataset.json, or
+    malformed class keys in it, is an error: it leaves nothing to build."""
     names = files.names()
     if METADATA not in names:
         raise ValueError(f"{files.path}: no {METADATA}; expected one at the root listing "
                          f'{{"labels": [[image path, [25 floats]], ...]}}')
-    listed = load_label_list(files.read(METADATA), f"{files.path}: {METADATA}")
+    metadata = files.read(METADATA)
+    listed = load_label_list(metadata, f"{files.path}: {METADATA}")
+    class_names, classes = read_classes(metadata, f"{files.path}: {METADATA}")
     images = {name for name in names if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS}
     by_stem = {}  # name without extension -> the first image with that stem
     for image in sorted(images):
@@ -171,7 +191,49 @@ def read_entries(files: SourceFiles) -> list[Entry]:
         found[name] = (label, fault)
     for name in images - set(found) - claimed:
         found[name] = (None, Rejected("no label", f"no label in {METADATA}; every image must be listed there"))
-    return [Entry(key, name, *found[name]) for key, name in enumerate(sorted(found))]
+    entries = []
+    for key, name in enumerate(sorted(found)):
+        label, fault = found[name]
+        if fault is None and class_names is not None:
+            fault = class_fault(classes.get(name), class_names)
+        depth = depth_file(name) if depth_file(name) in names else None
+        entries.append(Entry(key, name, label, fault, classes.get(name), depth))
+    return entries, class_names
+
+
+def read_classes(metadata: bytes, where: str) -> tuple[list[str] | None, dict[str, int]]:
+    """(dataset.json's "class_names", image name -> its index in "classes"); (None, {}) when it has neither
+    key. A ValueError naming `where` and the key when either is malformed or only one is given."""
+    raw = json.loads(metadata)  # load_label_list has checked that it parses
+    class_names, classes = raw.get("class_names"), raw.get("classes")
+    if class_names is None and classes is None:
+        return None, {}
+    if not (isinstance(class_names, list) and class_names and all(isinstance(x, str) for x in class_names)):
+        raise ValueError(f'{where}: "class_names" is {str(class_names)[:80]}; expected a non-empty list of '
+                         f'names beside "classes"')
+    if not isinstance(classes, list):
+        raise ValueError(f'{where}: "classes" is {str(classes)[:80]}; expected a list of [image path, class '
+                         f'index] pairs beside "class_names"')
+    by_name = {}
+    for position, item in enumerate(classes):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], int) and not isinstance(item[1], bool)):
+            raise ValueError(f'{where}: "classes"[{position}] is {str(item)[:80]}; expected an [image path, '
+                             f'class index] pair')
+        name = item[0].replace("\\", "/")
+        if name in by_name:
+            raise ValueError(f'{where}: "classes" lists {name} twice')
+        by_name[name] = item[1]
+    return class_names, by_name
+
+
+def class_fault(class_index: int | None, class_names: list[str]) -> Rejected | None:
+    if class_index is None:
+        return Rejected("bad class", f'no class in {METADATA}\'s "classes"; every image must have one there')
+    if not 0 <= class_index < len(class_names):
+        return Rejected("bad class", f'class {class_index} is out of range: {METADATA} has {len(class_names)} '
+                                     f'"class_names"')
+    return None
 
 
 def missing_file_fault(name: str, other: str | None) -> Rejected:
@@ -286,14 +348,51 @@ class Settings:
                                                f"or --resolution)")
 
 
-def camera_bytes(label) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.save(buffer, np.asarray(label, dtype=np.float32), allow_pickle=False)
+    np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
+
+
+def camera_bytes(label) -> bytes:
+    return npy_bytes(np.asarray(label, dtype=np.float32))
 
 
 def _member_bytes(size: int) -> int:
     return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
+
+
+def load_depth(data: bytes, resolution: int) -> np.ndarray:
+    """The array of a depth map's .npy bytes; a ValueError saying why unless it is a 2-D float array of the
+    image's resolution."""
+    try:
+        depth = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"not a .npy array ({error})") from None
+    if not isinstance(depth, np.ndarray):
+        raise ValueError("an .npz archive, expected a .npy array")
+    if depth.dtype.kind != "f" or depth.shape != (resolution, resolution):
+        raise ValueError(f"depth is {depth.dtype} {depth.shape}, expected a float array of shape "
+                         f"({resolution}, {resolution}), the image's resolution")
+    return depth
+
+
+def checked_depth(files: SourceFiles, name: str, resolution: int) -> bytes:
+    """The bytes of depth side file `name`, once they prove a depth map (`load_depth`)."""
+    data = files.read(name)
+    try:
+        load_depth(data, resolution)
+    except ValueError as error:
+        raise Rejected("bad depth", f"{name}: {error}") from None
+    return data
+
+
+def ground_truth_bytes(files: SourceFiles, entries: list[Entry]) -> float:
+    """Mean tar bytes of the depth and class members over the first MEASURED_SAMPLES valid entries."""
+    measured = [entry for entry in entries if entry.fault is None][:MEASURED_SAMPLES]
+    sizes = [(_member_bytes(len(files.read(entry.depth))) if entry.depth is not None else 0)
+             + (2 * TAR_BLOCK if entry.class_index is not None else 0) for entry in measured]
+    return float(np.mean(sizes)) if sizes else 0.0
 
 
 def measure_image_size(files: SourceFiles, entries: list[Entry],
@@ -353,12 +452,18 @@ def write_shard(job: ShardJob) -> dict:
             if entry.fault is not None:
                 raise entry.fault
             image = job.settings.encode_image(job.files.read(entry.name))
+            depth = None if entry.depth is None else checked_depth(job.files, entry.depth, job.settings.resolution)
         except Rejected as fault:
             rejects.append(reject_record(entry.name, fault))
             continue
         key = f"{entry.key:08d}"
-        samples.append((key, [(f"{key}.{extension}", image), (f"{key}.cam.npy", camera_bytes(entry.label)),
-                              (f"{key}.name.txt", entry.name.encode())]))
+        members = [(f"{key}.{extension}", image), (f"{key}.cam.npy", camera_bytes(entry.label)),
+                   (f"{key}.name.txt", entry.name.encode())]
+        if depth is not None:
+            members.append((f"{key}.depth.npy", depth))
+        if entry.class_index is not None:
+            members.append((f"{key}.cls", str(entry.class_index).encode()))
+        samples.append((key, members))
     marker = {"shard": stem, "plan": job.plan, "keys": [int(key) for key, _ in samples],
               "rejects": rejects, "size": 0, "sha256": None}
     if samples:
@@ -416,7 +521,8 @@ def build(src: str, dest: str, *, shard_size_mb: float = 64, image_format: str =
     dest = str(dest).rstrip("/")
     with local_copy(str(src)) as local_source:
         files = SourceFiles(local_source)
-        entries, cameras, camera_rows = check_entry_cameras(read_entries(files), camera_check)
+        entries, class_names = read_entries(files)
+        entries, cameras, camera_rows = check_entry_cameras(entries, camera_check)
         storage.makedirs(dest)
         fail = functools.partial(_fail, str(src), dest, len(entries))
         problem = cameras.problem(strict=strict)
@@ -429,7 +535,8 @@ def build(src: str, dest: str, *, shard_size_mb: float = 64, image_format: str =
             fail(_entry_rejects([replace(entry, fault=entry.fault or faults[entry.key]) for entry in entries]),
                  f"no valid image among the {len(entries)} entries; nothing to build")
         settings = replace(settings, resolution=resolution)
-        plan = _plan(settings, camera_check, shard_size_mb, image_bytes, len(entries), files.fingerprint())
+        plan = _plan(settings, camera_check, shard_size_mb, image_bytes, ground_truth_bytes(files, entries),
+                     len(entries), files.fingerprint())
         samples_per_shard = plan["samples_per_shard"]
         runs = [tuple(entries[start:start + samples_per_shard]) for start in range(0, len(entries), samples_per_shard)]
         present = storage.list(dest)
@@ -446,14 +553,15 @@ def build(src: str, dest: str, *, shard_size_mb: float = 64, image_format: str =
     if not any(marker["keys"] for marker in markers):
         fail(rejects, f"every one of the {len(entries)} source images was rejected")
     kept = cameras.subset([camera_rows[key] for marker in markers for key in marker["keys"]])
-    return _publish_manifest(dest, entries, plan, markers, kept.statistics())
+    return _publish_manifest(dest, entries, plan, markers, kept.statistics(), class_names)
 
 
 def _plan(settings: Settings, camera_check: CameraCheck, shard_size_mb: float, image_bytes: float,
-          source_entries: int, source_sha256: str) -> dict:
+          ground_truth_bytes: float, source_entries: int, source_sha256: str) -> dict:
     """What decides the shards' bytes, as a marker holds it (JSON: tuples become lists)."""
     # the name member fits one block; the camera is a 228-byte .npy
     per_sample = _member_bytes(int(image_bytes)) + _member_bytes(len(camera_bytes(np.zeros(25)))) + 2 * TAR_BLOCK
+    per_sample += ground_truth_bytes
     plan = {**asdict(settings), "camera_check": asdict(camera_check), "shard_size_mb": float(shard_size_mb),
             "samples_per_shard": max(1, int(shard_size_mb * 2**20 // per_sample)),
             "source_entries": source_entries, "source_sha256": source_sha256}
@@ -552,10 +660,12 @@ def _run(jobs: list[ShardJob], workers: int, progress: bool) -> dict[int, dict]:
     return markers
 
 
-def _publish_manifest(dest: str, entries: list[Entry], plan: dict, markers: list[dict], cameras: dict) -> dict:
+def _publish_manifest(dest: str, entries: list[Entry], plan: dict, markers: list[dict], cameras: dict,
+                      class_names: list[str] | None) -> dict:
     """labels.npy, then manifest.json last; a file already holding the same bytes is left untouched, so
     a re-run writes nothing."""
     labels = {entry.key: entry.label for entry in entries}
+    has_depth = {entry.key: entry.depth is not None for entry in entries}
     shards = [{"name": f"{m['shard']}.tar", "index": f"{m['shard']}.idx", "size": m["size"],
                "sample_count": len(m["keys"]), "sha256": m["sha256"]} for m in markers if m["keys"]]
     kinds = [reject["kind"] for m in markers for reject in m["rejects"]]
@@ -567,7 +677,10 @@ def _publish_manifest(dest: str, entries: list[Entry], plan: dict, markers: list
                 "label_dim": LABEL_SIZE, "image_extension": _EXTENSION[plan["image_format"]],
                 "samples_per_shard": plan["samples_per_shard"], "rejected": len(kinds),
                 "rejected_by_kind": {kind: kinds.count(kind) for kind in sorted(set(kinds))},
-                "labels": LABELS, "rejects": REJECTS, "cameras": cameras, "settings": plan, "shards": shards}
+                "labels": LABELS, "rejects": REJECTS, "cameras": cameras,
+                "ground_truth": {"depth": all(has_depth[key] for m in markers for key in m["keys"]),
+                                 "class_names": class_names},
+                "settings": plan, "shards": shards}
     _write_if_changed(storage.join(dest, MANIFEST), _json_bytes(manifest))
     return manifest
 

@@ -23,6 +23,8 @@ backend (listed in BACKENDS only when NVIDIA DALI is installed: the `dali` extra
 through the same producer thread and shard reading, but decodes in a DALI pipeline (`fn.external_source`
 fed the planned samples' bytes, `fn.decoders.image` "mixed" on GPU or "cpu", `fn.decoders.numpy`, flips
 from the plan); see `dataloading.dali_backend`. One seed gives one sample order, and the same batches, on both.
+Both read only the image and camera members: a sample's ground truth (depth, class; the manifest's
+"ground_truth" says which) is for evaluators, which decode it with `decode_ground_truth`.
 """
 
 import functools
@@ -43,7 +45,7 @@ from PIL import Image
 from eg3d.networks.camera import mirror_label
 
 from . import storage
-from .build import LABELS, MANIFEST_FORMAT
+from .build import LABELS, MANIFEST_FORMAT, load_depth
 from .reference_format import LABEL_SIZE
 
 
@@ -75,6 +77,8 @@ class Manifest:
     resolution: int
     image_extension: str
     shards: tuple[Shard, ...]
+    has_depth: bool = False  # every sample has a depth member (`decode_ground_truth`)
+    class_names: tuple[str, ...] | None = None  # every sample has a class member indexing these
 
 
 def load_manifest(url: str) -> Manifest:
@@ -102,7 +106,21 @@ def load_manifest(url: str) -> Manifest:
     if not shards or first != raw.get("sample_count"):
         raise ValueError(f"{url}: sample_count is {raw.get('sample_count')} but the {len(shards)} shards hold "
                          f"{first} samples")
-    return Manifest(url, first, int(raw["resolution"]), str(raw["image_extension"]), tuple(shards))
+    has_depth, class_names = _ground_truth(url, raw.get("ground_truth"))
+    return Manifest(url, first, int(raw["resolution"]), str(raw["image_extension"]), tuple(shards), has_depth,
+                    class_names)
+
+
+def _ground_truth(url: str, entry) -> tuple[bool, tuple[str, ...] | None]:
+    """(has_depth, class_names) of a manifest's "ground_truth"; (False, None) for one built before it existed."""
+    if entry is None:
+        return False, None
+    class_names = entry.get("class_names") if isinstance(entry, dict) else None
+    if not (isinstance(entry, dict) and isinstance(entry.get("depth"), bool) and (
+            class_names is None or isinstance(class_names, list) and all(isinstance(x, str) for x in class_names))):
+        raise ValueError(f'{url}: ground_truth is {str(entry)[:80]}, expected {{"depth": true or false, '
+                         f'"class_names": [names] or null}}')
+    return entry["depth"], None if class_names is None else tuple(class_names)
 
 
 def camera_labels(manifest_url: str) -> np.ndarray:
@@ -419,3 +437,28 @@ def decode_sample(manifest: Manifest, index: int, members: dict[str, bytes]) -> 
         raise ValueError(f"{where}: image {pixels.shape} and camera {camera.shape}, expected "
                          f"({resolution}, {resolution}, 3) and ({LABEL_SIZE},)")
     return pixels, camera.astype(np.float32, copy=False)
+
+
+def decode_ground_truth(manifest: Manifest, index: int,
+                        members: dict[str, bytes]) -> tuple[np.ndarray | None, int | None]:
+    """(float32 [R,R] depth along each pixel's ray, NaN on the background; class index into
+    manifest.class_names) of one sample, each None where the sample has none; errors name the sample.
+    The training readers never call this: they read only the image and camera members."""
+    where = f"{manifest.url}: sample {index}"
+    depth = class_index = None
+    if manifest.has_depth and "depth.npy" not in members:
+        raise ValueError(f"{where}: no depth.npy member in its shard, though the manifest says every sample has one")
+    if "depth.npy" in members:
+        try:
+            depth = load_depth(members["depth.npy"], manifest.resolution).astype(np.float32)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+    if manifest.class_names is not None:
+        if "cls" not in members:
+            raise ValueError(f"{where}: no cls member in its shard, though the manifest has class_names")
+        text = members["cls"]
+        if not text.isdigit() or int(text) >= len(manifest.class_names):
+            raise ValueError(f"{where}: class member is {text[:20]!r}, expected a decimal index below "
+                             f"{len(manifest.class_names)} (the manifest's class_names)")
+        class_index = int(text)
+    return depth, class_index

@@ -6,7 +6,13 @@ function (SDF) in numpy, through the same pixel rays the trainer's renderer uses
 (`eg3d.networks.camera.pixel_rays`), so each image agrees exactly with its camera label. Texture lives in object
 space and the light is fixed in world space, so every view of a scene is consistent.
 
-`generate_dataset` writes a data set; the command is `python -m eg3d.synthetic` (eg3d/synthetic.py).
+`generate_dataset` writes a data set; the command is `python -m eg3d.synthetic` (eg3d/synthetic.py). Besides
+the reference format's images and `dataset.json` "labels", it writes ground truth for evaluators that learn
+depth and object class from real images: beside each image `00000/img00000000.png` the side file
+`00000/img00000000.depth.npy` (float16 [R,R], see `render_example_with_truth`), and in `dataset.json` the keys
+"class_names" (`KINDS`) and "classes" ([[image name, class index], ...]). Reference loaders (eg3d's
+ImageFolderDataset) list only files with an image extension and read only "labels", so they ignore both;
+`python -m dataloading.build` carries them into the shards.
 """
 
 import colorsys
@@ -24,6 +30,8 @@ import torch
 from PIL import Image
 
 from eg3d.networks.camera import FFHQ_FOCAL, FFHQ_RADIUS, orbit_camera, pixel_rays
+
+from .build import depth_file, npy_bytes
 
 OBJECT_RADIUS = 0.28  # every object lies inside this sphere: in view and inside the [-0.5, 0.5]^3 box
 BACKGROUND = (1.0, 1.0, 1.0)
@@ -72,6 +80,13 @@ class Scene:
     def bounding_radius(self) -> float:
         return self.scale * max(p.bounding_radius() for p in self.primitives)
 
+    @property
+    def kind(self) -> str:
+        """Its object kind, one of KINDS: its primitive's kind, or "pair" for two primitives."""
+        if len(self.primitives) > 2:
+            raise ValueError(f"a scene of {len(self.primitives)} primitives has no kind in {KINDS}")
+        return "pair" if len(self.primitives) == 2 else self.primitives[0].kind
+
 
 @dataclass
 class Render:
@@ -81,6 +96,14 @@ class Render:
     hit: np.ndarray
     depth: np.ndarray
     points: np.ndarray
+
+    def pixel_depth(self) -> np.ndarray:
+        """float32 [R,R]: the mean depth of a pixel's traced rays where all of them hit, NaN where any
+        misses (background and silhouette pixels, whose depth would blend surface and background)."""
+        resolution = self.image.shape[0]
+        supersample = self.depth.shape[0] // resolution
+        mean = self.depth.reshape(resolution, supersample, resolution, supersample).mean(axis=(1, 3))
+        return np.where(np.isfinite(mean), mean, np.nan).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -285,10 +308,19 @@ def image_rng(seed: int, index: int) -> np.random.Generator:
 
 def render_example(seed: int, index: int, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """Image `index` of the data set with this seed: (uint8 image [R,R,3], float32 label [25])."""
+    image, label, _, _ = render_example_with_truth(seed, index, resolution)
+    return image, label
+
+
+def render_example_with_truth(seed: int, index: int,
+                              resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """`render_example` plus its ground truth: (uint8 image [R,R,3], float32 label [25], float32 depth
+    [R,R], class index into KINDS). The depth is the generator's `image_depth`: the distance from the
+    camera centre along each pixel's unit ray to the surface, in world units (`Render.pixel_depth`)."""
     rng = image_rng(seed, index)
     scene, label = random_scene(rng), random_camera(rng)
-    image = render_scene(scene, label, resolution).image
-    return np.round(image * 255).astype(np.uint8), label
+    render = render_scene(scene, label, resolution)
+    return np.round(render.image * 255).astype(np.uint8), label, render.pixel_depth(), KINDS.index(scene.kind)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -310,14 +342,15 @@ def _stored_zip_entry(name: str) -> zipfile.ZipInfo:
     return info
 
 
-def _encoded_example(job: tuple[int, int, int]) -> tuple[bytes, np.ndarray]:
+def _encoded_example(job: tuple[int, int, int]) -> tuple[bytes, bytes, np.ndarray, int]:
     seed, index, resolution = job
-    image, label = render_example(seed, index, resolution)
-    return _png_bytes(image), label
+    image, label, depth, class_index = render_example_with_truth(seed, index, resolution)
+    return _png_bytes(image), npy_bytes(depth.astype(np.float16)), label, class_index
 
 
 def _encoded_examples(seed: int, count: int, resolution: int, workers: int):
-    """(PNG bytes, label) of images 0..count-1 in order; each image depends only on (seed, index)."""
+    """(PNG bytes, float16 depth .npy bytes, label, class index) of images 0..count-1 in order; each image
+    depends only on (seed, index)."""
     jobs = ((seed, index, resolution) for index in range(count))
     if workers <= 1:
         yield from map(_encoded_example, jobs)
@@ -328,34 +361,37 @@ def _encoded_examples(seed: int, count: int, resolution: int, workers: int):
 
 def generate_dataset(out, *, count: int, resolution: int, seed: int, as_zip: bool = False,
                      workers: int = 1, progress_every: int = 500) -> None:
-    """Write `count` images and their labels to folder `out`, or to an uncompressed zip when `as_zip`
-    or `out` ends with .zip. A folder `out` must be empty or absent. The output does not depend on
-    `workers`, the number of rendering processes."""
+    """Write `count` images, their depth side files and dataset.json (labels and classes) to folder `out`,
+    or to an uncompressed zip when `as_zip` or `out` ends with .zip. A folder `out` must be empty or
+    absent. The output does not depend on `workers`, the number of rendering processes."""
     if count < 1 or resolution < 1:
         raise ValueError(f"count and resolution must be positive, got count={count}, resolution={resolution}")
     out = Path(out)
     as_zip = as_zip or out.suffix.lower() == ".zip"
     if not as_zip and out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: output folder is not empty; choose a new folder so no stale images remain")
-    labels = []
+    labels, classes = [], []
     start = time.perf_counter()
     writer = zipfile.ZipFile(out, "w") if as_zip else None
+
+    def write(name: str, data: bytes) -> None:
+        if writer is not None:
+            writer.writestr(_stored_zip_entry(name), data)
+        else:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes(data)
+
     try:
-        for index, (png, label) in enumerate(_encoded_examples(seed, count, resolution, workers)):
+        examples = _encoded_examples(seed, count, resolution, workers)
+        for index, (png, depth, label, class_index) in enumerate(examples):
             name = image_name(index)
             labels.append([name, [float(x) for x in label]])  # float32 values, exact as JSON doubles
-            if writer is not None:
-                writer.writestr(_stored_zip_entry(name), png)
-            else:
-                (out / name).parent.mkdir(parents=True, exist_ok=True)
-                (out / name).write_bytes(png)
+            classes.append([name, class_index])
+            write(name, png)
+            write(depth_file(name), depth)
             if (index + 1) % progress_every == 0 or index + 1 == count:
                 print(f"{index + 1}/{count} images, {time.perf_counter() - start:.1f} s", flush=True)
-        metadata = json.dumps({"labels": labels})
-        if writer is not None:
-            writer.writestr(_stored_zip_entry("dataset.json"), metadata)
-        else:
-            (out / "dataset.json").write_text(metadata)
+        write("dataset.json", json.dumps({"labels": labels, "class_names": list(KINDS), "classes": classes}).encode())
     finally:
         if writer is not None:
             writer.close()

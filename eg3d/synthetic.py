@@ -2,6 +2,10 @@
 
     python -m eg3d.synthetic OUT --count 2000 --resolution 64 --seed 0 [--zip] [--workers 2]
 
+OUT receives the reference format (images and dataset.json "labels") plus ground truth for evaluators
+that learn depth and object class: a depth side file beside each image (`img00000000.depth.npy`, float16,
+NaN on the background) and dataset.json keys "class_names" and "classes". Reference loaders ignore both
+(they list image files and read "labels"); `python -m dataloading.build` carries them into the shards.
 The scenes and the rendering are in dataloading/synthetic.py.
 """
 

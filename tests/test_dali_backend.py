@@ -15,7 +15,7 @@ def manifest_url(tmp_path_factory):
     """24 PNG images of 32 px in 5 shards."""
     root = tmp_path_factory.mktemp("dali")
     generate_dataset(root / "data.zip", count=24, resolution=32, seed=5, as_zip=True, progress_every=10**9)
-    build(root / "data.zip", root / "shards", shard_size_mb=0.02, workers=1, progress=False)
+    build(root / "data.zip", root / "shards", shard_size_mb=0.04, workers=1, progress=False)
     return str(root / "shards" / "manifest.json")
 
 

@@ -18,7 +18,7 @@ from dataloading.shard_reader import ShardReader, camera_labels, verify
 from dataloading.synthetic import generate_dataset
 from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 
-SHARD_MB = 0.02  # about 5 samples of 32 px per shard: 24 images make 5 shards
+SHARD_MB = 0.04  # 5 samples of 32 px (with depth and class) per shard: 24 images make 5 shards
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_local_build_reads_back_equal_to_source_with_a_dali_index(tmp_path, sour
     parts = [line.split() for line in lines]
     indexed = [(p[i], int(p[i + 1]), int(p[i + 2]), p[i + 3]) for p in parts for i in range(0, len(p), 4)]
     assert indexed == members and members[0][3] == "00000005.png"
-    assert [p[0::4] for p in parts] == [["png", "cam.npy", "name.txt"]] * 5
+    assert [p[0::4] for p in parts] == [["png", "cam.npy", "name.txt", "depth.npy", "cls"]] * 5
 
 
 def test_s3_build_from_an_s3_source_reads_back_equal_to_source(moto_server, source_zip):

@@ -16,7 +16,7 @@ def shards(tmp_path_factory):
     """(manifest URL, source dataset) of 24 images of 32 px in 5 shards (5, 5, 5, 5, 4 samples)."""
     root = tmp_path_factory.mktemp("reader")
     generate_dataset(root / "data.zip", count=24, resolution=32, seed=5, as_zip=True, progress_every=10**9)
-    build(root / "data.zip", root / "shards", shard_size_mb=0.02, workers=1, progress=False)
+    build(root / "data.zip", root / "shards", shard_size_mb=0.04, workers=1, progress=False)
     return str(root / "shards" / "manifest.json"), ReferenceDataset(root / "data.zip")
 
 

@@ -35,8 +35,8 @@ def test_same_seed_gives_identical_bytes(tmp_path):
     generate_dataset(tmp_path / "b", count=3, resolution=32, seed=7, workers=2)
     generate_dataset(tmp_path / "c", count=3, resolution=32, seed=8)
     a, b, c = (read_tree(tmp_path / x) for x in "abc")
-    assert list(a) == ["00000/img00000000.png", "00000/img00000001.png", "00000/img00000002.png",
-                       "dataset.json"]
+    assert list(a) == [f"00000/img0000000{i}{suffix}" for i in range(3) for suffix in (".depth.npy", ".png")] + \
+        ["dataset.json"]
     assert a == b
     assert all(a[name] != c[name] for name in a)
 
@@ -47,7 +47,8 @@ def test_zip_is_deterministic_and_stored(tmp_path):
     assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b").read_bytes()
     with zipfile.ZipFile(tmp_path / "a.zip") as archive:
         assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
-        assert archive.namelist() == ["00000/img00000000.png", "00000/img00000001.png", "dataset.json"]
+        assert archive.namelist() == ["00000/img00000000.png", "00000/img00000000.depth.npy", "00000/img00000001.png",
+                                      "00000/img00000001.depth.npy", "dataset.json"]
 
 
 def test_image_depends_only_on_seed_and_index():
