@@ -2,21 +2,31 @@
 
     python bench/time_to_result.py runs/tiny                        # one row per snapshot
     python bench/time_to_result.py runs/tiny runs/tiny-old --montage docs/time-to-result.png
+    python bench/time_to_result.py runs/tiny runs/tiny-old --curves curves.png   # needs matplotlib (.[bench])
 
 For each run (a local folder or any fsspec URL of a run) it reads `starts.json` (when training started),
 `log.jsonl` (images seen, images/s and quality per log interval) and the snapshots' `grid.png`, and prints
-one row per snapshot: kimg, minutes of wall time since the run's first start (snapshot and metric time
-included, as a user waits for them), the interval's images/s and every quality value logged at that
-snapshot (the embedded default measures the random-feature distance, `frechet_distance/random`: lower is
-better; with 256 generated images it is noisy, so look at the grids too).
+one row per measured snapshot: kimg, minutes of wall time since the run's first start (snapshot and metric
+time included, as a user waits for them), the interval's images/s and every quality value logged at that
+snapshot, all lower-is-better:
+  frechet_distance/<extractor>, kernel_distance/<extractor>   FID/KID with inception_v3; the embedded default
+      measures the random-feature distance (`random`), noisy with 256 generated images: look at the grids too
+  fd_data                          Frechet distance in the features of the evaluator trained on the dataset
+  pose_error_deg, depth_error      G's camera and depth against the evaluator's estimates on G's images
+  consistency_raw, consistency_final   colour error of one object warped between two views, for the neural
+      rendering and the super-resolved image
+  evaluator_floor/<metric>         the evaluator's own error on held-out real images: the floor of <metric>
 
 `--montage OUT.png` draws the first latent codes of every snapshot's grid (five views each), one band per
 snapshot and runs side by side, each band labelled with kimg, minutes and the distance.
+`--curves OUT.png` draws each quality value against wall minutes, one panel per value, the runs overlaid and
+labelled, and each run's evaluator floor as a dashed line in the panel of its metric.
 """
 
 import argparse
 import io
 import json
+import math
 import sys
 
 from PIL import Image, ImageDraw
@@ -25,11 +35,28 @@ from dataloading import storage
 from eg3d.training.loop import GRID_VIEWS, snapshot_url
 
 LABEL_HEIGHT = 14
+PROGRESS_KEYS = ("kimg", "nimg", "minutes", "images_per_second")
+# What each measurement (named by the extractor of its quality_nimg/<extractor> key) puts in the record.
+EVALUATOR_KEYS = ("fd_data", "pose_error_deg", "depth_error", "consistency_raw", "consistency_final")
+FLOOR = "evaluator_floor/"
+PANEL_INCHES = (4.0, 3.0)
+DPI = 100
+
+
+def run_name(run_url: str) -> str:
+    return run_url.rstrip("/").split("/")[-1]
+
+
+def measured_values(record: dict, extractor: str) -> dict:
+    """The values of the measurement that `extractor` names, as they stand in `record`."""
+    if extractor == "evaluator":
+        return {k: v for k, v in record.items() if k in EVALUATOR_KEYS or k.startswith(FLOOR)}
+    return {k: record[k] for k in (f"frechet_distance/{extractor}", f"kernel_distance/{extractor}") if k in record}
 
 
 def snapshot_rows(run_url: str) -> list[dict]:
     """One dict per measured snapshot: kimg, nimg, minutes (at the first log record after it),
-    images_per_second (that record's interval) and the distances."""
+    images_per_second (that record's interval) and every value measured on it."""
     try:
         starts = json.loads(storage.read_bytes(storage.join(run_url, "starts.json")))
         records = [json.loads(line) for line in
@@ -40,13 +67,20 @@ def snapshot_rows(run_url: str) -> list[dict]:
         return []
     start, rows = starts[0]["time"], {}
     for record in records:  # a measurement stays in every record until the next one; quality_nimg says whose
-        measured = next((v for k, v in record.items() if k.startswith("quality_nimg/")), None)
-        if measured is None or measured in rows:
-            continue
-        quality = {k: v for k, v in record.items() if k.startswith(("frechet_distance/", "kernel_distance/"))}
-        rows[measured] = {"kimg": measured / 1000, "nimg": measured, "minutes": (record["timestamp"] - start) / 60,
-                          "images_per_second": record["images_per_second"], **quality}
+        for key, measured in record.items():
+            if not key.startswith("quality_nimg/"):
+                continue
+            row = rows.setdefault(measured, {"kimg": measured / 1000, "nimg": measured,
+                                             "minutes": (record["timestamp"] - start) / 60,
+                                             "images_per_second": record["images_per_second"]})
+            for name, value in measured_values(record, key.removeprefix("quality_nimg/")).items():
+                row.setdefault(name, value)
     return list(rows.values())
+
+
+def quality_names(runs: dict[str, list[dict]]) -> list[str]:
+    """Every quality value any row has, floors included, sorted."""
+    return sorted({k for rows in runs.values() for row in rows for k in row} - set(PROGRESS_KEYS))
 
 
 def grid_views(run_url: str, nimg: int, latents: int, scale: int) -> Image.Image | None:
@@ -73,7 +107,7 @@ def montage(runs: dict[str, list[dict]], latents: int = 2, scale: int = 2) -> Im
         height = sum(image.height + LABEL_HEIGHT for _, image in tiles) + LABEL_HEIGHT
         column = Image.new("RGB", (width, height), "white")
         draw = ImageDraw.Draw(column)
-        draw.text((2, 1), run_url.rstrip("/").split("/")[-1], fill="black")
+        draw.text((2, 1), run_name(run_url), fill="black")
         y = LABEL_HEIGHT
         for row, image in tiles:
             distance = next((v for k, v in row.items() if k.startswith("frechet_distance/")), None)
@@ -93,6 +127,42 @@ def montage(runs: dict[str, list[dict]], latents: int = 2, scale: int = 2) -> Im
     return out
 
 
+def curves(runs: dict[str, list[dict]]):
+    """A matplotlib Figure: one panel per quality value (floors aside) against wall minutes, runs overlaid,
+    each run's evaluator floor dashed in its colour."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise SystemExit("--curves needs matplotlib: pip install -e '.[bench]'") from None
+    names = [name for name in quality_names(runs) if not name.startswith(FLOOR)]
+    if not names:
+        raise SystemExit("no quality measurement found in the runs given")
+    columns = min(3, len(names))
+    rows_of_panels = math.ceil(len(names) / columns)
+    figure = Figure(figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows_of_panels), dpi=DPI,
+                    layout="constrained")
+    axes = list(figure.subplots(rows_of_panels, columns, squeeze=False).flat)
+    for ax, name in zip(axes, names):
+        for index, (run_url, rows) in enumerate(runs.items()):
+            color = f"C{index % 10}"
+            points = [(row["minutes"], row[name]) for row in rows if name in row]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, color=color, label=run_name(run_url))
+            floors = [row[FLOOR + name] for row in rows if FLOOR + name in row]
+            if floors:
+                ax.axhline(floors[-1], linestyle="--", linewidth=1, color=color,
+                           label=f"{run_name(run_url)} evaluator floor")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("wall minutes", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[len(names):]:  # the grid's empty cells
+        ax.set_visible(False)
+    figure.suptitle("Quality against wall time since the first start (lower is better)", fontsize=11)
+    return figure
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -100,18 +170,22 @@ def main(argv=None) -> None:
     parser.add_argument("--montage", help="write a PNG of every snapshot's first grid rows, runs side by side")
     parser.add_argument("--latents", type=int, default=2, help="grid rows (latent codes) per snapshot in the montage")
     parser.add_argument("--scale", type=int, default=2, help="enlargement of the montage's images")
+    parser.add_argument("--curves", help="write a PNG of every quality value against wall minutes, runs overlaid")
     args = parser.parse_args(argv)
     runs = {run: snapshot_rows(run) for run in args.runs}
-    names = sorted({k for rows in runs.values() for row in rows for k in row} - {"kimg", "nimg", "minutes",
-                                                                                 "images_per_second"})
-    print(f"{'run':<24} {'kimg':>7} {'minutes':>8} {'img/s':>6} " + " ".join(f"{n:>24}" for n in names))
+    names = quality_names(runs)
+    widths = [max(len(name), 8) for name in names]
+    print(f"{'run':<24} {'kimg':>7} {'minutes':>8} {'img/s':>6} " + " ".join(f"{n:>{w}}" for n, w in zip(names, widths)))
     for run, rows in runs.items():
         for row in rows:
-            print(f"{run.rstrip('/').split('/')[-1]:<24} {row['kimg']:>7.3f} {row['minutes']:>8.1f} "
-                  f"{row['images_per_second']:>6.1f} " + " ".join(f"{row.get(n, float('nan')):>24.3f}" for n in names))
+            print(f"{run_name(run):<24} {row['kimg']:>7.3f} {row['minutes']:>8.1f} {row['images_per_second']:>6.1f} "
+                  + " ".join(f"{row.get(n, float('nan')):>{w}.3f}" for n, w in zip(names, widths)))
     if args.montage:
         montage(runs, args.latents, args.scale).save(args.montage)
         print(f"wrote {args.montage}", file=sys.stderr)
+    if args.curves:
+        curves(runs).savefig(args.curves)
+        print(f"wrote {args.curves}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from grafana_foundation_sdk.models.common import (
     TooltipDisplayMode,
 )
 from grafana_foundation_sdk.models.dashboard import (
-    DashboardCursorSync, DashboardLinkType, DataSourceRef, Threshold, ThresholdsMode, VariableRefresh,
-    VariableSort,
+    DashboardCursorSync, DashboardLinkType, DataSourceRef, DynamicConfigValue, Threshold, ThresholdsMode,
+    VariableRefresh, VariableSort,
 )
 
 from monitoring import kubernetes
@@ -38,12 +38,15 @@ WINDOW = "[$__rate_interval]"
 # Grafana unit ids; "suffix:<text>" shows the value followed by a space and the text.
 IMAGES_PER_SECOND = "suffix:img/s"
 PIXELS = "suffix:px"
+DASHED_LINE = DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]})
 
 SAME_ON_EVERY_RANK = "Max over ranks (every rank exports the same run-wide value)."
 RANK_MEAN = "Mean over ranks of each worker's own interval mean."
 RANDOM_IS_NOT_FID = ('extractor="inception_v3" is the real FID/KID; extractor="random" is a seeded random-feature '
                      "network used when no Inception weights are configured: a random-feature distance, NOT FID/KID, "
                      "not comparable with published numbers.")
+EVALUATOR = ("Measured at snapshots by the evaluator trained on the dataset (pose and depth from one image); "
+             f'eg3d_quality_images_seen{{extractor="evaluator"}} says at which. {SAME_ON_EVERY_RANK}')
 
 
 def describe(note: str, *metrics: str) -> str:
@@ -81,6 +84,14 @@ def graph(title: str, description: str, unit: str, targets: list[tuple[str, str]
     if max_value is not None:
         panel = panel.max(max_value)
     return with_targets(panel, targets)
+
+
+def with_floor(title: str, note: str, unit: str, metric: str, floor: str) -> timeseries.Panel:
+    """A 3D quality metric of G and, dashed, the same metric of the evaluator on real images: its floor."""
+    panel = graph(title, describe(f"{note} {EVALUATOR}", metric, floor), unit,
+                  [(f"max by (run) ({metric}{RUN})", "generator"),
+                   (f"max by (run) ({floor}{RUN})", "evaluator floor (real images)")], min_value=0)
+    return panel.override_by_query("B", [DASHED_LINE])
 
 
 def single_value(title: str, description: str, unit: str, targets: list[tuple[str, str]], *, decimals: int = 0,
@@ -225,6 +236,23 @@ def training_overview() -> Dashboard:
             graph("Quality computation time", describe(SAME_ON_EVERY_RANK, "eg3d_quality_seconds"), "s",
                   [(f"max by (run, extractor) (eg3d_quality_seconds{RUN})", "{{extractor}}")], min_value=0),
         ],
+        "3D quality": [
+            graph("Frechet distance in the evaluator's features (fd_data, NOT FID)",
+                  describe(f"Two computations in a row above 1.1x its 6h minimum fire EG3DQualityWorsening. "
+                           f"{EVALUATOR}", "eg3d_fd_data"), "none",
+                  [(f"max by (run) (eg3d_fd_data{RUN})", "fd_data")], min_value=0),
+            with_floor("Camera pose error (degrees) and its floor",
+                       "Two computations in a row above 1.1x its 6h minimum and 1 degree above it fire "
+                       "EG3DQualityWorsening.", "degree", "eg3d_pose_error_degrees", "eg3d_pose_error_floor_degrees"),
+            with_floor("Depth error and its floor (0 perfect, ~2 uncorrelated)",
+                       "No data for data sets without depth ground truth. Two computations in a row above 1.1x its "
+                       "6h minimum and 0.05 above it fire EG3DQualityWorsening.", "none",
+                       "eg3d_depth_error", "eg3d_depth_error_floor"),
+            graph("Multi-view consistency error (raw vs final)",
+                  describe(f"The gap between final and raw is the inconsistency the super-resolution adds. {EVALUATOR}",
+                           "eg3d_consistency_error"), "none",
+                  [(f"max by (run, image) (eg3d_consistency_error{RUN})", "{{image}}")], min_value=0),
+        ],
         "Schedules": [
             graph("Learning rates", describe(SAME_ON_EVERY_RANK, "eg3d_learning_rate"), "sci",
                   [(f"max by (run, network) (eg3d_learning_rate{RUN})", "{{network}}")], width=8, min_value=0),
@@ -294,8 +322,8 @@ def training_overview() -> Dashboard:
         ],
     }
     dashboard = new_dashboard("EG3D training", "eg3d-training",
-                              "One EG3D training run: progress, throughput, GAN health, quality, schedules, memory "
-                              "and reliability, aggregated over ranks.")
+                              "One EG3D training run: progress, throughput, GAN health, quality, 3D quality, schedules, "
+                              "memory and reliability, aggregated over ranks.")
     dashboard = variables(dashboard, with_rank=False).link(link("Per-rank drill-down", "eg3d-rank"))
     return add_rows(dashboard, rows)
 

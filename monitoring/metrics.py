@@ -6,8 +6,9 @@ carries the labels `run` and `rank` (the worker's global rank, or "driver") besi
 Dashboards and alert rules are written against this table.
 
 Record keys: "rank/..." keys come from this worker's own values (its means and totals), the
-others from the run-wide record (means over all workers, progress, schedules). A metric with a `label` takes its label value from the part of the key after the last '/',
-e.g. record key "rank/loss/G" -> eg3d_loss{loss="G"}. Counters are incremented by the record's value, which is
+others from the run-wide record (means over all workers, progress, schedules). A metric with a `label` takes
+its label value from the rest of the key after its `key` prefix (a rest without '/'), e.g. record key
+"rank/loss/G" -> eg3d_loss{loss="G"}, "consistency_raw" -> eg3d_consistency_error{image="raw"}. Counters are incremented by the record's value, which is
 the total over the interval (seconds, bytes, images) on this rank.
 """
 
@@ -78,10 +79,29 @@ METRICS = (
            "frechet_distance/", "extractor", ("inception_v3", "random")),
     Metric("eg3d_kernel_distance", "gauge", "Kernel (MMD, cubic polynomial) distance between real and generated features (KID when extractor is inception_v3).",
            "kernel_distance/", "extractor", ("inception_v3", "random")),
-    Metric("eg3d_quality_images_seen", "gauge", "Images seen by the snapshot the last quality metric was computed on.", "quality_nimg/", "extractor",
-           ("inception_v3", "random")),
-    Metric("eg3d_quality_seconds", "gauge", "Wall seconds the last quality metric took (generated features, and real ones when not cached).",
-           "quality_seconds/", "extractor", ("inception_v3", "random")),
+    Metric("eg3d_quality_images_seen", "gauge", "Images seen by the snapshot the last quality metric was computed on "
+           '(extractor="evaluator": the 3D quality metrics).', "quality_nimg/", "extractor", ("inception_v3", "random", "evaluator")),
+    Metric("eg3d_quality_seconds", "gauge", "Wall seconds the last quality metric took (generated features, and real ones when not cached; "
+           'extractor="evaluator": all the 3D quality metrics together).', "quality_seconds/", "extractor",
+           ("inception_v3", "random", "evaluator")),
+    # 3D quality (computed at snapshots by the evaluator trained on the dataset: camera pose and depth from one
+    # image). The evaluator's own error on held-out real images is the floor its metrics cannot go below; a
+    # floor has the unit of its metric, so each is a gauge of its own rather than one gauge with mixed units.
+    Metric("eg3d_fd_data", "gauge", "Frechet distance between generated and real images in the features of the "
+           "dataset-trained evaluator (not FID: another network); lower is better.", "fd_data"),
+    Metric("eg3d_pose_error_degrees", "gauge", "Mean angle in degrees between the camera G was asked to render and the "
+           "camera the evaluator sees in G's image; lower is better, down to eg3d_pose_error_floor_degrees.", "pose_error_deg"),
+    Metric("eg3d_pose_error_floor_degrees", "gauge", "The evaluator's own mean camera angle error in degrees on held-out "
+           "real images: the floor of eg3d_pose_error_degrees.", "evaluator_floor/pose_error_deg"),
+    Metric("eg3d_depth_error", "gauge", "Scale- and shift-invariant error between G's rendered depth and the evaluator's "
+           "depth estimate on G's image (0 perfect, about 2 uncorrelated); lower is better, down to eg3d_depth_error_floor. "
+           "Only for data sets with depth ground truth.", "depth_error"),
+    Metric("eg3d_depth_error_floor", "gauge", "The evaluator's own scale- and shift-invariant depth error on held-out "
+           "real images: the floor of eg3d_depth_error.", "evaluator_floor/depth_error"),
+    Metric("eg3d_consistency_error", "gauge", "Mean absolute colour error (image values in [0, 1]) when one object "
+           "rendered from view B is warped into view A through A's rendered depth; image=\"raw\" is the neural rendering, "
+           "\"final\" the super-resolved image (final above raw: what the super-resolution breaks); lower is better.",
+           "consistency_", "image", ("raw", "final")),
 )
 
 BY_NAME = {metric.name: metric for metric in METRICS}

@@ -1,6 +1,6 @@
 """Monitoring as code: committed dashboards equal what monitoring.dashboards builds, the Prometheus
-configs and alert rules pass promtool (and the rules' unit tests), and every query is written against
-the metric catalog in monitoring.metrics."""
+configs and alert rules pass promtool (and the rules' unit tests), every query is written against
+the metric catalog in monitoring.metrics, and the 3D quality record keys become the catalog's series."""
 
 import re
 import shutil
@@ -9,14 +9,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring import dashboards
+from monitoring.exporter import PrometheusExporter
 from monitoring.metrics import BY_NAME, METRICS
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "monitoring" / "prometheus"
 # Labels every eg3d series has (run, rank) or Prometheus adds to every target (job, instance).
 COMMON_LABELS = {"run", "rank", "job", "instance"}
 CATALOG_LABELS = {metric.label for metric in METRICS if metric.label}
+RULE_LABELS = {"metric"}  # EG3DQualityWorsening names the quality metric it found worse (label_replace)
 TEMPLATE_VARIABLES = {"run", "rank", "__rate_interval"}
 # Catalog metrics that no panel shows, each with the reason.
 NOT_ON_DASHBOARDS: dict[str, str] = {}
@@ -25,7 +29,7 @@ METRIC_NAME = re.compile(r"eg3d_[a-z0-9_]+")
 SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
 MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
-VARIABLE = re.compile(r"\$\{?(\w+)")
+VARIABLE = re.compile(r"\$\{?([a-zA-Z_]\w*)")  # not $1, a label_replace group
 
 
 def alert_rules() -> list[dict]:
@@ -76,7 +80,8 @@ def test_dashboards_have_variables_units_and_descriptions():
                 assert BY_NAME[name].help in panel["description"], f"{panel['title']}: help of {name}"
     assert built["eg3d-rank"]["templating"]["list"][2]["query"] == 'label_values(eg3d_images_seen{run="$run"}, rank)'
     rows = [panel["title"] for panel in built["eg3d-training"]["panels"] if panel["type"] == "row"]
-    assert rows == ["Progress", "Throughput", "GAN health", "Quality", "Schedules", "Memory", "Reliability"]
+    assert rows == ["Progress", "Throughput", "GAN health", "Quality", "3D quality", "Schedules", "Memory",
+                    "Reliability"]
     for panel in built["eg3d-rank"]["panels"]:
         for target in panel.get("targets", []):
             assert target["legendFormat"].startswith("rank {{rank}}"), panel["title"]
@@ -162,7 +167,8 @@ def test_queries_use_catalog_metrics_and_labels(where, expr):
         allowed = COMMON_LABELS | ({BY_NAME[metric].label} if metric in BY_NAME else set())
         assert set(MATCHER.findall(matchers)) <= allowed, f"{where}: {metric}{{{matchers}}}"
     grouped = {label.strip() for labels in GROUPING.findall(expr) for label in labels.split(",") if label.strip()}
-    assert grouped <= COMMON_LABELS | CATALOG_LABELS, f"{where}: unknown labels {grouped - COMMON_LABELS - CATALOG_LABELS}"
+    known = COMMON_LABELS | CATALOG_LABELS | RULE_LABELS
+    assert grouped <= known, f"{where}: unknown labels {grouped - known}"
     assert set(VARIABLE.findall(expr)) <= TEMPLATE_VARIABLES, f"{where}: template variables {VARIABLE.findall(expr)}"
 
 
@@ -170,3 +176,75 @@ def test_every_catalog_metric_is_on_a_dashboard():
     shown = {name for _, _, expr in dashboards.panel_queries() for name in METRIC_NAME.findall(expr)}
     assert set(BY_NAME) - shown == set(NOT_ON_DASHBOARDS)
     assert not set(NOT_ON_DASHBOARDS) & shown, "a metric on the allow-list is shown: drop it from the list"
+
+
+# --- 3D quality: the evaluator's record keys, their series, panels and alert ------------------------------
+
+EVALUATOR_RECORD = {"fd_data": 41.5, "pose_error_deg": 7.25, "depth_error": 0.4, "consistency_raw": 0.05,
+                    "consistency_final": 0.08, "evaluator_floor/pose_error_deg": 3.5,
+                    "evaluator_floor/depth_error": 0.25, "quality_nimg/evaluator": 8000,
+                    "quality_seconds/evaluator": 95.0}
+# Written out here rather than derived from the catalog: (metric, extra labels) -> value.
+EVALUATOR_SERIES = {
+    ("eg3d_fd_data", ()): 41.5,
+    ("eg3d_pose_error_degrees", ()): 7.25,
+    ("eg3d_pose_error_floor_degrees", ()): 3.5,
+    ("eg3d_depth_error", ()): 0.4,
+    ("eg3d_depth_error_floor", ()): 0.25,
+    ("eg3d_consistency_error", (("image", "raw"),)): 0.05,
+    ("eg3d_consistency_error", (("image", "final"),)): 0.08,
+    ("eg3d_quality_images_seen", (("extractor", "evaluator"),)): 8000,
+    ("eg3d_quality_seconds", (("extractor", "evaluator"),)): 95.0,
+}
+
+
+def exported(record: dict) -> dict[tuple, float]:
+    """{(metric, extra labels): value} that the exporter of run "demo", rank 0 serves after `record`."""
+    exporter = PrometheusExporter(run="demo", rank=0, host="127.0.0.1", port=0)
+    try:
+        exporter.update(record, {})
+        text = generate_latest(exporter.registry).decode()
+    finally:
+        exporter.close()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            assert (labels.pop("run"), labels.pop("rank")) == ("demo", "0")
+            samples[sample.name, tuple(sorted(labels.items()))] = sample.value
+    return samples
+
+
+def test_the_evaluator_record_keys_become_their_series():
+    assert exported({"nimg": 8000, **EVALUATOR_RECORD}) == {("eg3d_images_seen", ()): 8000, **EVALUATOR_SERIES}
+    without_depth = {k: v for k, v in EVALUATOR_RECORD.items() if "depth" not in k}  # no depth ground truth
+    assert exported(without_depth) == {key: value for key, value in EVALUATOR_SERIES.items() if "depth" not in key[0]}
+    for (name, labels), _ in EVALUATOR_SERIES.items():  # the label values the catalog documents
+        assert all(value in BY_NAME[name].values for _, value in labels), (name, labels)
+
+
+def test_the_3d_quality_row_shows_every_evaluator_metric_with_its_floor():
+    model = dashboards.build()["eg3d-training.json"]
+    titles = [panel["title"] for panel in model["panels"]]
+    start = titles.index("3D quality")
+    panels = model["panels"][start + 1:titles.index("Schedules")]
+    read = [[METRIC_NAME.findall(target["expr"]) for target in panel["targets"]] for panel in panels]
+    assert read == [[["eg3d_fd_data"]],
+                    [["eg3d_pose_error_degrees"], ["eg3d_pose_error_floor_degrees"]],
+                    [["eg3d_depth_error"], ["eg3d_depth_error_floor"]],
+                    [["eg3d_consistency_error"]]]
+    assert "NOT FID" in panels[0]["title"] and "{{image}}" == panels[3]["targets"][0]["legendFormat"]
+    for panel in panels[1:3]:  # the floor (query B) dashed
+        [override] = panel["fieldConfig"]["overrides"]
+        assert override["matcher"] == {"id": "byFrameRefID", "options": "B"}
+        assert override["properties"] == [{"id": "custom.lineStyle", "value": {"dash": [10, 10], "fill": "dash"}}]
+
+
+def test_the_quality_alert_has_firing_tests_for_every_quality_metric():
+    [rule] = [rule for rule in alert_rules() if rule["alert"] == "EG3DQualityWorsening"]
+    assert {"eg3d_frechet_distance", "eg3d_fd_data", "eg3d_pose_error_degrees", "eg3d_depth_error"} <= set(
+        METRIC_NAME.findall(rule["expr"]))
+    tested = yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text())["tests"]
+    fired = {alert["exp_labels"]["metric"] for test in tested for case in test["alert_rule_test"]
+             if case["alertname"] == "EG3DQualityWorsening" for alert in case["exp_alerts"]}
+    assert fired == {"frechet_distance/inception_v3", "fd_data", "pose_error_deg", "depth_error"}
