@@ -9,12 +9,13 @@ For each run (a local folder or any fsspec URL of a run) it reads `starts.json` 
 one row per measured snapshot: kimg, minutes of wall time since the run's first start (snapshot and metric
 time included, as a user waits for them), the interval's images/s and every quality value logged at that
 snapshot, all lower-is-better:
-  frechet_distance/<extractor>, kernel_distance/<extractor>   FID/KID with inception_v3; the embedded default
-      measures the random-feature distance (`random`), noisy with 256 generated images: look at the grids too
+  frechet_distance/<extractor>, kernel_distance/<extractor>   FID/KID with inception_v3, or the random-feature
+      distance (`random`)
   fd_data                          Frechet distance in the features of the evaluator trained on the dataset
+                                   (what the embedded default measures)
   pose_error_deg, depth_error      G's camera and depth against the evaluator's estimates on G's images
-  consistency_raw, consistency_final   colour error of one object warped between two views, for the neural
-      rendering and the super-resolved image
+  consistency_raw, consistency_final   colour error of one object warped between two views over its colour
+      deviation, for the neural rendering and the super-resolved image
   evaluator_floor/<metric>         the evaluator's own error on held-out real images: the floor of <metric>
 
 `--montage OUT.png` draws the first latent codes of every snapshot's grid (five views each), one band per

@@ -98,9 +98,10 @@ METRICS = (
            "Only for data sets with depth ground truth.", "depth_error"),
     Metric("eg3d_depth_error_floor", "gauge", "The evaluator's own scale- and shift-invariant depth error on held-out "
            "real images: the floor of eg3d_depth_error.", "evaluator_floor/depth_error"),
-    Metric("eg3d_consistency_error", "gauge", "Mean absolute colour error (image values in [0, 1]) when one object "
-           "rendered from view B is warped into view A through A's rendered depth; image=\"raw\" is the neural rendering, "
-           "\"final\" the super-resolved image (final above raw: what the super-resolution breaks); lower is better.",
+    Metric("eg3d_consistency_error", "gauge", "Colour error when one object rendered from view B is warped into view A "
+           "through A's rendered depth, over the colour deviation of those pixels (0 perfect, 1 no better than the mean "
+           "colour); image=\"raw\" is the neural rendering, \"final\" the super-resolved image (final above raw: what "
+           "the super-resolution breaks); lower is better.",
            "consistency_", "image", ("raw", "final")),
 )
 

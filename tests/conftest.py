@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -15,9 +17,24 @@ MICRO_OVERRIDES = [
     "model.disc_channel_base=128", "model.disc_channel_max=16", "model.disc_mapping_layers=1",
     "rendering.depth_resolution=6", "rendering.depth_resolution_importance=6",
     "rendering.neural_rendering_resolution_initial=16", "run.batch_size=4", "loss.density_reg_points=50",
-    "metrics.num_generated=8", "metrics.num_real=12", "metrics.batch_size=4", "metrics.kid_subset_size=4",
+    "metrics.extractor=random", "metrics.num_generated=8", "metrics.num_real=12", "metrics.batch_size=4",
+    "metrics.kid_subset_size=4",
+    "evaluator.resolution=32", "evaluator.kimg=0.032", "evaluator.batch_size=8", "evaluator.consistency_objects=2",
     "telemetry.metrics_port=0",
 ]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Evaluators (and any download) cached in the session's own folder, never the user's ~/.cache/eg3d; set in
+    os.environ so that the processes tests start (Ray, commands) inherit it."""
+    previous = os.environ.get("EG3D_CACHE")
+    os.environ["EG3D_CACHE"] = str(tmp_path_factory.mktemp("eg3d-cache"))
+    yield os.environ["EG3D_CACHE"]
+    if previous is None:
+        del os.environ["EG3D_CACHE"]
+    else:
+        os.environ["EG3D_CACHE"] = previous
 
 
 def micro_config(*extra: str):

@@ -2,8 +2,8 @@
 
 import dataclasses
 
-from .schema import (AugmentConfig, DataConfig, EmaConfig, LossConfig, MetricsConfig, ModelConfig, OptimizerConfig,
-                     RenderingConfig, RunConfig, TrainConfig)
+from .schema import (AugmentConfig, DataConfig, EmaConfig, EvaluatorConfig, LossConfig, MetricsConfig, ModelConfig,
+                     OptimizerConfig, RenderingConfig, RunConfig, TrainConfig)
 
 # pytorch-fid's Inception-v3 weights (eg3d.metrics.inception loads them), the default of the FID presets
 PYTORCH_FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -28,7 +28,13 @@ def ffhq512() -> TrainConfig:
         data=DataConfig(xflip=True),
         run=RunConfig(total_kimg=25000, batch_size=32, micro_batch=4),
         metrics=inception_fid50k(),
+        evaluator=evaluator_512(),
     )
+
+
+def evaluator_512() -> EvaluatorConfig:
+    """The dataset-trained evaluator of the 512 presets: at 128x128, 500 kimg (about 7 epochs of FFHQ's 70k)."""
+    return EvaluatorConfig(resolution=128, kimg=500)
 
 
 def inception_fid50k() -> MetricsConfig:
@@ -95,8 +101,10 @@ def tiny() -> TrainConfig:
         data=DataConfig(xflip=False, synthetic_count=2000),
         run=RunConfig(total_kimg=10, batch_size=batch_size, micro_batch=None, checkpoint_kimg=2, snapshot_kimg=2,
                       log_kimg=0.4),
-        # No Inception weights on a fresh machine: the random-feature distance, on a sample small enough for a CPU.
-        metrics=MetricsConfig(extractor="random", num_generated=256, num_real=1000, batch_size=32, kid_subset_size=100),
+        # No Inception weights on a fresh machine: the dataset-trained evaluator's metrics only (fd_data, pose,
+        # depth, consistency), on a sample small enough for a CPU.
+        metrics=MetricsConfig(extractor="none", num_generated=512, batch_size=64),
+        evaluator=EvaluatorConfig(resolution=64, kimg=18),
     )
 
 

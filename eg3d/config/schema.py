@@ -153,7 +153,9 @@ class MetricsConfig:
     """Image quality measured at every snapshot: FID and KID with the Inception-v3 network, or, without its
     weights, the same computation on a seeded random-feature network (labelled "random", never called FID)."""
 
-    extractor: str = "auto"  # "inception_v3", "random", or "auto" (inception_v3 when inception_weights is set)
+    # "inception_v3", "random", "auto" (inception_v3 when inception_weights is set), or "none" (only the
+    # evaluator's metrics, see EvaluatorConfig)
+    extractor: str = "auto"
     inception_weights: str | None = None  # path or URL of pytorch-fid's pt_inception-2015-12-05 state dict
     inception_sha256: str | None = None  # its SHA-256 (full, or a prefix of 8 or more hex digits)
     num_generated: int = 50000  # generated images per measurement (split over the workers); 0: no measurement
@@ -162,6 +164,22 @@ class MetricsConfig:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     random_features_seed: int = 0
+
+
+@dataclass
+class EvaluatorConfig:
+    """The dataset-trained evaluator (eg3d.metrics.evaluator) and the 3D quality it measures at every snapshot,
+    with metrics.num_generated images: fd_data, pose_error_deg, depth_error (data with depth) and
+    consistency_raw/final. Trained on the run's real images on first use and cached beside the shards."""
+
+    enabled: bool = True  # measure the 3D quality metrics at snapshots (needs metrics.num_generated > 0)
+    resolution: int = 64  # its input size (a power of two >= 16): images are resized to it
+    kimg: float = 20.0  # its training length, in thousands of real images
+    batch_size: int = 64
+    learning_rate: float = 3e-3  # AdamW, one-cycle schedule
+    holdout: float = 0.1  # fraction of the real images held out to measure its own error (the floor)
+    seed: int = 0  # decides its split, weights and batches (not run.seed: one evaluator serves every run)
+    consistency_objects: int = 16  # objects rendered per view pair for consistency_raw/final
 
 
 @dataclass
@@ -183,6 +201,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     def to_dict(self) -> dict:
@@ -330,8 +349,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"config: need 1 <= distributed.min_workers ({d.min_workers}) <= "
                          f"distributed.max_workers ({d.max_workers})")
     q = config.metrics
-    if q.extractor not in ("auto", "inception_v3", "random"):
-        raise ValueError(f"config: metrics.extractor must be auto, inception_v3 or random, got {q.extractor!r}")
+    if q.extractor not in ("auto", "inception_v3", "random", "none"):
+        raise ValueError(f"config: metrics.extractor must be auto, inception_v3, random or none, got {q.extractor!r}")
     if q.extractor == "inception_v3" and not q.inception_weights:
         raise ValueError("config: metrics.extractor is inception_v3 but metrics.inception_weights (a path or URL) "
                          "is not set")
@@ -341,6 +360,15 @@ def validate(config: TrainConfig) -> None:
     if q.num_generated and q.num_generated < 2 * d.max_workers:
         raise ValueError(f"config: metrics.num_generated ({q.num_generated}) must be 0 or at least 2 per worker "
                          f"(distributed.max_workers is {d.max_workers})")
+    e = config.evaluator
+    if e.resolution < 16 or e.resolution & (e.resolution - 1):
+        raise ValueError(f"config: evaluator.resolution must be a power of two >= 16, got {e.resolution}")
+    if not (e.kimg > 0 and e.batch_size >= 2 and e.learning_rate > 0 and 0 < e.holdout < 1
+            and e.consistency_objects >= 1):
+        raise ValueError(f"config: evaluator.kimg and evaluator.learning_rate must be positive, evaluator.batch_size "
+                         f">= 2, evaluator.holdout in (0, 1) and evaluator.consistency_objects >= 1; got kimg="
+                         f"{e.kimg}, learning_rate={e.learning_rate}, batch_size={e.batch_size}, holdout={e.holdout}, "
+                         f"consistency_objects={e.consistency_objects}")
     if not 0 <= config.telemetry.metrics_port <= 65535:
         raise ValueError(f"config: telemetry.metrics_port must be a TCP port or 0, got {config.telemetry.metrics_port}")
     for world_size in range(d.min_workers, d.max_workers + 1):

@@ -1,13 +1,17 @@
-"""Image quality during training: FID and KID of G_ema against the dataset, measured by all workers.
+"""Quality during training, measured by all workers at every snapshot: FID and KID of G_ema against the data
+set, and the 3D quality of the dataset-trained evaluator (`eg3d.metrics.generator_metrics`).
 
 Real statistics are computed once per dataset and feature network and cached next to the shards (in the
-run folder when the data folder cannot be written). Generated statistics come from `num_generated`
-images of G_ema at a snapshot: random z, cameras drawn from the dataset's labels, no truncation. The
-work is split into fixed chunks of `metrics.batch_size` images, each seeded by its index, and dealt out
-to the workers, so the measurement is the same whatever the number of workers.
+run folder when the data folder cannot be written); so is the evaluator (`eg3d.metrics.evaluator_training`),
+which rank 0 trains on first use and hands to the other workers. Generated images: `num_generated` images of
+G_ema at a snapshot, random z, cameras drawn from the dataset's labels, no truncation, split into fixed chunks
+of `metrics.batch_size` images, each seeded by its index, and dealt out to the workers; the consistency
+objects likewise, one seed each. So the measurement is the same whatever the number of workers. Both
+measurements read the same generated images.
 
-With Inception-v3 weights this is FID/KID as in the literature. Without them a seeded random-feature
-network stands in; its numbers are labelled "random" everywhere and are not FID.
+With Inception-v3 weights the image features give FID/KID as in the literature. Without them a seeded
+random-feature network stands in; its numbers are labelled "random" everywhere and are not FID.
+metrics.extractor "none" leaves only the evaluator's measurement.
 """
 
 import hashlib
@@ -23,11 +27,15 @@ from dataloading.shard_reader import decode_sample, load_manifest, read_shard
 from eg3d.config import TrainConfig
 from eg3d.config.seeds import step_seed
 
+from .consistency import view_pairs
+from .evaluator_training import dataset_digest, from_bytes, local_cache_folder, prepare_evaluator
 from .fid import FeatureStatistics, frechet_distance, kernel_distance
+from .generator_metrics import GeneratorMetrics
 from .inception import feature_network
 
 KEPT_FEATURES = 10000  # features kept per set for KID subsets (the means and covariances use every image)
 QUALITY_SEED_KEY = 0x51A1  # separates the measurement's random draws from the training steps'
+PROGRESS_SECONDS = 30.0  # the evaluator's training says how far it is at least this often
 
 log = logging.getLogger("eg3d")
 
@@ -45,20 +53,59 @@ class WorkerSync(Protocol):
 
 
 class QualityMeter:
+    """The measurement of G_ema at snapshots. `log` prints rank 0's news (the evaluator's training);
+    `progress(stage, done, total)`, when given, follows the slow parts instead of lines in the log: the
+    evaluator's "decoding" and "training" (rank 0, first use), then "generated images" and "consistency
+    objects" (this rank's share)."""
+
     def __init__(self, config: TrainConfig, *, manifest_url: str, run_url: str, camera_pool: torch.Tensor,
-                 device: torch.device, sync: WorkerSync):
+                 device: torch.device, sync: WorkerSync, log=print, progress=None):
         q = config.metrics
         self.config, self.manifest_url, self.run_url = config, manifest_url, run_url
-        self.camera_pool, self.device, self.sync = camera_pool, device, sync
-        try:
-            self.extractor, network = feature_network(q.extractor, weights=q.inception_weights,
-                                                      sha256=q.inception_sha256, seed=q.random_features_seed)
-        except (OSError, ValueError) as error:  # at start, before any training: say how to go on
-            raise ValueError(f"metrics.inception_weights: {error}. Give a reachable copy of the file (a path, "
-                             "s3:// or https:// URL), or --set metrics.extractor=random (not FID), or "
-                             "--set metrics.num_generated=0 (no quality measurement)") from error
-        self.network = network.to(device).eval().requires_grad_(False)
+        self.camera_pool, self.device, self.sync, self.log = camera_pool, device, sync, log
+        self.progress = progress or self._log_progress
+        self.extractor, self.network = None, None
+        if q.extractor != "none":
+            try:
+                self.extractor, network = feature_network(q.extractor, weights=q.inception_weights,
+                                                          sha256=q.inception_sha256, seed=q.random_features_seed)
+            except (OSError, ValueError) as error:  # at start, before any training: say how to go on
+                raise ValueError(f"metrics.inception_weights: {error}. Give a reachable copy of the file (a path, "
+                                 "s3:// or https:// URL), or --set metrics.extractor=random (not FID), or "
+                                 "--set metrics.num_generated=0 (no quality measurement)") from error
+            self.network = network.to(device).eval().requires_grad_(False)
         self._real: FeatureStatistics | None = None
+        self._evaluator = None
+        self.views = view_pairs(camera_pool) if config.evaluator.enabled else None
+
+    # --- the evaluator ------------------------------------------------------------------------------
+
+    def evaluator(self):
+        """The data set's evaluator (eg3d.metrics.evaluator_training.TrainedEvaluator): rank 0 loads it from
+        the cache beside the shards (or the run folder) or trains it, and sends it to the other ranks."""
+        if self._evaluator is None:
+            cache_urls = [storage.parent(self.manifest_url), self.run_url, local_cache_folder()]
+            payload = None
+            if self.sync.rank == 0:
+                self._evaluator, payload = prepare_evaluator(self.manifest_url, self.config.evaluator,
+                                                             cache_urls=cache_urls, device=self.device,
+                                                             log=self.log, progress=self.progress)
+            payload = self.sync.broadcast_object(payload)
+            if self.sync.rank != 0:
+                self._evaluator = from_bytes(payload, digest=dataset_digest(load_manifest(self.manifest_url)),
+                                             config=self.config.evaluator, where="rank 0's evaluator")
+            self._evaluator.network.to(self.device)
+        return self._evaluator
+
+    def _log_progress(self, stage: str, done: int, total: int) -> None:
+        """The evaluator's training in the log: a line at most every PROGRESS_SECONDS and at the end of each
+        stage (the measurement itself takes seconds and says nothing)."""
+        now = time.perf_counter()
+        if stage not in ("decoding", "training"):
+            return
+        if done == total or now - getattr(self, "_last_progress", 0.0) >= PROGRESS_SECONDS:
+            self.log(f"evaluator: {stage} {done}/{total}")
+            self._last_progress = now
 
     # --- real images ------------------------------------------------------------------------------
 
@@ -121,31 +168,60 @@ class QualityMeter:
 
     @torch.no_grad()
     def measure(self, G_ema: torch.nn.Module, *, neural_rendering_resolution: int) -> dict:
-        """Distances between real and generated features; every worker must call this at the same point."""
+        """Every worker must call this at the same point. {"extractor", "num_real", "num_generated",
+        "frechet_distance", "kernel_distance", "seconds"} of the image features (unless metrics.extractor is
+        none), and "evaluator": GeneratorMetrics.combine's values plus "seconds" (when evaluator.enabled)."""
         start = time.perf_counter()
-        real = self.real_statistics()
+        real = self.real_statistics() if self.network is not None else None
+        evaluator_start = time.perf_counter()  # the evaluator's time: its training (first use) and its share below
+        three_d = GeneratorMetrics(self.evaluator(), device=self.device) if self.views is not None else None
+        evaluator_seconds = time.perf_counter() - evaluator_start
         q = self.config.metrics
         chunks = range(self.sync.rank, -(-q.num_generated // q.batch_size), self.sync.world_size)
-        mine, kept = FeatureStatistics(self.network.feature_dim), {}
-        for chunk in chunks:
+        mine = FeatureStatistics(self.network.feature_dim) if self.network is not None else None
+        kept = {}
+        for done, chunk in enumerate(chunks, 1):
             first = chunk * q.batch_size
             z, c = self._latents(chunk, min(q.batch_size, q.num_generated - first))
             torch.manual_seed(step_seed(self.config.run.seed, QUALITY_SEED_KEY, chunk, 1))  # the synthesis noise
-            images = G_ema(z, c, neural_rendering_resolution=neural_rendering_resolution)["image"]
-            features = self._features(images.float().clamp(-1, 1))
-            mine.add(features)
-            if first < KEPT_FEATURES:
-                kept[first] = features[:KEPT_FEATURES - first].float()
-        generated = self._gather(mine, kept)
-        result = {
-            "extractor": self.extractor, "num_real": real.count, "num_generated": generated.count,
-            "frechet_distance": frechet_distance(real.mean(), real.covariance(), generated.mean(),
-                                                 generated.covariance()),
-            "kernel_distance": kernel_distance(real.kept, generated.kept, num_subsets=q.kid_subsets,
-                                               max_subset_size=q.kid_subset_size, seed=self.config.run.seed),
-        }
-        result["seconds"] = time.perf_counter() - start
+            output = G_ema(z, c, neural_rendering_resolution=neural_rendering_resolution)
+            if mine is not None:
+                features = self._features(output["image"].float().clamp(-1, 1))
+                mine.add(features)
+                if first < KEPT_FEATURES:
+                    kept[first] = features[:KEPT_FEATURES - first].float()
+            if three_d is not None:
+                evaluator_start = time.perf_counter()
+                three_d.add_images(output, c)
+                evaluator_seconds += time.perf_counter() - evaluator_start
+            self.progress("generated images", done, len(chunks))
+        result = {}
+        if three_d is not None:
+            evaluator_start = time.perf_counter()
+            objects = range(self.sync.rank, self.config.evaluator.consistency_objects, self.sync.world_size)
+            for done, index in enumerate(objects, 1):
+                three_d.add_consistency(G_ema, self._object(index), self.views,
+                                        neural_rendering_resolution=neural_rendering_resolution)
+                self.progress("consistency objects", done, len(objects))
+            partials = self.sync.all_gather_object(three_d.partial())
+            values = GeneratorMetrics.combine(partials, self._evaluator)
+            result["evaluator"] = {**values, "seconds": evaluator_seconds + time.perf_counter() - evaluator_start}
+        if mine is not None:
+            generated = self._gather(mine, kept)
+            result.update({
+                "extractor": self.extractor, "num_real": real.count, "num_generated": generated.count,
+                "frechet_distance": frechet_distance(real.mean(), real.covariance(), generated.mean(),
+                                                     generated.covariance()),
+                "kernel_distance": kernel_distance(real.kept, generated.kept, num_subsets=q.kid_subsets,
+                                                   max_subset_size=q.kid_subset_size, seed=self.config.run.seed),
+            })
+            result["seconds"] = time.perf_counter() - start - result.get("evaluator", {}).get("seconds", 0.0)
         return result
+
+    def _object(self, index: int) -> torch.Tensor:
+        """z [1, z_dim] of consistency object `index`, seeded by it."""
+        generator = torch.Generator().manual_seed(step_seed(self.config.run.seed, QUALITY_SEED_KEY, index, 2))
+        return torch.randn(1, self.config.model.z_dim, generator=generator).to(self.device)
 
     def _latents(self, chunk: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(step_seed(self.config.run.seed, QUALITY_SEED_KEY, chunk))
@@ -176,12 +252,24 @@ def _to_float(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
-def record_values(result: dict) -> dict:
-    """The log-record keys of a measurement: FID/KID by name only for the Inception network."""
-    extractor = result["extractor"]
-    values = {f"frechet_distance/{extractor}": result["frechet_distance"],
-              f"kernel_distance/{extractor}": result["kernel_distance"],
-              f"quality_seconds/{extractor}": result["seconds"]}
-    if extractor == "inception_v3":
-        values.update(fid=result["frechet_distance"], kid=result["kernel_distance"])
+def record_values(result: dict, nimg: int) -> dict:
+    """The log-record keys of a measurement of the snapshot at `nimg` images: FID/KID by name only for the
+    Inception network; the evaluator's values under their own names (never "fid"), with its floor."""
+    values = {}
+    extractor = result.get("extractor")
+    if extractor is not None:
+        values.update({f"frechet_distance/{extractor}": result["frechet_distance"],
+                       f"kernel_distance/{extractor}": result["kernel_distance"],
+                       f"quality_seconds/{extractor}": result["seconds"], f"quality_nimg/{extractor}": nimg})
+        if extractor == "inception_v3":
+            values.update(fid=result["frechet_distance"], kid=result["kernel_distance"])
+    evaluator = result.get("evaluator")
+    if evaluator is not None:
+        values.update({key: evaluator[key] for key in EVALUATOR_KEYS if evaluator.get(key) is not None})
+        values.update({f"evaluator_floor/{key}": value for key, value in evaluator["floor"].items()
+                       if key in ("pose_error_deg", "depth_error")})
+        values.update({"quality_seconds/evaluator": evaluator["seconds"], "quality_nimg/evaluator": nimg})
     return values
+
+
+EVALUATOR_KEYS = ("fd_data", "pose_error_deg", "depth_error", "consistency_raw", "consistency_final")

@@ -17,7 +17,7 @@ import torch
 from dataloading import storage
 from dataloading.shard_reader import BACKENDS, ShardReader, camera_labels
 from eg3d.config import BatchSplit, TrainConfig, batch_split
-from eg3d.metrics.quality import QualityMeter, record_values
+from eg3d.metrics.quality import EVALUATOR_KEYS, QualityMeter, record_values
 from eg3d.networks.sample_grid import grid_cameras, sample_grid
 from eg3d.networks.snapshot import CONFIG_FILE, save_snapshot
 
@@ -64,7 +64,8 @@ def open_reader(config: TrainConfig, manifest_url: str, device: torch.device, sy
 # --- checkpoints ---------------------------------------------------------------------------------------
 
 GRID_VIEWS = 5  # cameras per latent code in a snapshot's sample grid (then as many depth maps)
-QUALITY_KEYS = ("frechet_distance/", "kernel_distance/", "quality_nimg/", "quality_seconds/", "fid", "kid")
+QUALITY_KEYS = ("frechet_distance/", "kernel_distance/", "quality_nimg/", "quality_seconds/", "fid", "kid",
+                *EVALUATOR_KEYS, "evaluator_floor/")
 QUALITY_FILE = "quality.json"  # the last measurement, so that a resumed run reports it until the next one
 
 
@@ -127,7 +128,7 @@ def take_snapshot(trainer: Trainer, run_url: str, quality: QualityMeter | None, 
             export_snapshot(trainer, url, grid_z, cameras, quality=result)
     if result is None:
         return {}
-    return {**record_values(result), f"quality_nimg/{result['extractor']}": trainer.nimg}
+    return record_values(result, trainer.nimg)
 
 
 def _snapshot_metadata(url: str) -> dict | None:
@@ -221,7 +222,7 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
     quality = None
     if config.metrics.num_generated:
         quality = QualityMeter(config, manifest_url=manifest_url, run_url=run_url, camera_pool=camera_pool,
-                               device=device, sync=sync)
+                               device=device, sync=sync, log=log)
     last_quality = {}
     if checkpoint is not None:
         last_quality = resume(checkpoint, trainer, reader)
@@ -351,6 +352,12 @@ def status_line(record: dict, interval_start_nimg: int) -> str:
     for extractor, name in (("inception_v3", "FID"), ("random", "random-feature FD")):
         if interval_start_nimg < record.get(f"quality_nimg/{extractor}", -1) <= record["nimg"]:  # measured now
             line += f"  {name} {record[f'frechet_distance/{extractor}']:.2f}"
+    if interval_start_nimg < record.get("quality_nimg/evaluator", -1) <= record["nimg"]:
+        line += f"  fd_data {record['fd_data']:.2f}  pose {record['pose_error_deg']:.1f} deg"
+        for key, name in (("depth_error", "depth"), ("consistency_raw", "consistency raw"),
+                          ("consistency_final", "final")):
+            if key in record:
+                line += f"  {name} {record[key]:.3f}"
     own = record.get("ranks", [{}])[0]
     if own.get("compile/graphs"):  # run.compile: graphs compiled (or recompiled) in this interval
         line += f"  compiled {own['compile/graphs']:.0f} graphs in {own['compile/seconds']:.1f} s"
