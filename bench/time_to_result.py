@@ -14,12 +14,14 @@ snapshot, all lower-is-better:
   fd_data                          Frechet distance in the features of the evaluator trained on the dataset
                                    (what the embedded default measures)
   pose_error_deg, depth_error      G's camera and depth against the evaluator's estimates on G's images
-  consistency_raw, consistency_final   colour error of one object warped between two views over its colour
-      deviation, for the neural rendering and the super-resolved image
+  consistency_raw, consistency_final   colour error of one object warped between two views through its depth,
+      over the error through a flat picture, for the neural rendering and the super-resolved image
   evaluator_floor/<metric>         the evaluator's own error on held-out real images: the floor of <metric>
 
 `--montage OUT.png` draws the first latent codes of every snapshot's grid (five views each), one band per
 snapshot and runs side by side, each band labelled with kimg, minutes and the distance.
+`--evaluate DATA` measures the 3D quality of every snapshot now (`python -m eg3d.evaluate`, seed 0) instead of
+reading the logged values: for runs logged by an older evaluator, or by none, so that runs compare.
 `--curves OUT.png` draws each quality value against wall minutes, one panel per value, the runs overlaid and
 labelled, and each run's evaluator floor as a dashed line in the panel of its metric.
 """
@@ -77,6 +79,37 @@ def snapshot_rows(run_url: str) -> list[dict]:
             for name, value in measured_values(record, key.removeprefix("quality_nimg/")).items():
                 row.setdefault(name, value)
     return list(rows.values())
+
+
+def remeasure(run_url: str, rows: list[dict], data: str, seed: int = 0) -> list[dict]:
+    """The rows with every snapshot's evaluator values measured now (`eg3d.evaluate`) against `data`, in place
+    of those logged: for runs measured by an older evaluator, or by none. Every snapshot of the run gets a row
+    (minutes: the first log record at or after it)."""
+    from eg3d.evaluate import manifest_of, measure, snapshot_config
+    from eg3d.networks.snapshot import load_generator
+
+    manifest_url = manifest_of(data, None, quiet=True)
+    filesystem, folder = storage.open_filesystem(storage.join(run_url, "snapshots"))
+    names = sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in filesystem.ls(folder, detail=False))
+    by_nimg = {row["nimg"]: row for row in rows}
+    records = [json.loads(line) for line in
+               storage.read_bytes(storage.join(run_url, "log.jsonl")).decode().splitlines() if line.strip()]
+    start = json.loads(storage.read_bytes(storage.join(run_url, "starts.json")))[0]["time"]
+    measured = []
+    for name in names:
+        nimg = int(name.removeprefix("snapshot-"))
+        url = snapshot_url(run_url, nimg)
+        record = next((r for r in records if r["nimg"] >= nimg), records[-1])
+        row = {key: value for key, value in by_nimg.get(nimg, {}).items() if key in PROGRESS_KEYS} or {
+            "kimg": nimg / 1000, "nimg": nimg, "minutes": (record["timestamp"] - start) / 60,
+            "images_per_second": record["images_per_second"]}
+        values = measure(load_generator(url, read_bytes=storage.read_bytes), snapshot_config(url), manifest_url,
+                         seed=seed, log=lambda line: print(line, file=sys.stderr), progress=lambda *_: None)
+        row.update({key: values[key] for key in EVALUATOR_KEYS if values.get(key) is not None})
+        row.update({FLOOR + key: values["floor"][key] for key in ("pose_error_deg", "depth_error")
+                    if key in values["floor"]})
+        measured.append(row)
+    return measured
 
 
 def quality_names(runs: dict[str, list[dict]]) -> list[str]:
@@ -172,8 +205,12 @@ def main(argv=None) -> None:
     parser.add_argument("--latents", type=int, default=2, help="grid rows (latent codes) per snapshot in the montage")
     parser.add_argument("--scale", type=int, default=2, help="enlargement of the montage's images")
     parser.add_argument("--curves", help="write a PNG of every quality value against wall minutes, runs overlaid")
+    parser.add_argument("--evaluate", metavar="DATA", help="measure every snapshot's 3D quality now against DATA "
+                        "(as python -m eg3d.evaluate takes it) instead of reading the logged values")
     args = parser.parse_args(argv)
     runs = {run: snapshot_rows(run) for run in args.runs}
+    if args.evaluate:
+        runs = {run: remeasure(run, rows, args.evaluate) for run, rows in runs.items()}
     names = quality_names(runs)
     widths = [max(len(name), 8) for name in names]
     print(f"{'run':<24} {'kimg':>7} {'minutes':>8} {'img/s':>6} " + " ".join(f"{n:>{w}}" for n, w in zip(names, widths)))

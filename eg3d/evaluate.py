@@ -10,7 +10,7 @@ format (sharded first into a cache folder, once). Prints, and with --json writes
 - pose_error_deg: the mean angle between the camera G was asked for and the one the evaluator sees;
 - depth_error: G's rendered depth against the evaluator's estimate, scale- and shift-invariant (data with depth);
 - consistency_raw / consistency_final: colour error of one object across views, warped through G's depth,
-  over the colour deviation (0 perfect, 1 no better than the mean colour), for the neural rendering and the
+  over that of a flat picture (0 perfect, 1 no better than a 2D picture), for the neural rendering and the
   super-resolved image;
 - the evaluator's floor: its own errors on held-out real images, which no generator can beat.
 
@@ -176,8 +176,8 @@ def report(result: dict) -> str:
     floor = result["floor"]
     rows = [("fd_data", result["fd_data"], floor.get("fd_data"), "Frechet distance in the evaluator's features"),
             ("pose_error_deg", result["pose_error_deg"], floor.get("pose_error_deg"), "degrees"),
-            ("depth_error", result.get("depth_error"), floor.get("depth_error"), "0 perfect, 2 uncorrelated"),
-            ("consistency_raw", result["consistency_raw"], None, "0 perfect, 1 no better than the mean colour"),
+            ("depth_error", result.get("depth_error"), floor.get("depth_error"), "0 perfect, 1 flat, 2 unrelated"),
+            ("consistency_raw", result["consistency_raw"], None, "0 perfect, 1 no better than a flat picture"),
             ("consistency_final", result["consistency_final"], None, "the same after the super-resolution")]
     lines = [f"{'metric':<18} {'value':>9} {'floor':>9}"]
     for name, value, lowest, note in rows:

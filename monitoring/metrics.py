@@ -99,9 +99,9 @@ METRICS = (
     Metric("eg3d_depth_error_floor", "gauge", "The evaluator's own scale- and shift-invariant depth error on held-out "
            "real images: the floor of eg3d_depth_error.", "evaluator_floor/depth_error"),
     Metric("eg3d_consistency_error", "gauge", "Colour error when one object rendered from view B is warped into view A "
-           "through A's rendered depth, over the colour deviation of those pixels (0 perfect, 1 no better than the mean "
-           "colour); image=\"raw\" is the neural rendering, \"final\" the super-resolved image (final above raw: what "
-           "the super-resolution breaks); lower is better.",
+           "through A's rendered depth, over the error of the same warp through a flat picture (0 perfect, 1 no better than "
+           "a 2D picture); image=\"raw\" is the neural rendering, \"final\" the super-resolved image (final above raw: "
+           "what the super-resolution breaks); lower is better.",
            "consistency_", "image", ("raw", "final")),
 )
 

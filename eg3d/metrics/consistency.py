@@ -7,7 +7,8 @@ from its geometry, or whose super-resolution invents view-dependent detail, does
 over pixels visible in both views: inside B's frame and not hidden in B behind a nearer surface (B's own
 rendered depth there is not shorter than the point's distance, within OCCLUSION_TOLERANCE), and, where masks
 of the object are known (the evaluator's foreground, on data with depth), on the object in A and wholly
-inside it in B. The error is divided by how much the pixels' colours vary (`normalized_consistency`).
+inside it in B. The error is divided by the error of a flat picture warped the same way
+(`normalized_consistency`): a generator whose geometry explains nothing scores 1, a blank one included.
 
 The view pairs are fixed by the data set's cameras (`view_pairs`): turns in yaw of half and all of its
 central yaw range and a turn in pitch of its central pitch range, about its median view, at its median
@@ -106,16 +107,25 @@ def _resized(depth: torch.Tensor, resolution: int) -> torch.Tensor:
     return F.interpolate(depth, size=(resolution, resolution), mode="bilinear", align_corners=False)
 
 
+def plane_depth(cameras: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Depth [N, 1, R, R] (along each pixel's unit ray) of the plane through the world origin that faces each
+    camera [N, 25]: what a flat picture of the object would have."""
+    origins, directions = pixel_rays(cameras, resolution)
+    axis = F.normalize(cameras[:, :16].reshape(-1, 4, 4)[:, :3, 2], dim=1)[:, None]
+    distance = -(origins * axis).sum(-1) / (directions * axis).sum(-1)
+    return distance.reshape(-1, 1, resolution, resolution)
+
+
 def consistency_sums(image_a: torch.Tensor, depth_a: torch.Tensor, camera_a: torch.Tensor, image_b: torch.Tensor,
                      depth_b: torch.Tensor, camera_b: torch.Tensor, *, mask_a: torch.Tensor | None = None,
                      mask_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """View B warped into view A, images [N, 3, R, R] in [-1, 1]: (sum of colour errors [N], sum of colour
-    deviations [N], pixels counted [N]). A pixel's colour error is the mean absolute difference over the
-    channels between A and the warped B; its deviation, the same between A and A's mean colour over the
-    counted pixels (the error of explaining A by its mean colour alone). Pixels count where visible (`warp`)
-    and, with the objects' masks [N, R, R] (bool), where A shows the object and the warped point lies wholly
-    inside B's object: away from B's outline, where a grazing view blends the object with what lies behind
-    it in one pixel, and lifting by a wrong depth lands on the background."""
+    """View B warped into view A, images [N, 3, R, R] in [-1, 1]: (sum of colour errors [N], sum of the colour
+    errors of a flat picture [N], pixels counted [N]). A pixel's colour error is the mean absolute difference
+    over the channels between A and B warped through the given depths; the flat picture's, the same with B
+    warped through `plane_depth` instead, over the same pixels. Pixels count where visible (`warp`) and, with
+    the objects' masks [N, R, R] (bool), where A shows the object and the warped point lies wholly inside B's
+    object: away from B's outline, where a grazing view blends the object with what lies behind it in one
+    pixel, and lifting by a wrong depth lands on the background."""
     warped, visible, grid = warp(image_b, depth_b, camera_b, depth_a, camera_a)
     if mask_a is not None:
         visible = visible & mask_a
@@ -123,18 +133,18 @@ def consistency_sums(image_a: torch.Tensor, depth_a: torch.Tensor, camera_a: tor
         inside_b = F.grid_sample(mask_b[:, None].to(grid.dtype), grid, mode="bilinear", padding_mode="zeros",
                                  align_corners=False)[:, 0]
         visible = visible & (inside_b > WHOLLY_INSIDE)
-    weight = visible[:, None].to(image_a.dtype)
-    pixels = visible.sum(dim=(1, 2))
-    mean_colour = (image_a * weight).sum(dim=(2, 3), keepdim=True) / pixels.clamp(min=1)[:, None, None, None]
+    resolution = image_a.shape[-1]
+    flat, _, _ = warp(image_b, plane_depth(camera_b, resolution), camera_b, plane_depth(camera_a, resolution),
+                      camera_a)
     error = (image_a - warped).abs().mean(dim=1)
-    deviation = (image_a - mean_colour).abs().mean(dim=1)
-    return ((error * visible).sum(dim=(1, 2)).double(), (deviation * visible).sum(dim=(1, 2)).double(),
-            pixels.double())
+    flat_error = (image_a - flat).abs().mean(dim=1)
+    return ((error * visible).sum(dim=(1, 2)).double(), (flat_error * visible).sum(dim=(1, 2)).double(),
+            visible.sum(dim=(1, 2)).double())
 
 
-def normalized_consistency(error_sum: float, deviation_sum: float) -> float | None:
-    """Colour errors over colour deviations (`consistency_sums`, summed over pixels, objects and views): 0 when
-    the warp explains every pixel, 1 when it explains them no better than the image's mean colour. Dividing
-    by the deviation keeps a blank or washed-out generator from scoring as consistent for having nothing to
-    be inconsistent about. None when no counted pixel deviates at all."""
-    return error_sum / deviation_sum if deviation_sum > 0 else None
+def normalized_consistency(error_sum: float, flat_error_sum: float) -> float | None:
+    """Colour errors through the generator's depth over those through a flat picture's (`consistency_sums`,
+    summed over pixels, objects and views): 0 when G's geometry explains the other view perfectly, 1 when it
+    explains it no better than a picture facing the camera (a 2D generator, or a 3D one whose depth says
+    nothing, or a blank image), above 1 when its depth misleads. None when no pixel counted."""
+    return error_sum / flat_error_sum if flat_error_sum > 0 else None

@@ -8,7 +8,7 @@ and camera labels (once per data set, then cached). Its heads:
   faces, cats and cars alike. `pose_error_deg` compares it with the camera G was asked to render, as the
   paper's pose accuracy compares an estimated head pose with the conditioning pose (EG3D, Table 1).
 - depth and foreground, where the data set carries per-pixel depth (the synthetic data set): a U-Net decoder
-  predicts depth up to scale and shift, and which pixels show the object. `depth_error` compares it with G's
+  predicts depth along the optical axis (`z_depth`) up to scale and shift, and which pixels show the object. `depth_error` compares it with G's
   rendered depth, as the paper's depth accuracy compares G's depth with an estimator's (EG3D, Table 1).
 - object class, where the data set names classes, and the image's colour histogram (4 x 4 x 4 RGB bins, a
   target every image carries): these make the pooled features see appearance as well as shape, so that their
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eg3d.networks.camera import pixel_rays
 from eg3d.networks.layers import resize_bilinear
 
 COLOUR_BINS = 4  # per channel: a 4 x 4 x 4 colour histogram
@@ -189,6 +190,17 @@ def depth_errors(predicted: torch.Tensor, reference: torch.Tensor, mask: torch.T
     return torch.where(count >= MIN_DEPTH_PIXELS, errors, torch.full_like(errors, UNCORRELATED_DEPTH_ERROR))
 
 
+def z_depth(depth: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
+    """Distances along each pixel's unit ray [N, R, R] (the renderer's depth) -> distances along the optical
+    axis (z in the camera's frame), for cameras [N, 25]. A plane facing the camera has one z everywhere, while
+    its distance along the rays grows away from the centre like a bowl, which normalized depth would mistake
+    for a convex object."""
+    resolution = depth.shape[-1]
+    _, directions = pixel_rays(cameras.to(depth.device, torch.float32), resolution)
+    cosine = (directions * view_direction(cameras).to(depth.device)[:, None]).sum(-1)  # [N, R*R]
+    return depth * cosine.reshape(-1, resolution, resolution).to(depth.dtype)
+
+
 def resample_map(values: torch.Tensor, size: int) -> torch.Tensor:
     """Maps [N, H, W] -> [N, size, size]: area averages when shrinking (a NaN makes its cell NaN), bilinear
     when enlarging."""
@@ -201,9 +213,15 @@ def resample_map(values: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def depth_errors_against(output: EvaluatorOutput, reference: torch.Tensor) -> torch.Tensor:
-    """The evaluator's depth (its own foreground as the mask) against reference depth [N, H, W], compared at
-    the reference's resolution: the depth error [N] of each image (`depth_errors`)."""
+    """The evaluator's depth (the interior of its own foreground as the mask) against reference depth
+    [N, H, W], compared at the reference's resolution: the depth error [N] of each image (`depth_errors`)."""
     size = reference.shape[-1]
     predicted = resample_map(output.depth, size)
     foreground = resample_map(torch.sigmoid(output.foreground_logits), size) > 0.5
-    return depth_errors(predicted.double(), reference.to(predicted.device).double(), foreground)
+    return depth_errors(predicted.double(), reference.to(predicted.device).double(), interior(foreground))
+
+
+def interior(mask: torch.Tensor) -> torch.Tensor:
+    """Pixels of mask [N, H, W] (bool) whose 3 x 3 neighbourhood is all in it: an outline pixel's rendered
+    depth blends the object with what lies behind it, an outlier that normalized depth would weigh heavily."""
+    return -F.max_pool2d(-mask[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0.5

@@ -10,13 +10,14 @@
 - pose_error_deg: the mean angle between the optical axis of the camera G was asked to render from and the
   one the evaluator sees in G's image.
 - depth_error: where the data set has depth, the scale- and shift-invariant error (`evaluator.depth_errors`)
-  between G's rendered depth and the evaluator's depth of G's image, over the evaluator's foreground.
+  between G's rendered depth and the evaluator's depth of G's image, both along the optical axis
+  (`evaluator.z_depth`), over the evaluator's foreground. A flat picture scores 1, unrelated depth 2.
 - consistency_raw / consistency_final: objects rendered from the data set's view pairs
   (`consistency.view_pairs`), each view warped into the other through its partner's rendered depth; the
-  colour error over pixels visible in both, divided by those pixels' colour deviation
-  (`consistency.normalized_consistency`: 0 perfect, 1 no better than the mean colour), for the neural
-  rendering (image_raw, at the neural rendering resolution) and for the super-resolved image. Their gap is
-  what the super-resolution breaks.
+  colour error over pixels visible in both, divided by the error of the same warp through a flat picture
+  facing the camera (`consistency.normalized_consistency`: 0 perfect, 1 no better than a 2D picture), for
+  the neural rendering (image_raw, at the neural rendering resolution) and for the super-resolved image.
+  Their gap is what the super-resolution breaks.
 
 Generated images are rounded to uint8 before the evaluator sees them, as real images are stored.
 Every partial holds sums, so the values do not depend on how the work was split over workers.
@@ -25,7 +26,7 @@ Every partial holds sums, so the values do not depend on how the work was split 
 import torch
 
 from .consistency import consistency_sums, normalized_consistency
-from .evaluator import angle_degrees, depth_errors_against, resample_map, view_direction
+from .evaluator import angle_degrees, depth_errors_against, resample_map, view_direction, z_depth
 from .evaluator_training import TrainedEvaluator, to_uint8
 from .fid import FeatureStatistics, frechet_distance
 
@@ -41,7 +42,7 @@ class GeneratorMetrics:
         self.features = FeatureStatistics(self.network.feature_dim)
         self.sums = {"images": 0, "pose_error_deg": 0.0, "depth_error": 0.0}
         for kind in ("raw", "final"):
-            self.sums.update({kind: 0.0, f"{kind}_deviation": 0.0, f"{kind}_pixels": 0.0})
+            self.sums.update({kind: 0.0, f"{kind}_flat": 0.0, f"{kind}_pixels": 0.0})
 
     @torch.no_grad()
     def add_images(self, output: dict, cameras: torch.Tensor) -> None:
@@ -52,7 +53,8 @@ class GeneratorMetrics:
         self.sums["pose_error_deg"] += float(angle_degrees(out.view_direction,
                                                            view_direction(cameras).to(self.device)).sum())
         if out.depth is not None:
-            self.sums["depth_error"] += float(depth_errors_against(out, output["image_depth"][:, 0].float()).sum())
+            depth = z_depth(output["image_depth"][:, 0].float(), cameras)
+            self.sums["depth_error"] += float(depth_errors_against(out, depth).sum())
 
     @torch.no_grad()
     def add_consistency(self, G, z: torch.Tensor, views: tuple[torch.Tensor, torch.Tensor, torch.Tensor], *,
@@ -67,11 +69,11 @@ class GeneratorMetrics:
             b = self._render(G, ws, camera_b, neural_rendering_resolution)
             for first, second in ((a, b), (b, a)):
                 for kind in ("raw", "final"):
-                    errors, deviations, pixels = consistency_sums(
+                    errors, flat_errors, pixels = consistency_sums(
                         first[kind], first["depth"], first["camera"], second[kind], second["depth"],
                         second["camera"], mask_a=first.get(f"mask_{kind}"), mask_b=second.get(f"mask_{kind}"))
                     self.sums[kind] += float(errors.sum())
-                    self.sums[f"{kind}_deviation"] += float(deviations.sum())
+                    self.sums[f"{kind}_flat"] += float(flat_errors.sum())
                     self.sums[f"{kind}_pixels"] += float(pixels.sum())
 
     def _render(self, G, ws: torch.Tensor, camera: torch.Tensor, resolution: int) -> dict:
@@ -111,6 +113,6 @@ class GeneratorMetrics:
         if trained.network.depth_decoder is not None:
             values["depth_error"] = sums["depth_error"] / images
         for kind in ("raw", "final"):
-            values[f"consistency_{kind}"] = normalized_consistency(sums[kind], sums[f"{kind}_deviation"])
+            values[f"consistency_{kind}"] = normalized_consistency(sums[kind], sums[f"{kind}_flat"])
         return {**values, "num_generated": int(sums["images"]), "consistency_pixels": int(sums["final_pixels"]),
                 "floor": dict(trained.floor)}
