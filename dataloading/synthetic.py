@@ -1,7 +1,7 @@
 """Procedural 3D scenes rendered to the reference dataset format, for tests and smoke runs.
 
 Each image shows one object near the world origin (a sphere, rounded box, torus, cylinder, capsule or a
-pair of them), seen by an orbit camera like FFHQ's. The object is sphere traced as a signed distance
+pair of them) in nearly its canonical pose (OBJECT_YAW_JITTER), seen by an orbit camera like FFHQ's. The object is sphere traced as a signed distance
 function (SDF) in numpy, through the same pixel rays the trainer's renderer uses
 (`eg3d.networks.camera.pixel_rays`), so each image agrees exactly with its camera label. Texture lives in object
 space and the light is fixed in world space, so every view of a scene is consistent.
@@ -38,6 +38,11 @@ BACKGROUND = (1.0, 1.0, 1.0)
 LIGHT_DIRECTION = np.array([-0.45, 0.75, 0.5]) / np.linalg.norm([-0.45, 0.75, 0.5])  # towards the light
 AMBIENT = 0.3
 YAW_RANGE = 0.6  # cameras: yaw = pi/2 + U(-0.6, 0.6), pitch = pi/2 + U(-0.3, 0.3)
+# Objects are aligned, as faces in FFHQ and cars in ShapeNet are: turned about the vertical axis by at most this
+# (radians) from their canonical pose. What a camera sees then depends on where it is, so the camera-conditioned
+# discriminator can ask for true 3D (with objects turned at random, a flat card facing the camera passed for
+# any object, and the tiny preset learned flat geometry), and an evaluator can read the camera off an image.
+OBJECT_YAW_JITTER = 0.1
 PITCH_RANGE = 0.3
 IMAGES_PER_FOLDER = 1000
 
@@ -290,7 +295,8 @@ def random_scene(rng: np.random.Generator) -> Scene:
     texture = str(rng.choice(["plain", "stripes", "checker"], p=[0.4, 0.3, 0.3]))
     # Patterned objects get a second colour: a darker shade of the base or another hue.
     second = tuple(x * 0.35 for x in colour) if rng.uniform() < 0.5 else _random_colour(rng)
-    return Scene(primitives, yaw=float(rng.uniform(0, 2 * math.pi)), scale=float(scale), colour=colour,
+    return Scene(primitives, yaw=float(rng.uniform(-OBJECT_YAW_JITTER, OBJECT_YAW_JITTER)), scale=float(scale),
+                 colour=colour,
                  texture=texture, texture_colour=second, texture_frequency=float(rng.uniform(2.5, 5.0)))
 
 
