@@ -33,6 +33,7 @@ def bound(x) -> str:
 ROWS = {
     "image resolution": lambda c: number(c.model.image_resolution),
     "neural rendering resolution": rendering_resolution,
+    "tri-plane resolution": lambda c: number(c.model.backbone_resolution),
     "depth + importance samples": lambda c: f"{c.rendering.depth_resolution} + {c.rendering.depth_resolution_importance}",
     "ray start / end": lambda c: f"{bound(c.rendering.ray_start)} / {bound(c.rendering.ray_end)}",
     "box_warp": lambda c: number(c.rendering.box_warp),
