@@ -37,24 +37,17 @@ from .metrics.inception import default_cache_dir
 from .networks.snapshot import CONFIG_FILE, default_neural_rendering_resolution
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive whole number")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 0")
-    return value
+def whole_number(minimum: int):
+    """An argparse type: a whole number >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= {minimum}")
+        return value
+    return parse
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,12 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("snapshot", help="snapshot folder or URL")
     parser.add_argument("--data", required=True, help="shard manifest (or its folder), or a data set folder or zip")
     parser.add_argument("--json", dest="json_out", help="also write the values to this JSON file (path or URL)")
-    parser.add_argument("--num-generated", type=positive_int, help="generated images (default: the snapshot's "
+    parser.add_argument("--num-generated", type=whole_number(1), help="generated images (default: the snapshot's "
                         "metrics.num_generated, or 512)")
-    parser.add_argument("--objects", type=positive_int, help="objects rendered from each view pair for the "
+    parser.add_argument("--objects", type=whole_number(1), help="objects rendered from each view pair for the "
                         "consistency metrics (default: the snapshot's evaluator.consistency_objects)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seeds the latent codes and cameras")
-    parser.add_argument("--batch", type=positive_int, default=64, help="images per generator call")
+    parser.add_argument("--seed", type=whole_number(0), default=0, help="seeds the latent codes and cameras")
+    parser.add_argument("--batch", type=whole_number(1), default=64, help="images per generator call")
     parser.add_argument("--cache", help="folder for shards built from a data set folder or zip (default: "
                         "$EG3D_CACHE or ~/.cache/eg3d, under datasets/)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

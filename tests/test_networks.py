@@ -176,10 +176,11 @@ def test_tiny_output_shapes(tiny):
     seen = {}
     hook = G.renderer.register_forward_hook(lambda module, args, output: seen.update(planes=args[0]))
     with torch.no_grad():
-        assert G.map(torch.randn(1, 64), c).shape == (1, 10, 64)
+        # A 32x32 backbone: blocks at 4, 8, 16, 32 take 1 + 2 + 2 + 2 convolution styles and one toRGB style.
+        assert G.map(torch.randn(1, 64), c).shape == (1, 8, 64)
         out = G(torch.randn(1, 64), c, neural_rendering_resolution=32, noise_mode="const")
         hook.remove()
-        assert seen["planes"].shape == (1, 3, 32, 64, 64)
+        assert seen["planes"].shape == (1, 3, 32, 32, 32)  # three 32-channel planes at 32x32
         assert out["image"].shape == (1, 3, 64, 64)
         assert out["image_raw"].shape == (1, 3, 32, 32)
         assert out["image_depth"].shape == (1, 1, 32, 32)

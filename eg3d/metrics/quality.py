@@ -64,6 +64,7 @@ class QualityMeter:
         self.config, self.manifest_url, self.run_url = config, manifest_url, run_url
         self.camera_pool, self.device, self.sync, self.log = camera_pool, device, sync, log
         self.progress = progress or self._log_progress
+        self._last_progress = 0.0
         self.extractor, self.network = None, None
         if q.extractor != "none":
             try:
@@ -103,7 +104,7 @@ class QualityMeter:
         now = time.perf_counter()
         if stage not in ("decoding", "training"):
             return
-        if done == total or now - getattr(self, "_last_progress", 0.0) >= PROGRESS_SECONDS:
+        if done == total or now - self._last_progress >= PROGRESS_SECONDS:
             self.log(f"evaluator: {stage} {done}/{total}")
             self._last_progress = now
 
