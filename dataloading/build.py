@@ -3,6 +3,7 @@
     python -m dataloading.build SRC DEST [--shard-size-mb 64] [--format png|jpeg] [--reencode]
                                 [--quality 95] [--resolution R] [--background 255,255,255]
                                 [--ray-start S --ray-end E] [--box-warp 1] [--workers N] [--strict] [--verify]
+                                [--accept-camera-conventions]
 
 SRC is a dataset in the reference format (a folder or zip of images plus `dataset.json`; our synthetic
 data is one) at a local path or any fsspec URL; a remote SRC is copied to a temporary folder first.
@@ -22,7 +23,9 @@ DEST is a local folder or `s3://bucket/prefix`. DEST receives:
   settings, size, sha256, sample keys and rejects, so a re-run skips the shard.
 - `labels.npy` (float32 [N,25] in manifest order, for the generator's camera sampler), `rejects.json`
   ([{file, kind, fault}]), and last `manifest.json`, which names only complete shards and carries the
-  camera statistics ("cameras": radius, look-at point, optical-axis distance, fraction of the box seen)
+  camera statistics ("cameras": radius, look-at point, optical-axis distance, fraction of the box seen,
+  and "conventions": the data-set figures of `dataloading.camera_conventions`, its findings and whether
+  they were accepted)
   and "ground_truth": {"depth": true when every sample has a depth member, "class_names": [...] or null}.
 
 Shards hold fixed runs of source positions (a count measured from the first images to meet the target
@@ -41,9 +44,12 @@ is re-encoded (PNG losslessly); other images keep their source bytes.
 Rejects are skipped and listed in `rejects.json`, each with its kind (one of FAULT_KINDS); the summary,
 and every error, counts them per kind and names the first few of each. The build fails, after writing
 `rejects.json`, when no sample is valid or when more than half of the cameras see nothing (then it
-names the likely fix). --strict fails on any reject and publishes no manifest: before the images are
-read when dataset.json or the cameras already show faults, else after the shards are written (a later
-run without --strict reuses them).
+names the likely fix), or when the labels as a whole look like a wrong convention (world2cam matrices,
+transposed rotations, other camera axes, another world up: `dataloading.camera_conventions` names the
+likely cause and the `dataloading.convert` options that fix it) unless --accept-camera-conventions.
+--strict fails on any reject, and on the conventions' warnings, and publishes no manifest: before the
+images are read when dataset.json or the cameras already show faults, else after the shards are written
+(a later run without --strict reuses them).
 """
 
 import argparse
@@ -68,6 +74,7 @@ from tqdm import tqdm
 
 from . import storage
 from .camera_checks import PIXEL_FOCAL, CameraCheck, CameraReport, check_cameras, describe_statistics
+from .camera_conventions import ACCEPT_FLAG, check_conventions, describe_record
 from .pixels import WHITE, orientation, oriented_size, to_rgb8
 from .reference_format import IMAGE_EXTENSIONS, LABEL_SIZE, METADATA, load_label_list, parse_label_entry
 
@@ -511,12 +518,13 @@ def _write_tar(path: str, samples) -> str:
 def build(src: str, dest: str, *, shard_size_mb: float = 64, image_format: str = "png", reencode: bool = False,
           quality: int = 95, resolution: int | None = None, background: tuple[int, int, int] = WHITE,
           camera_check: CameraCheck = CameraCheck(), workers: int | None = None, strict: bool = False,
-          verify: bool = False, progress: bool = True) -> dict:
+          verify: bool = False, progress: bool = True, accept_camera_conventions: bool = False) -> dict:
     """Build (or finish, or confirm) the shards of SRC in DEST; returns the manifest.
 
-    A ValueError when the data cannot be built: no valid sample, most cameras seeing nothing, or with
-    `strict` any reject; its message counts the rejects per kind and names the first few of each, and
-    rejects.json is written before it is raised."""
+    A ValueError when the data cannot be built: no valid sample, most cameras seeing nothing, labels in a
+    wrong convention for the set as a whole (`dataloading.camera_conventions`; with `strict` its warnings
+    too; never with `accept_camera_conventions`), or with `strict` any reject; its message counts the
+    rejects per kind and names the first few of each, and rejects.json is written before it is raised."""
     _check_options(image_format, shard_size_mb, quality, background)
     dest = str(dest).rstrip("/")
     with local_copy(str(src)) as local_source:
@@ -525,7 +533,10 @@ def build(src: str, dest: str, *, shard_size_mb: float = 64, image_format: str =
         entries, cameras, camera_rows = check_entry_cameras(entries, camera_check)
         storage.makedirs(dest)
         fail = functools.partial(_fail, str(src), dest, len(entries))
-        problem = cameras.problem(strict=strict)
+        conventions = check_conventions(cameras.labels)
+        problems = [cameras.problem(strict=strict),
+                    None if accept_camera_conventions else conventions.problem(strict=strict)]
+        problem = "\n".join(p for p in problems if p)
         if problem or (strict and any(entry.fault for entry in entries)):
             fail(_entry_rejects(entries), ("--strict: " if strict else "") + (
                 problem or "dataset.json and the file list already show faults (the images were not read yet)"))
@@ -553,7 +564,8 @@ def build(src: str, dest: str, *, shard_size_mb: float = 64, image_format: str =
     if not any(marker["keys"] for marker in markers):
         fail(rejects, f"every one of the {len(entries)} source images was rejected")
     kept = cameras.subset([camera_rows[key] for marker in markers for key in marker["keys"]])
-    return _publish_manifest(dest, entries, plan, markers, kept.statistics(), class_names)
+    statistics = {**kept.statistics(), "conventions": conventions.record(accepted=accept_camera_conventions)}
+    return _publish_manifest(dest, entries, plan, markers, statistics, class_names)
 
 
 def _plan(settings: Settings, camera_check: CameraCheck, shard_size_mb: float, image_bytes: float,
@@ -696,6 +708,7 @@ def summary(dest: str) -> str:
         lines.append(describe_rejects(rejects, manifest["sample_count"] + len(rejects)))
         lines.append(f"Every reject is listed in {storage.join(dest, REJECTS)}.")
     lines.append(describe_statistics(manifest["cameras"]))
+    lines += [f"warning: {line}" for line in describe_record(manifest["cameras"].get("conventions"))]
     return "\n".join(lines)
 
 
@@ -736,14 +749,19 @@ def main(argv=None) -> None:
     parser.add_argument("--box-warp", type=float, default=1.0, help="tri-plane box side the cameras must see "
                         "(a preset's rendering.box_warp: 1, or 1.6 for shapenet128)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
-    parser.add_argument("--strict", action="store_true", help="fail on any invalid sample (no manifest is published)")
+    parser.add_argument("--strict", action="store_true", help="fail on any invalid sample and on unusual camera "
+                        "conventions (no manifest is published)")
+    parser.add_argument(ACCEPT_FLAG, action="store_true", help="build even when the camera labels look like a "
+                        "wrong convention for the data set as a whole (inverted or transposed matrices, other axes, "
+                        "another world up): accept them knowingly")
     parser.add_argument("--verify", action="store_true", help="re-hash existing shards before skipping them")
     args = parser.parse_args(argv)
     try:
         check = CameraCheck(box_warp=args.box_warp, ray_start=args.ray_start, ray_end=args.ray_end)
         build(args.src, args.dest, shard_size_mb=args.shard_size_mb, image_format=args.image_format,
               reencode=args.reencode, quality=args.quality, resolution=args.resolution, background=args.background,
-              camera_check=check, workers=args.workers, strict=args.strict, verify=args.verify)
+              camera_check=check, workers=args.workers, strict=args.strict, verify=args.verify,
+              accept_camera_conventions=args.accept_camera_conventions)
     except (ValueError, FileNotFoundError, PermissionError) as error:
         raise SystemExit(f"error: {error}") from None
     print(summary(args.dest))

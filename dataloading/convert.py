@@ -3,6 +3,7 @@
     python -m dataloading.convert SRC OUT [--images DIR] [--up auto|+x|-x|+y|-y|+z|-z] [--recenter]
                                   [--radius R] [--resolution N] [--background white|black]
                                   [--max-distortion F] [--overwrite]
+                                  [--axes opencv|opengl] [--matrices cam2world|world2cam|transposed]
 
 SRC is one of
 - a NeRF-style `transforms.json` (the Blender synthetic scenes' and instant-ngp's format): each frame has a
@@ -35,6 +36,11 @@ the usual command is
 
     python -m dataloading.convert scene/transforms.json data/scene --up auto --recenter --radius 2.7 --resolution 512
 
+A dataset already in the reference format (dataset.json) can be converted too, to undo common slips in
+its labels (`dataloading.build` names them when it finds them): --matrices world2cam inverts each 4x4
+(world2cam given as cam2world), --matrices transposed transposes each 3x3 rotation back, and --axes
+opengl turns OpenGL camera axes (y up, z backward) into OpenCV's; they apply first, in that order.
+
 In this order: --up rotates the world (the smallest rotation) so that the given world axis, or with `auto`
 the mean of the cameras' up vectors (their -y axes), becomes +y; --recenter moves the cameras' look-at
 point (the point nearest all optical axes, in the least-squares sense) to the origin; --radius scales the
@@ -62,6 +68,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .camera_checks import look_at_point
+from .camera_conventions import MATRIX_KINDS, to_cam2world
 from .pixels import to_rgb8
 from .reference_format import METADATA, load_label_list, parse_label_entry
 
@@ -495,10 +502,12 @@ def default_images_folder(model: Path) -> Path:
     raise ValueError(f"{model}: no images folder at {', '.join(map(str, candidates))}; give it with --images")
 
 
-def read_reference(path, *, axes: str = "opencv") -> list[Frame]:
+def read_reference(path, *, axes: str = "opencv", matrices: str = "cam2world") -> list[Frame]:
     """Frames of a dataset already in the reference format (a folder with dataset.json; see eg3d.networks.camera),
-    to crop, resize, re-place or re-axis it. `axes="opengl"`: its cam2world columns are OpenGL camera axes
-    (y up, z backward), a common slip, turned into OpenCV's. ValueError naming the file and entry."""
+    to crop, resize, re-place or re-axis it. Common slips, undone in this order: `matrices="world2cam"`, its
+    4x4 matrices are world2cam (each is inverted), `"transposed"`, their 3x3 rotations are transposed (each
+    is transposed back); `axes="opengl"`, the cam2world columns are OpenGL camera axes (y up, z backward),
+    turned into OpenCV's. ValueError naming the file and entry."""
     path = Path(path)
     root = path.parent if path.is_file() else path
     listed = load_label_list((root / METADATA).read_bytes(), f"{root / METADATA}")
@@ -512,27 +521,30 @@ def read_reference(path, *, axes: str = "opencv") -> list[Frame]:
         if not source.is_file():
             raise ValueError(f"{where}: {name} is listed but missing")
         width, height = image_size(source, where)
-        cam2world = label[:16].reshape(4, 4)
+        cam2world = to_cam2world(label[:16].reshape(1, 4, 4), matrices)[0]
         intrinsics = label[16:].reshape(3, 3) * [[width], [height], [1]]  # normalized -> pixels
         frames.append(Frame(source, where, opengl_to_opencv(cam2world) if axes == "opengl" else cam2world,
                             intrinsics, width, height))
     return frames
 
 
-def read_frames(source, *, images=None, max_distortion: float = MAX_DISTORTION, axes: str | None = None) -> list[Frame]:
+def read_frames(source, *, images=None, max_distortion: float = MAX_DISTORTION, axes: str | None = None,
+                matrices: str | None = None) -> list[Frame]:
     """A transforms.json (or a folder holding one), a COLMAP text model folder, or a reference-format
     dataset (dataset.json, or its folder) -> its frames."""
     source = Path(source)
     for name in ("transforms.json", METADATA):
         if source.is_dir() and (source / name).is_file():
             source = source / name
-    if axes is not None and source.name != METADATA:
-        raise ValueError(f"--axes is for datasets in the reference format (dataset.json); {source} fixes its own axes")
+    for option, value in (("--axes", axes), ("--matrices", matrices)):
+        if value is not None and source.name != METADATA:
+            raise ValueError(f"{option} is for datasets in the reference format (dataset.json); {source} fixes its "
+                             f"own axes and matrices")
     if source.is_file() and source.suffix == ".json":
         if images is not None:
             raise ValueError(f"--images is for COLMAP models; {source.name} names its images itself")
         if source.name == METADATA:
-            return read_reference(source, axes=axes or "opencv")
+            return read_reference(source, axes=axes or "opencv", matrices=matrices or "cam2world")
         return read_nerf(source, max_distortion=max_distortion)
     if source.is_dir():
         return read_colmap(source, images, max_distortion=max_distortion)
@@ -589,7 +601,8 @@ def publish(staging: Path, out: Path) -> None:
 
 def convert(source, out, *, images=None, up: str | None = None, recenter: bool = False, radius: float | None = None,
             resolution: int | None = None, background: str = "white", max_distortion: float = MAX_DISTORTION,
-            overwrite: bool = False, progress: bool = True, axes: str | None = None) -> dict:
+            overwrite: bool = False, progress: bool = True, axes: str | None = None,
+            matrices: str | None = None) -> dict:
     """Convert a transforms.json, a COLMAP text model or a reference-format dataset to the reference dataset
     format in `out`; returns a summary (see `summarize`). Nothing is written to `out` unless the whole
     conversion succeeds."""
@@ -603,7 +616,9 @@ def convert(source, out, *, images=None, up: str | None = None, recenter: bool =
     check_destination(out, overwrite)
     if axes not in (None, "opencv", "opengl"):
         raise ValueError(f"--axes must be opencv or opengl, got {axes!r}")
-    frames = read_frames(source, images=images, max_distortion=max_distortion, axes=axes)
+    if matrices not in (None, *MATRIX_KINDS):
+        raise ValueError(f"--matrices must be one of {', '.join(MATRIX_KINDS)}, got {matrices!r}")
+    frames = read_frames(source, images=images, max_distortion=max_distortion, axes=axes, matrices=matrices)
     if resolution is None:
         _check_one_size(frames)
     cam2world = place_world(np.stack([f.cam2world for f in frames]), up=up, recenter=recenter, radius=radius)
@@ -702,11 +717,15 @@ def main(argv=None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     parser.add_argument("--axes", choices=("opencv", "opengl"), default=None, help="dataset.json sources: the camera "
                         "axes its cam2world uses (opengl: y up, z backward, turned into OpenCV's; default opencv)")
+    parser.add_argument("--matrices", choices=MATRIX_KINDS, default=None, help="dataset.json sources: what its 4x4 "
+                        "matrices hold (world2cam: each is inverted; transposed: cam2world with transposed 3x3 "
+                        "rotations, transposed back; applied before --axes; default cam2world)")
     args = parser.parse_args(argv)
     try:
         summary = convert(args.source, args.out, images=args.images, up=args.up, recenter=args.recenter,
                           radius=args.radius, resolution=args.resolution, background=args.background,
-                          max_distortion=args.max_distortion, overwrite=args.overwrite, axes=args.axes)
+                          max_distortion=args.max_distortion, overwrite=args.overwrite, axes=args.axes,
+                          matrices=args.matrices)
     except (ValueError, FileNotFoundError, PermissionError) as error:
         raise SystemExit(f"error: {error}") from None
     print(format_summary(summary))
