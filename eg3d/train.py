@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "wins once it has one")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a config field, e.g. --set loss.r1_gamma=2 (repeatable)")
+    parser.add_argument("--accept-camera-conventions", action="store_true", help="train even when the camera "
+                        "labels look like a wrong convention for the data set as a whole (README: Checks on your "
+                        "data)")
     return parser.parse_args(argv)
 
 
@@ -87,22 +90,25 @@ def is_manifest(url: str) -> bool:
     return url.endswith(".json") or storage.exists(storage.join(url, "manifest.json"))
 
 
-def prepare_data(config, data: str | None, run_url: str) -> str:
+def prepare_data(config, data: str | None, run_url: str, accept_camera_conventions: bool = False) -> str:
     """The manifest URL to train from: given, or shards built from a reference-format dataset (or synthetic)
     under the run; checked against the config (image size, enough samples, cameras that see the
     rendering's box) before any worker starts."""
     from dataloading import storage
-    from dataloading.shard_reader import load_manifest
+    from dataloading.camera_conventions import check_label_conventions
+    from dataloading.shard_reader import camera_labels, load_manifest
 
     if data is not None and is_manifest(data):
         manifest_url = data if data.endswith(".json") else data.rstrip("/") + "/manifest.json"
     elif data is not None and not storage.exists(data):
         raise FileNotFoundError(f"--data {data}: no such file or folder")
     else:
-        manifest_url = build_shards(data or synthetic_dataset(config, run_url), storage.join(run_url, "shards"))
+        manifest_url = build_shards(data or synthetic_dataset(config, run_url), storage.join(run_url, "shards"),
+                                    accept_camera_conventions)
     print(f"checking {manifest_url} against the config")
     manifest = load_manifest(manifest_url)
     check_cameras_see_the_box(config, manifest_url)
+    check_label_conventions(camera_labels(manifest_url), where=f"data {manifest_url}", accept=accept_camera_conventions)
     if manifest.resolution != config.model.image_resolution:
         size = manifest.resolution
         fitting = [name for name in sorted(PRESETS) if get_preset(name).model.image_resolution == size]
@@ -137,7 +143,7 @@ def check_cameras_see_the_box(config, manifest_url: str) -> None:
               f"{report.check.describe()} with {settings}; their images teach the generator nothing useful")
 
 
-def build_shards(source: str, shards: str) -> str:
+def build_shards(source: str, shards: str, accept_camera_conventions: bool = False) -> str:
     """Shard a reference-format dataset into the run's own folder; the manifest's URL. Shards already
     built there (a resume) are only confirmed to be the source's: data changed since is an error."""
     from dataloading import storage
@@ -146,11 +152,11 @@ def build_shards(source: str, shards: str) -> str:
     manifest_url = storage.join(shards, "manifest.json")
     if not storage.exists(manifest_url):
         print(f"building shards of {source} into {shards}")
-        build(source, shards, workers=1)
+        build(source, shards, workers=1, accept_camera_conventions=accept_camera_conventions)
         print(summary(shards))
         return manifest_url
     try:
-        build(source, shards, workers=1, progress=False)
+        build(source, shards, workers=1, progress=False, accept_camera_conventions=accept_camera_conventions)
     except DestinationMismatch as error:
         raise ValueError(f"--data {source} is not the data this run was sharded from ({error}). To train on the "
                          f"new data, use a new --name, or delete {shards} to shard it anew (the run's checkpoints "
@@ -220,7 +226,8 @@ def main(argv=None) -> int:
         deepspeed_file = load_deepspeed_file(config)  # a bad file stops the run before any worker starts
         stats = StatsReporter()  # the driver's own statistics, exported beside the workers'
         preparation_start = time.perf_counter()
-        manifest_url = absolute(prepare_data(config, args.data or config.data.path, run_url))
+        manifest_url = absolute(prepare_data(config, args.data or config.data.path, run_url,
+                                             args.accept_camera_conventions))
         stats.add("data_preparation_seconds", time.perf_counter() - preparation_start)
     except (ValueError, FileNotFoundError, PermissionError) as error:
         print(f"error: {error}", file=sys.stderr)
