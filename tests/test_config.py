@@ -1,10 +1,17 @@
+import dataclasses
 import json
+import math
+import sys
+import types
+import typing
 
 import pytest
+from annotated_types import Ge, Gt, Lt, Predicate
 
 from eg3d import summary
 from eg3d.config import TrainConfig, apply_overrides, validate
 from eg3d.config.presets import PRESETS, afhq512, ffhq512, get_preset, shapenet128, tiny
+from eg3d.config.schema import NumberRange, check_ranges, section_number_ranges
 from eg3d.train import main as train_main
 
 
@@ -151,3 +158,109 @@ def test_summary_matches_module_counts_and_hand_derived_flops(capsys):
     assert flops["G_mapping"] == 2 * (25 * 64 + 128 * 64 + 64 * 64)
     parts = flops["G_mapping"] + flops["G_backbone"] + flops["G_rendering"] + flops["G_superresolution"]
     assert flops["G_forward"] >= parts
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run.total_kimg=-5", "config field run.total_kimg: -5 is not > 0 (expected a finite number > 0)"),
+    ("model.z_dim=0", "config field model.z_dim: 0 is not >= 1 (expected an integer >= 1)"),
+    ("optimizer.g_lr=-1", "config field optimizer.g_lr: -1 is not > 0 (expected a finite number > 0)"),
+    ("loss.r1_gamma=1e400", "config field loss.r1_gamma: inf is not finite (expected a finite number >= 0)"),
+    ("loss.r1_gamma=NaN", "config field loss.r1_gamma: nan is not finite (expected a finite number >= 0)"),
+    ("run.checkpoint_kimg=-1", "config field run.checkpoint_kimg: -1 is not > 0 (expected a finite number > 0)"),
+    ("optimizer.betas=[0.5, 1]", "config field optimizer.betas: 1 is not < 1 (expected a finite number >= 0 and < 1)"),
+    ("model.backbone_resolution=48", "config field model.backbone_resolution: 48 is not a power of two "
+                                     "(expected an integer >= 4 and a power of two)"),
+    ("run.micro_batch=0", "config field run.micro_batch: 0 is not >= 1 (expected an integer >= 1, or null)"),
+    ("run.keep_checkpoints=0", "config field run.keep_checkpoints: 0 is not >= 1 (expected an integer >= 1: a "
+                               "rerun resumes from the newest checkpoint, and with 0 every checkpoint would be "
+                               "deleted as it is written, so that a rerun would start from zero)"),
+])
+def test_values_out_of_range_are_refused_naming_field_value_and_range(override, message):
+    with pytest.raises(ValueError) as error:
+        validate(apply_overrides(tiny(), [override]))
+    assert str(error.value) == message
+
+
+def test_cli_refuses_an_out_of_range_value_in_one_line_before_any_worker(capsys, tmp_path, monkeypatch):
+    def launch(*args, **kwargs):
+        raise AssertionError("the launcher was reached")
+
+    monkeypatch.setitem(sys.modules, "cluster.launch", types.SimpleNamespace(launch=launch))
+    assert train_main(["--storage", str(tmp_path), "--set", "run.total_kimg=-5"]) == 2
+    assert capsys.readouterr().err == ("error: config field run.total_kimg: -5 is not > 0 "
+                                       "(expected a finite number > 0)\n")
+    assert train_main(["--storage", str(tmp_path), "--kimg", "-5"]) == 2
+    assert "run.total_kimg: -5 is not > 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+SECTIONS = [f for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(f.type)]
+
+
+def holds_numbers(annotation) -> bool:
+    """Whether a field's type holds an int or a float anywhere (optional, in a tuple, ...)."""
+    return annotation in (int, float) or any(holds_numbers(arg) for arg in typing.get_args(annotation))
+
+
+def test_every_numeric_field_declares_its_range():
+    """A new int or float field cannot be added without a range beside it (nor a float without finiteness)."""
+    numeric = {f"{s.name}.{name}" for s in SECTIONS for name, annotation in typing.get_type_hints(s.type).items()
+               if holds_numbers(annotation)}
+    declared = {f"{s.name}.{name}": ranges for s in SECTIONS for name, ranges in section_number_ranges(s.type).items()}
+    assert set(declared) == numeric
+    assert len(numeric) > 70
+    assert [key for key, ranges in declared.items() if not all(number.markers for number in ranges)] == []
+    assert [len(ranges) for ranges in (declared["model.sr_channels"], declared["optimizer.betas"])] == [2, 2]
+
+
+def just_inside_and_outside(number: NumberRange, default) -> list[tuple[object, object]]:
+    """(a value just inside, a value just outside) for each bound of the range; and nan and infinities for a float."""
+    def moved(value, direction):
+        return value + direction if number.kind is int else math.nextafter(value, direction * math.inf)
+
+    cases = []
+    for marker in number.markers:
+        if isinstance(marker, Predicate):
+            cases.append((default, next(x for x in (default + 1, math.inf) if not marker.func(x))))
+        else:
+            bound = next(getattr(marker, name) for name in ("gt", "ge", "lt", "le") if hasattr(marker, name))
+            outward = -1 if isinstance(marker, (Gt, Ge)) else 1
+            cases.append((moved(bound, -outward), bound) if isinstance(marker, (Gt, Lt)) else
+                         (bound, moved(bound, outward)))
+    if number.kind is float:
+        cases += [(default, math.nan), (default, math.inf), (default, -math.inf)]
+    return cases
+
+
+def with_number(config: TrainConfig, section: str, name: str, index: int | None, value) -> TrainConfig:
+    """A copy of config with the field (or its tuple item `index`) set to value."""
+    old = getattr(getattr(config, section), name)
+    new = value if index is None else old[:index] + (value,) + old[index + 1:]
+    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{name: new})})
+
+
+def boundary_cases():
+    config = tiny()
+    for s in SECTIONS:
+        for name, ranges in section_number_ranges(s.type).items():
+            default = getattr(getattr(config, s.name), name)
+            for index, number in enumerate(ranges):
+                item_index = index if len(ranges) > 1 else None
+                item = default if item_index is None else default[index]
+                for inside, outside in just_inside_and_outside(number, item):
+                    yield pytest.param(s.name, name, item_index, inside, outside,
+                                       id=f"{s.name}.{name}{'' if item_index is None else f'[{index}]'}:"
+                                          f"{inside!r}|{outside!r}")
+
+
+@pytest.mark.parametrize("section, name, index, inside, outside", list(boundary_cases()))
+def test_each_bound_of_each_field_refuses_just_outside(section, name, index, inside, outside):
+    check_ranges(with_number(tiny(), section, name, index, inside))
+    with pytest.raises(ValueError, match=rf"^config field {section}\.{name}: \S+ is not .+ \(expected "):
+        check_ranges(with_number(tiny(), section, name, index, outside))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_is_in_range(preset):
+    check_ranges(get_preset(preset))
+    validate(get_preset(preset))

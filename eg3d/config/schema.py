@@ -1,73 +1,96 @@
 """Typed configuration: one dataclass per concern, composed into `TrainConfig`.
 
 Presets (eg3d.config.presets) are Python functions returning a `TrainConfig`; the command line overrides
-single fields with `--set section.field=value`.
+single fields with `--set section.field=value`. Every int and float field declares its range beside its type
+(`Annotated` with annotated-types' markers), which `validate` checks.
 """
 
 import dataclasses
 import difflib
 import json
+import math
+import operator
 import types
 import typing
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from annotated_types import BaseMetadata, DocInfo, Ge, GroupedMetadata, Gt, Interval, Le, Lt, Predicate, doc
+
+
+def is_power_of_two(n: int) -> bool:
+    """Whether n is 1, 2, 4, 8, ..."""
+    return n > 0 and n & (n - 1) == 0
+
+
+# The words of a Predicate in an error: "48 is not a power of two".
+PREDICATE_WORDS = {is_power_of_two: "a power of two", math.isfinite: "finite"}
+PositiveInt = Annotated[int, Ge(1)]
+NonNegativeInt = Annotated[int, Ge(0)]
+PositiveFloat = Annotated[float, Gt(0)]
+NonNegativeFloat = Annotated[float, Ge(0)]
+Probability = Annotated[float, Interval(ge=0, le=1)]
+Resolution = Annotated[int, Predicate(is_power_of_two)]  # with its smallest size, e.g. Annotated[Resolution, Ge(4)]
+Seed = Annotated[int, Interval(ge=0, lt=2 ** 32)]  # numpy's legacy seeds are 32-bit
 
 
 @dataclass
 class ModelConfig:
-    z_dim: int = 512
-    w_dim: int = 512
-    c_dim: int = 25
-    mapping_layers: int = 2
-    mapping_lr_multiplier: float = 0.01
-    camera_scale: float = 1.0  # c is multiplied by this before the camera embedding
+    z_dim: PositiveInt = 512
+    w_dim: PositiveInt = 512
+    c_dim: Annotated[int, Interval(ge=25, le=25), doc("the length of a camera label: a 4x4 camera-to-world matrix "
+                                                      "and 3x3 intrinsics")] = 25
+    mapping_layers: PositiveInt = 2
+    mapping_lr_multiplier: PositiveFloat = 0.01
+    camera_scale: NonNegativeFloat = 1.0  # c is multiplied by this before the camera embedding
     pose_conditioning: bool = True  # False: the generator's camera conditioning is zeroed
-    backbone_resolution: int = 256
-    backbone_channel_base: int = 32768
-    backbone_channel_max: int = 512
-    plane_channels: int = 32
-    decoder_hidden: int = 64
-    decoder_lr_multiplier: float = 1.0
-    image_resolution: int = 512
-    sr_input_resolution: int = 128
-    sr_channels: tuple[int, int] = (256, 128)
+    backbone_resolution: Annotated[Resolution, Ge(4)] = 256  # the synthesis starts at 4x4
+    backbone_channel_base: PositiveInt = 32768
+    backbone_channel_max: PositiveInt = 512
+    plane_channels: PositiveInt = 32
+    decoder_hidden: PositiveInt = 64
+    decoder_lr_multiplier: PositiveFloat = 1.0
+    image_resolution: Annotated[Resolution, Ge(8)] = 512  # D's blocks halve it down to 8x8, then 4x4
+    sr_input_resolution: Annotated[Resolution, Ge(4)] = 128
+    sr_channels: tuple[PositiveInt, PositiveInt] = (256, 128)
     sr_antialias: bool = True
-    disc_channel_base: int = 32768
-    disc_channel_max: int = 512
-    disc_mapping_layers: int = 8
-    disc_mbstd_group: int = 4
-    disc_camera_noise: float = 0.0  # std of noise added to D's camera input, in units of the batch std
+    disc_channel_base: PositiveInt = 32768
+    disc_channel_max: PositiveInt = 512
+    disc_mapping_layers: NonNegativeInt = 8  # 0: the camera's embedding alone
+    disc_mbstd_group: PositiveInt = 4
+    disc_camera_noise: NonNegativeFloat = 0.0  # std of noise added to D's camera input, in units of the batch std
     # The super-resolution's and the discriminator's conv outputs are clamped to +-conv_clamp (times the
     # layer's gain), in every precision, as in the reference; the tri-plane backbone is never clamped
     # (nor is it in the reference). None: no clamping.
-    conv_clamp: float | None = 256.0
+    conv_clamp: PositiveFloat | None = 256.0
 
 
 @dataclass
 class RenderingConfig:
-    depth_resolution: int = 48
-    depth_resolution_importance: int = 48
-    ray_start: float | None = 2.25  # None: per-ray bounds from intersecting the tri-plane box
-    ray_end: float | None = 3.3
-    box_warp: float = 1.0
+    depth_resolution: Annotated[int, Ge(2)] = 48
+    depth_resolution_importance: NonNegativeInt = 48  # 0: no importance sampling
+    ray_start: NonNegativeFloat | None = 2.25  # None: per-ray bounds from intersecting the tri-plane box
+    ray_end: PositiveFloat | None = 3.3
+    box_warp: PositiveFloat = 1.0
     white_background: bool = False
     legacy_plane_order: bool = False  # the reference's XY/XZ/ZX planes instead of XY/XZ/YZ
-    neural_rendering_resolution_initial: int = 64
-    neural_rendering_resolution_final: int | None = None  # None: no second stage
-    neural_rendering_resolution_fade_kimg: float = 1000.0
+    neural_rendering_resolution_initial: PositiveInt = 64
+    neural_rendering_resolution_final: PositiveInt | None = None  # None: no second stage
+    neural_rendering_resolution_fade_kimg: PositiveFloat = 1000.0
 
 
 @dataclass
 class LossConfig:
-    r1_gamma: float = 1.0
-    r1_interval: int = 16  # lazy R1: every this many D steps
-    density_reg: float = 0.25
-    density_reg_interval: int = 4  # density regularization every this many G steps
-    density_reg_points: int = 1000
-    density_reg_perturbation: float = 0.004
-    gpc_prob: float | None = 0.5  # generator pose conditioning swap probability after the fade; None: off
-    gpc_fade_kimg: float = 1000.0
-    blur_init_sigma: float = 10.0
-    blur_fade_kimg: float = 200.0
+    r1_gamma: NonNegativeFloat = 1.0
+    r1_interval: PositiveInt = 16  # lazy R1: every this many D steps
+    density_reg: NonNegativeFloat = 0.25
+    density_reg_interval: PositiveInt = 4  # density regularization every this many G steps
+    density_reg_points: PositiveInt = 1000
+    density_reg_perturbation: PositiveFloat = 0.004
+    gpc_prob: Probability | None = 0.5  # generator pose conditioning swap probability after the fade; None: off
+    gpc_fade_kimg: NonNegativeFloat = 1000.0  # 0: no fade
+    blur_init_sigma: NonNegativeFloat = 10.0
+    blur_fade_kimg: NonNegativeFloat = 200.0  # 0: no blur
     blur_raw_target: bool = True
 
 
@@ -78,56 +101,58 @@ class AugmentConfig:
     by one unit per `ada_kimg` thousand images."""
 
     kind: str = "none"  # "none", "fixed" or "ada"
-    p: float = 0.0  # the fixed probability, or ada's initial one
-    target: float = 0.6
-    ada_kimg: float = 500.0
-    interval: int = 4  # steps between adjustments
+    p: Probability = 0.0  # the fixed probability, or ada's initial one
+    target: Annotated[float, Interval(ge=-1, le=1)] = 0.6  # a mean sign
+    ada_kimg: PositiveFloat = 500.0
+    interval: PositiveInt = 4  # steps between adjustments
 
 
 @dataclass
 class OptimizerConfig:
-    g_lr: float = 0.0025
-    d_lr: float = 0.002
-    betas: tuple[float, float] = (0.0, 0.99)
-    eps: float = 1e-8
+    g_lr: PositiveFloat = 0.0025
+    d_lr: PositiveFloat = 0.002
+    betas: tuple[Annotated[float, Interval(ge=0, lt=1)], Annotated[float, Interval(ge=0, lt=1)]] = (0.0, 0.99)
+    eps: PositiveFloat = 1e-8
 
 
 @dataclass
 class EmaConfig:
-    ema_kimg: float = 10.0
-    rampup: float | None = 0.05
+    ema_kimg: NonNegativeFloat = 10.0  # the EMA's half-life; 0: G_ema is G
+    rampup: PositiveFloat | None = 0.05
 
 
 @dataclass
 class DataConfig:
     path: str | None = None  # dataset folder or zip (reference format); None: synthetic data under the run dir
     xflip: bool = False  # random horizontal flips with the camera mirrored
-    synthetic_count: int = 2000
+    synthetic_count: PositiveInt = 2000
     backend: str = "auto"  # shard decoding: "pytorch", "dali", or "auto" (dali when installed); same batches either way
 
 
 @dataclass
 class RunConfig:
     out: str = "runs"
-    total_kimg: float = 25000.0
-    batch_size: int = 32  # global batch, in images
-    micro_batch: int | None = None  # per-worker micro-batch; None: each worker's whole share at once
+    total_kimg: PositiveFloat = 25000.0
+    batch_size: PositiveInt = 32  # global batch, in images
+    micro_batch: PositiveInt | None = None  # per-worker micro-batch; None: each worker's whole share at once
     precision: str = "fp32"  # "bf16": forward passes under bfloat16 autocast, except the regularizers Greg and Dreg (weights, EMA, optimizers stay fp32)
     # torch.compile G and D for the Gmain, Greg and Dmain phases (Dreg stays eager); see eg3d.training.compilation
     compile: bool = False
     # torch threads per worker; None: the CPUs Ray assigned to it, capped by the cores it may run on
-    threads: int | None = None
-    seed: int = 0
+    threads: PositiveInt | None = None
+    seed: Seed = 0
     device: str = "auto"  # auto, cpu, cuda
-    checkpoint_kimg: float = 200.0
-    snapshot_kimg: float = 200.0
-    log_kimg: float = 4.0
-    keep_checkpoints: int = 3
+    checkpoint_kimg: PositiveFloat = 200.0
+    snapshot_kimg: PositiveFloat = 200.0
+    log_kimg: PositiveFloat = 4.0
+    keep_checkpoints: Annotated[int, Ge(1), doc(
+        "a rerun resumes from the newest checkpoint, and with 0 every checkpoint would be deleted as it is "
+        "written, so that a rerun would start from zero")] = 3
     # Stop the run after this many consecutive steps with a phase skipped for non-finite gradients
     # (training has diverged); 0 or null: never stop.
-    max_nonfinite_steps: int | None = 50
-    sample_truncation_psi: float = 0.7
-    sample_truncation_cutoff: int = 14
+    max_nonfinite_steps: Annotated[int, Ge(0), doc("0 or null: never stop")] | None = 50
+    sample_truncation_psi: Annotated[float, Predicate(math.isfinite)] = 0.7  # > 1 extrapolates away from w_avg
+    sample_truncation_cutoff: NonNegativeInt = 14  # the ws truncated; 0: none
     # A new run's starting weights (--init-from): a run folder or checkpoint manifest, an EMA snapshot folder, or a
     # reference network pickle (.pkl); the run's own checkpoint wins once it has one. See eg3d.config.stages.
     init_from: str | None = None
@@ -137,13 +162,14 @@ class RunConfig:
 @dataclass
 class DistributedConfig:
     backend: str = "ddp"  # "ddp" or "deepspeed"
-    zero_stage: int = 0  # deepspeed: 0 or 1
-    min_workers: int = 1
-    max_workers: int = 1  # > min_workers: elastic, grows when resources appear
+    zero_stage: Annotated[int, Interval(ge=0, le=1)] = 0  # deepspeed: 0 or 1
+    min_workers: PositiveInt = 1
+    max_workers: PositiveInt = 1  # > min_workers: elastic, grows when resources appear
     use_gpu: str = "auto"  # "auto" (when the cluster has GPUs), "true", "false"
-    cpus_per_worker: float | None = None  # None: 1 on a cluster; the local machine split between workers
-    max_failures: int = 3  # worker-group restarts from the newest checkpoint before the run fails; -1: no limit
-    resize_check_seconds: float = 60.0  # how often an elastic run looks for more workers
+    cpus_per_worker: PositiveFloat | None = None  # None: 1 on a cluster; the local machine split between workers
+    # worker-group restarts from the newest checkpoint before the run fails
+    max_failures: Annotated[int, Ge(-1), doc("-1: no limit")] = 3
+    resize_check_seconds: PositiveFloat = 60.0  # how often an elastic run looks for more workers
     # deepspeed: a JSON file (path or URL) of communication settings merged over the code-built DeepSpeed config
     deepspeed_config: str | None = None
 
@@ -158,12 +184,13 @@ class MetricsConfig:
     extractor: str = "auto"
     inception_weights: str | None = None  # path or URL of pytorch-fid's pt_inception-2015-12-05 state dict
     inception_sha256: str | None = None  # its SHA-256 (full, or a prefix of 8 or more hex digits)
-    num_generated: int = 50000  # generated images per measurement (split over the workers); 0: no measurement
-    num_real: int | None = None  # real images for the cached statistics; None: the whole dataset
-    batch_size: int = 32  # images per worker per feature-network forward pass
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    random_features_seed: int = 0
+    # generated images per measurement (split over the workers)
+    num_generated: Annotated[int, Ge(0), doc("0: no measurement")] = 50000
+    num_real: Annotated[int, Ge(2)] | None = None  # real images for the cached statistics; None: the whole dataset
+    batch_size: PositiveInt = 32  # images per worker per feature-network forward pass
+    kid_subsets: PositiveInt = 100
+    kid_subset_size: Annotated[int, Ge(2)] = 1000  # KID's unbiased estimate needs pairs
+    random_features_seed: Seed = 0
 
 
 @dataclass
@@ -173,19 +200,21 @@ class EvaluatorConfig:
     consistency_raw/final. Trained on the run's real images on first use and cached beside the shards."""
 
     enabled: bool = True  # measure the 3D quality metrics at snapshots (needs metrics.num_generated > 0)
-    resolution: int = 64  # its input size (a power of two >= 16): images are resized to it
-    kimg: float = 20.0  # its training length, in thousands of real images
-    batch_size: int = 64
-    learning_rate: float = 3e-3  # AdamW, one-cycle schedule
-    holdout: float = 0.1  # fraction of the real images held out to measure its own error (the floor)
-    seed: int = 0  # decides its split, weights and batches (not run.seed: one evaluator serves every run)
-    consistency_objects: int = 16  # objects rendered per view pair for consistency_raw/final
+    resolution: Annotated[Resolution, Ge(16)] = 64  # its input size: images are resized to it
+    kimg: PositiveFloat = 20.0  # its training length, in thousands of real images
+    batch_size: Annotated[int, Ge(2)] = 64
+    learning_rate: PositiveFloat = 3e-3  # AdamW, one-cycle schedule
+    # fraction of the real images held out to measure its own error (the floor)
+    holdout: Annotated[float, Interval(gt=0, lt=1)] = 0.1
+    seed: Seed = 0  # decides its split, weights and batches (not run.seed: one evaluator serves every run)
+    consistency_objects: PositiveInt = 16  # objects rendered per view pair for consistency_raw/final
 
 
 @dataclass
 class TelemetryConfig:
     metrics_host: str = "127.0.0.1"  # each worker's /metrics; 0.0.0.0 on a cluster, for Prometheus to reach it
-    metrics_port: int = 9400  # the driver's; local rank r's is metrics_port + 1 + r (a free one if taken); 0: off
+    # the driver's; local rank r's is metrics_port + 1 + r (a free one if taken)
+    metrics_port: Annotated[int, Interval(ge=0, le=65535), doc("a TCP port, or 0: off")] = 9400
 
 
 @dataclass
@@ -303,8 +332,101 @@ def _did_you_mean(word: str, choices, *, prefix: str = "", key=None) -> str:
     return f"; did you mean {prefix}{compared[close[0]]}?" if close else ""
 
 
+@dataclass(frozen=True)
+class NumberRange:
+    """The range of one number of a field (the field itself, or one item of a tuple field)."""
+
+    kind: type  # int or float; a float must also be finite
+    markers: tuple[BaseMetadata, ...]  # annotated-types' Gt, Ge, Lt, Le and Predicate
+    why: str = ""  # what the range means, from the field's doc(...)
+    nullable: bool = False  # null is allowed too (and keeps its meaning)
+
+    def failure(self, value) -> str | None:
+        """What `value` is not ("> 0", "finite", "a power of two"), or None when it is in range."""
+        if self.kind is float and not math.isfinite(value):
+            return "finite"
+        return next((_marker_words(m) for m in self.markers if not _marker_holds(m, value)), None)
+
+    def describe(self) -> str:
+        """E.g. "an integer >= 4 and a power of two", "a finite number >= 0 and <= 1"."""
+        comparisons = [_marker_words(m) for m in self.markers if not isinstance(m, Predicate)]
+        predicates = [_marker_words(m) for m in self.markers if isinstance(m, Predicate) and m.func is not math.isfinite]
+        kind = "an integer" if self.kind is int else "a finite number"
+        text = " and ".join([" ".join([kind] + comparisons[:1])] + comparisons[1:] + predicates)
+        return text + (", or null" if self.nullable else "") + (f": {self.why}" if self.why else "")
+
+
+_COMPARISONS = {Gt: ("gt", operator.gt, ">"), Ge: ("ge", operator.ge, ">="), Lt: ("lt", operator.lt, "<"),
+                Le: ("le", operator.le, "<=")}
+
+
+def _marker_holds(marker: BaseMetadata, value) -> bool:
+    if isinstance(marker, Predicate):
+        return marker.func(value)
+    attribute, compare, _ = _COMPARISONS[type(marker)]
+    return compare(value, getattr(marker, attribute))
+
+
+def _marker_words(marker: BaseMetadata) -> str:
+    if isinstance(marker, Predicate):
+        return PREDICATE_WORDS[marker.func]
+    attribute, _, symbol = _COMPARISONS[type(marker)]
+    return f"{symbol} {_number(getattr(marker, attribute))}"
+
+
+def _number(value) -> str:
+    """-5 for -5.0, 0.0025 as it is, inf and nan as such; an int as it is."""
+    if not isinstance(value, float):
+        return str(value)
+    text = f"{value:g}"
+    return text if float(text) == value else repr(value)
+
+
+def number_ranges(annotation) -> list[NumberRange]:
+    """The ranges of the numbers a field of this type holds: one for an int or float field (optional or not),
+    one per item of a tuple of them, none for other fields."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        nullable = type(None) in args
+        return [dataclasses.replace(number, nullable=nullable) for arg in args if arg is not type(None)
+                for number in number_ranges(arg)]
+    if origin is tuple:
+        return [number for arg in args for number in number_ranges(arg)]
+    if origin is Annotated and args[0] in (int, float):
+        markers = [m for marker in annotation.__metadata__
+                   for m in (marker if isinstance(marker, GroupedMetadata) else [marker])]
+        why = " ".join(m.documentation for m in markers if isinstance(m, DocInfo))
+        checks = sorted((m for m in markers if not isinstance(m, DocInfo)), key=lambda m: isinstance(m, Predicate))
+        return [NumberRange(args[0], tuple(checks), why)]
+    return [NumberRange(annotation, ())] if annotation in (int, float) else []
+
+
+def section_number_ranges(section_type) -> dict[str, list[NumberRange]]:
+    """Each numeric field of a config section: its number ranges (see number_ranges)."""
+    hints = typing.get_type_hints(section_type, include_extras=True)
+    return {name: ranges for name, annotation in hints.items() if (ranges := number_ranges(annotation))}
+
+
+def check_ranges(config: TrainConfig) -> None:
+    """Every number of every section against the range declared beside its field; a null keeps its meaning.
+    ValueError, e.g. "config field run.total_kimg: -5 is not > 0 (expected a finite number > 0)"."""
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        if not dataclasses.is_dataclass(values):
+            continue
+        for name, ranges in section_number_ranges(type(values)).items():
+            value = getattr(values, name)
+            items = () if value is None else value if isinstance(value, tuple) else (value,)
+            for item, number in zip(items, ranges):
+                failure = number.failure(item)
+                if failure is not None:
+                    raise ValueError(f"config field {section.name}.{name}: {_number(item)} is not {failure} "
+                                     f"(expected {number.describe()})")
+
+
 def validate(config: TrainConfig) -> None:
-    """Cross-field checks that a single field's type cannot express."""
+    """The range of every number (check_ranges), then the checks across fields and of text fields."""
+    check_ranges(config)
     m, r, run = config.model, config.rendering, config.run
     if m.image_resolution not in (m.sr_input_resolution * 2, m.sr_input_resolution * 4):
         raise ValueError(f"config: model.image_resolution ({m.image_resolution}) must be 2x or 4x "
@@ -313,64 +435,33 @@ def validate(config: TrainConfig) -> None:
         raise ValueError("config: rendering.ray_start and rendering.ray_end must both be set or both be null")
     if r.ray_start is not None and not r.ray_start < r.ray_end:
         raise ValueError(f"config: rendering.ray_start ({r.ray_start}) must be < rendering.ray_end ({r.ray_end})")
-    if r.depth_resolution < 2:
-        raise ValueError("config: rendering.depth_resolution must be at least 2")
     if config.data.backend not in ("auto", "pytorch", "dali"):
         raise ValueError(f"config: data.backend must be auto, pytorch or dali, got {config.data.backend!r}")
-    if run.max_nonfinite_steps is not None and run.max_nonfinite_steps < 0:
-        raise ValueError(f"config: run.max_nonfinite_steps must be a positive number of steps, or 0 or null to "
-                         f"never stop, got {run.max_nonfinite_steps}")
-    if run.threads is not None and run.threads < 1:
-        raise ValueError(f"config: run.threads must be at least 1, or null for the worker's cores, got {run.threads}")
     if run.precision not in ("fp32", "bf16"):
         raise ValueError(f"config: run.precision must be fp32 or bf16, got {run.precision!r}")
     a = config.augment
     if a.kind not in ("none", "fixed", "ada"):
         raise ValueError(f"config: augment.kind must be none, fixed or ada, got {a.kind!r}")
-    if not 0 <= a.p <= 1:
-        raise ValueError(f"config: augment.p must be a probability in [0, 1], got {a.p}")
-    if not -1 <= a.target <= 1:
-        raise ValueError(f"config: augment.target must be a mean sign in [-1, 1], got {a.target}")
-    if a.ada_kimg <= 0:
-        raise ValueError(f"config: augment.ada_kimg must be positive, got {a.ada_kimg}")
-    if a.interval < 1:
-        raise ValueError(f"config: augment.interval must be at least 1 step, got {a.interval}")
     d = config.distributed
     if d.backend not in ("ddp", "deepspeed"):
         raise ValueError(f"config: distributed.backend must be ddp or deepspeed, got {d.backend!r}")
-    if d.zero_stage not in (0, 1):
-        raise ValueError(f"config: distributed.zero_stage must be 0 or 1, got {d.zero_stage}")
     if d.deepspeed_config is not None and (d.backend != "deepspeed" or not d.deepspeed_config.strip()):
         raise ValueError(f"config: distributed.deepspeed_config ({d.deepspeed_config!r}) must be a file's path or URL, "
                          f"and is read by the deepspeed backend only (distributed.backend is {d.backend!r})")
     if d.use_gpu not in ("auto", "true", "false"):
         raise ValueError(f"config: distributed.use_gpu must be auto, true or false, got {d.use_gpu!r}")
-    if not 1 <= d.min_workers <= d.max_workers:
-        raise ValueError(f"config: need 1 <= distributed.min_workers ({d.min_workers}) <= "
-                         f"distributed.max_workers ({d.max_workers})")
+    if d.min_workers > d.max_workers:
+        raise ValueError(f"config: distributed.min_workers ({d.min_workers}) must be <= distributed.max_workers "
+                         f"({d.max_workers})")
     q = config.metrics
     if q.extractor not in ("auto", "inception_v3", "random", "none"):
         raise ValueError(f"config: metrics.extractor must be auto, inception_v3, random or none, got {q.extractor!r}")
     if q.extractor == "inception_v3" and not q.inception_weights:
         raise ValueError("config: metrics.extractor is inception_v3 but metrics.inception_weights (a path or URL) "
                          "is not set")
-    if q.num_generated < 0 or (q.num_real is not None and q.num_real < 2) or q.batch_size < 1:
-        raise ValueError("config: metrics.num_generated must be >= 0, metrics.num_real null or >= 2, "
-                         "metrics.batch_size >= 1")
     if q.num_generated and q.num_generated < 2 * d.max_workers:
         raise ValueError(f"config: metrics.num_generated ({q.num_generated}) must be 0 or at least 2 per worker "
                          f"(distributed.max_workers is {d.max_workers})")
-    e = config.evaluator
-    if e.resolution < 16 or e.resolution & (e.resolution - 1):
-        raise ValueError(f"config: evaluator.resolution must be a power of two >= 16, got {e.resolution}")
-    if not (e.kimg > 0 and e.batch_size >= 2 and e.learning_rate > 0 and 0 < e.holdout < 1
-            and e.consistency_objects >= 1):
-        raise ValueError(f"config: evaluator.kimg and evaluator.learning_rate must be positive, evaluator.batch_size "
-                         f">= 2, evaluator.holdout in (0, 1) and evaluator.consistency_objects >= 1; got kimg="
-                         f"{e.kimg}, learning_rate={e.learning_rate}, batch_size={e.batch_size}, holdout={e.holdout}, "
-                         f"consistency_objects={e.consistency_objects}")
-    if not 0 <= config.telemetry.metrics_port <= 65535:
-        raise ValueError(f"config: telemetry.metrics_port must be a TCP port or 0, got {config.telemetry.metrics_port}")
     for world_size in range(d.min_workers, d.max_workers + 1):
         batch_split(config, world_size)
 
