@@ -30,24 +30,12 @@ from tqdm import tqdm
 
 from dataloading import storage
 
+from .cli.arguments import HelpFormatter, whole_number
+from .cli.snapshots import open_generator
 from .config import EvaluatorConfig, TrainConfig
 from .config.presets import PRESETS, get_preset
-from .generate import HelpFormatter, open_generator
 from .metrics.inception import default_cache_dir
 from .networks.snapshot import CONFIG_FILE, default_neural_rendering_resolution
-
-
-def whole_number(minimum: int):
-    """An argparse type: a whole number >= minimum."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= {minimum}")
-        return value
-    return parse
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -23,67 +23,30 @@ from tqdm import tqdm
 
 from dataloading import storage
 
+from .cli.arguments import (ANGLE, CAMERA_DISTANCE, FIELD_OF_VIEW, MAX_SEED, PITCH, HelpFormatter, real_number,
+                            seeds_list, whole_number)
+from .cli.snapshots import open_generator
 from .networks import camera, orbit
 from .networks.sample_grid import to_uint8
-from .networks.snapshot import load_generator
 
 FFHQ_FOV_DEGREES = 18.837  # the diagonal FOV of camera.FFHQ_FOCAL
 
-
-MAX_SEED = 2 ** 32 - 1  # seeds go to numpy.random.RandomState
 TRUNCATION_CUTOFF = 14  # style layers truncated by default (--trunc-cutoff)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows each option's default, except where there is none (required options, flags)."""
-
-    def _get_help_string(self, action):
-        if action.required or action.default in (None, False) or action.help is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
-def seeds_list(text: str) -> list[int]:
-    """'0-63' or '1,5,9' (or both: '0-3,10') -> seeds; an argparse type."""
-    seeds = []
-    try:
-        for part in text.split(","):
-            first, dash, last = part.strip().partition("-")
-            if dash and int(last) < int(first):
-                raise argparse.ArgumentTypeError(f"{text!r}: the range {part.strip()} is empty (it ends before it starts)")
-            seeds.extend(range(int(first), int(last) + 1) if dash else [int(first)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected seeds as a range '0-63' or a list '1,5,9'") from None
-    if not seeds or min(seeds) < 0 or max(seeds) > MAX_SEED:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected at least one seed, each in 0..{MAX_SEED} "
-                                         f"(NumPy's RandomState seeds)")
-    return seeds
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
-    return int(text)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The snapshot, seeds, truncation, camera distance and lens, batch and device: shared with eg3d.video."""
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
     parser.add_argument("--seeds", type=seeds_list, required=True, help="a range '0-63', a list '1,5,9' or both '0-3,10'")
-    parser.add_argument("--trunc", type=float, default=0.7, help="truncation psi (1: none)")
-    parser.add_argument("--trunc-cutoff", type=int, default=TRUNCATION_CUTOFF,
+    parser.add_argument("--trunc", type=real_number(), default=0.7, help="truncation psi (1: none)")
+    parser.add_argument("--trunc-cutoff", type=whole_number(0), default=TRUNCATION_CUTOFF,
                         help="truncate the first N style layers")
-    parser.add_argument("--radius", type=float, default=camera.FFHQ_RADIUS, help="camera distance to the origin")
-    parser.add_argument("--fov", type=float, default=FFHQ_FOV_DEGREES, help="diagonal field of view, degrees")
-    parser.add_argument("--batch", type=positive_int, default=8, help="renders per forward pass")
+    parser.add_argument("--radius", type=real_number(CAMERA_DISTANCE), default=camera.FFHQ_RADIUS,
+                        help="camera distance to the origin")
+    parser.add_argument("--fov", type=real_number(FIELD_OF_VIEW), default=FFHQ_FOV_DEGREES,
+                        help="diagonal field of view, degrees, in (0, 180)")
+    parser.add_argument("--batch", type=whole_number(1), default=8, help="renders per forward pass")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-
-
-def open_generator(parser: argparse.ArgumentParser, url: str, device: str):
-    try:
-        return load_generator(url, device, read_bytes=storage.read_bytes)
-    except FileNotFoundError as error:
-        parser.error(f"SNAPSHOT {url}: expected a snapshot folder (config.json and G_ema.safetensors): {error}")
 
 
 def dataset_camera(parser: argparse.ArgumentParser, spec: str, argument: str = "--label") -> torch.Tensor:
@@ -113,17 +76,26 @@ def depth_png(depth: np.ndarray) -> Image.Image:
     return Image.fromarray(scaled.round().astype(np.uint16))
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eg3d.generate", description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--out", required=True, help="folder to write the PNGs into")
-    parser.add_argument("--yaw", type=float, default=0.0, help="radians from frontal (orbit yaw pi/2 + YAW)")
-    parser.add_argument("--pitch", type=float, default=0.0, help="radians from frontal (orbit pitch pi/2 + PITCH)")
+    parser.add_argument("--yaw", type=real_number(ANGLE), default=0.0,
+                        help="radians from frontal (orbit yaw pi/2 + YAW)")
+    parser.add_argument("--pitch", type=real_number(PITCH), default=0.0,
+                        help="radians from frontal (orbit pitch pi/2 + PITCH), in (-pi/2, pi/2)")
     parser.add_argument("--label", metavar="FILE:INDEX", help="render from a dataset.json camera instead")
-    parser.add_argument("--mix-seed", type=int, help="style mixing: the fine layers from this seed")
-    parser.add_argument("--mix-layers", type=int, default=0, help="how many of the last (finest) layers to mix")
+    parser.add_argument("--mix-seed", type=whole_number(0, MAX_SEED),
+                        help="style mixing: the fine layers from this seed")
+    parser.add_argument("--mix-layers", type=whole_number(0), default=0,
+                        help="how many of the last (finest) layers to mix")
     parser.add_argument("--depth", action="store_true", help="also write depth maps (16-bit PNG and float .npy)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     G = open_generator(parser, args.snapshot, args.device)

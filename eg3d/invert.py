@@ -28,7 +28,9 @@ from dataloading import storage
 from eg3d.config import TrainConfig
 from eg3d.metrics.lpips import load_lpips, random_lpips
 
-from .generate import HelpFormatter, dataset_camera, open_generator, positive_int
+from .cli.arguments import POSITIVE, HelpFormatter, real_number, whole_number
+from .cli.snapshots import open_generator
+from .generate import dataset_camera
 from .networks import orbit
 from .networks.density_grid import generator_density, sample_density_grid
 from .networks.sample_grid import to_uint8
@@ -134,7 +136,7 @@ def write_mesh(G, w: torch.Tensor, path: Path, *, resolution: int, device) -> st
     return f"{path.name} ({len(mesh.faces)} faces{'; ' + note if note else ''})"
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eg3d.invert", description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
@@ -142,22 +144,26 @@ def main(argv=None) -> int:
     parser.add_argument("--camera", required=True, metavar="FILE:INDEX|frontal",
                         help="the image's camera: a dataset.json entry (as eg3d.generate's --label) or 'frontal'")
     parser.add_argument("--out", required=True, help="folder to write into")
-    parser.add_argument("--steps", type=positive_int, default=500, help="latent optimization steps")
-    parser.add_argument("--lr", type=float, default=0.01, help="latent learning rate")
+    parser.add_argument("--steps", type=whole_number(1), default=500, help="latent optimization steps")
+    parser.add_argument("--lr", type=real_number(POSITIVE), default=0.01, help="latent learning rate")
     parser.add_argument("--wplus", action="store_true", help="one w per style layer (w+) instead of one w")
-    parser.add_argument("--tune-steps", type=int, default=350, help="generator fine-tuning steps (0: none)")
-    parser.add_argument("--tune-lr", type=float, default=3e-4, help="generator fine-tuning learning rate")
+    parser.add_argument("--tune-steps", type=whole_number(0), default=350, help="generator fine-tuning steps (0: none)")
+    parser.add_argument("--tune-lr", type=real_number(POSITIVE), default=3e-4,
+                        help="generator fine-tuning learning rate")
     parser.add_argument("--lpips-vgg", metavar="PATH|URL", help="torchvision's vgg16 ImageNet state dict")
     parser.add_argument("--lpips-vgg-sha256", metavar="HEX", help="its SHA-256 (or a prefix of 8+ hex digits)")
     parser.add_argument("--lpips-weights", metavar="PATH|URL", help="the lpips package's weights/v0.1/vgg.pth")
     parser.add_argument("--lpips-sha256", metavar="HEX", help="its SHA-256 (or a prefix of 8+ hex digits)")
-    parser.add_argument("--frames", type=int, default=120, help="novel-view video frames (0: no video)")
-    parser.add_argument("--mesh-resolution", type=int, default=256, help="mesh grid points per axis (0: no mesh)")
+    parser.add_argument("--frames", type=whole_number(0), default=120, help="novel-view video frames (0: no video)")
+    parser.add_argument("--mesh-resolution", type=whole_number(0), default=256,
+                        help="mesh grid points per axis (0: no mesh, else at least 8)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("tune_steps", "frames"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected 0 or more")
     if args.mesh_resolution != 0 and args.mesh_resolution < 8:
         parser.error(f"--mesh-resolution {args.mesh_resolution}: expected 0 (no mesh) or at least 8")
 

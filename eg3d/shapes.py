@@ -38,7 +38,9 @@ import torch
 import trimesh
 from skimage.measure import marching_cubes
 
-from .generate import TRUNCATION_CUTOFF, open_generator, seeds_list
+from .cli.arguments import real_number, seeds_list, whole_number
+from .cli.snapshots import open_generator
+from .generate import TRUNCATION_CUTOFF
 from .networks import orbit
 from .networks.density_grid import generator_colors, generator_density, grid_spacing, sample_density_grid
 
@@ -127,39 +129,41 @@ def seed_ws(G, seed: int, *, truncation_psi: float, truncation_cutoff: int | Non
                         truncation_cutoff=truncation_cutoff)
 
 
-def parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eg3d.shapes", description=__doc__.splitlines()[0])
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
     parser.add_argument("--seeds", type=seeds_list, default=[0], help="e.g. 0-3,7 (default 0)")
     parser.add_argument("--out", required=True, help="folder for seedNNNN.ply/.obj/.mrc")
-    parser.add_argument("--resolution", type=int, default=256, help="grid points per axis (default 256)")
-    parser.add_argument("--level", type=float, default=REFERENCE_LEVEL,
+    parser.add_argument("--resolution", type=whole_number(8), default=256, help="grid points per axis (default 256)")
+    parser.add_argument("--level", type=real_number(), default=REFERENCE_LEVEL,
                         help="raw sigma at the surface (default 10, the reference's)")
-    parser.add_argument("--border", type=int, default=None,
+    parser.add_argument("--border", type=whole_number(0), default=None,
                         help="outer voxels treated as empty (default round(30 * resolution / 256))")
-    parser.add_argument("--trunc", "--psi", dest="psi", type=float, default=0.7, help="truncation psi (default 0.7)")
-    parser.add_argument("--trunc-cutoff", "--cutoff", dest="cutoff", type=int, default=TRUNCATION_CUTOFF,
+    parser.add_argument("--trunc", "--psi", dest="psi", type=real_number(), default=0.7,
+                        help="truncation psi (default 0.7)")
+    parser.add_argument("--trunc-cutoff", "--cutoff", dest="cutoff", type=whole_number(0), default=TRUNCATION_CUTOFF,
                         help=f"truncate the first N style layers (default {TRUNCATION_CUTOFF})")
-    parser.add_argument("--chunk", type=int, default=1_000_000, help="points per decoder forward")
+    parser.add_argument("--chunk", type=whole_number(1), default=1_000_000, help="points per decoder forward")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--obj", action="store_true", help="also write .obj")
     parser.add_argument("--mrc", action="store_true", help="also write the sigma volume as .mrc (ChimeraX)")
     parser.add_argument("--colors", action="store_true", help="vertex colours: the decoder's RGB features")
     parser.add_argument("--largest-component", action="store_true", help="keep only the largest piece")
-    parser.add_argument("--faces", type=int, default=None, help="simplify to at most FACES faces (quadric)")
+    parser.add_argument("--faces", type=whole_number(4), default=None,
+                        help="simplify to at most FACES faces (quadric)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def parse_args(argv):
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.parser = parser
-    if args.resolution < 8:
-        parser.error(f"--resolution must be at least 8, got {args.resolution}")
     if args.border is None:
         args.border = reference_border(args.resolution)
     if not 0 <= args.border < args.resolution // 2 - 1:
-        parser.error(f"--border must be in 0..{args.resolution // 2 - 2} for --resolution {args.resolution}")
-    if args.chunk < 1:
-        parser.error(f"--chunk must be positive, got {args.chunk}")
-    if args.faces is not None and args.faces < 4:
-        parser.error(f"--faces must be at least 4, got {args.faces}")
+        parser.error(f"--border {args.border}: expected 0..{args.resolution // 2 - 2} for --resolution "
+                     f"{args.resolution}")
     return args
 
 

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .generate import HelpFormatter, add_common_arguments, open_generator, positive_int
+from .cli.arguments import ANGLE, PITCH, HelpFormatter, Interval, real_number, whole_number
+from .cli.snapshots import open_generator
+from .generate import add_common_arguments
 from .networks import camera, orbit
 from .networks.sample_grid import depth_to_images, to_uint8
 
@@ -70,19 +72,26 @@ def write_video(path, G, ws: torch.Tensor, cameras: torch.Tensor, *, rows: int, 
         bar.close()
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eg3d.video", description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--out", required=True, help="MP4 file to write")
-    parser.add_argument("--frames", type=positive_int, default=120)
-    parser.add_argument("--fps", type=positive_int, default=30)
+    parser.add_argument("--frames", type=whole_number(1), default=120)
+    parser.add_argument("--fps", type=whole_number(1), default=30)
     parser.add_argument("--grid", type=grid_shape, help="ROWSxCOLUMNS of seeds (default 1xN: all seeds in a row)")
-    parser.add_argument("--yaw-range", type=float, default=0.35, help="radians either side of frontal")
-    parser.add_argument("--pitch-range", type=float, default=0.25, help="radians either side of frontal")
+    parser.add_argument("--yaw-range", type=real_number(ANGLE), default=0.35, help="radians either side of frontal")
+    parser.add_argument("--pitch-range", type=real_number(Interval(0, PITCH.high, high_open=True, unit="radians")),
+                        default=0.25, help="radians either side of frontal, in [0, pi/2)")
     parser.add_argument("--depth", action="store_true", help="each cell's depth map beside its image")
     parser.add_argument("--interpolate", action="store_true", help="walk in w space through keyframes of seeds")
-    parser.add_argument("--quality", type=float, default=8, help="imageio's 0..10 (libx264 CRF 51*(1-q/10))")
+    parser.add_argument("--quality", type=real_number(Interval(0, 10)), default=8,
+                        help="imageio's 0..10 (libx264 CRF 51*(1-q/10))")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     rows, cols = args.grid or (1, 1 if args.interpolate else len(args.seeds))

@@ -16,31 +16,38 @@ The server binds to 127.0.0.1 unless --host says otherwise; a port-forward reach
 """
 
 import argparse
+import functools
 import hashlib
 import math
 import os
 import shlex
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from dataloading import storage
-
-from .generate import FFHQ_FOV_DEGREES, MAX_SEED, TRUNCATION_CUTOFF, HelpFormatter, depth_png, open_generator
+from .cli.arguments import (ANY_NUMBER, CAMERA_DISTANCE, FIELD_OF_VIEW, MAX_SEED, HelpFormatter, Interval,
+                            whole_number)
+from .cli.snapshots import open_generator, open_snapshot
+from .generate import FFHQ_FOV_DEGREES, TRUNCATION_CUTOFF, depth_png
 from .networks import camera, orbit
 from .networks.density_grid import generator_density, sample_density_grid
 from .networks.sample_grid import depth_to_images, to_uint8
-from .networks.snapshot import default_neural_rendering_resolution, load_generator
+from .networks.snapshot import default_neural_rendering_resolution
 from .shapes import REFERENCE_LEVEL, mesh_or_half_max, reference_border
 from .video import write_video
 
 # Small renders (64 px at tiny) fill their boxes, pixels kept square and sharp.
 CSS = "#image img, #depth img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+YAW = Interval(unit="degrees")
+PITCH = Interval(-90, 90, low_open=True, high_open=True, unit="degrees")  # +-90: straight down or up, no look-at
+MESH_RESOLUTION = Interval(8, 1024)
+LABELS = {"seed": "seed", "truncation_psi": "truncation psi", "yaw": "yaw", "pitch": "pitch", "fov": "field of view",
+          "radius": "camera distance"}  # the page's names of View's fields
 
 
 @dataclass(frozen=True)
@@ -55,13 +62,28 @@ class View:
     radius: float = camera.FFHQ_RADIUS
 
     def check(self) -> None:
-        """ValueError naming the control that is out of range."""
-        if not 0 <= self.seed <= MAX_SEED or self.seed != int(self.seed):
-            raise ValueError(f"seed {self.seed}: expected a whole number in 0..{MAX_SEED}")
-        if not 0 < self.fov < 180:
-            raise ValueError(f"field of view {self.fov}: expected 0..180 degrees")
-        if self.radius <= 0:
-            raise ValueError(f"camera distance {self.radius}: expected > 0")
+        """ValueError naming the control that is out of range (the ranges of eg3d.generate's options)."""
+        if not (0 <= self.seed <= MAX_SEED and float(self.seed).is_integer()):
+            raise ValueError(f"seed {self.seed!r}: expected a whole number in 0..{MAX_SEED}")
+        for name, interval in (("truncation_psi", ANY_NUMBER), ("yaw", YAW), ("pitch", PITCH), ("fov", FIELD_OF_VIEW),
+                               ("radius", CAMERA_DISTANCE)):
+            interval.check(getattr(self, name), LABELS[name])
+
+
+def page_number(value, label: str) -> float:
+    """A control's value as a float; ValueError naming the control for an emptied box or text."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{label} {value!r}: expected a number") from None
+
+
+def read_view(seed, psi, yaw, pitch, fov, radius) -> View:
+    """The page's control values as a checked View; ValueError naming the first control out of range."""
+    values = dict(zip(LABELS, (seed, psi, yaw, pitch, fov, radius)))
+    view = View(**{name: page_number(value, LABELS[name]) for name, value in values.items()})
+    view.check()
+    return replace(view, seed=int(view.seed))
 
 
 class Viewer:
@@ -71,8 +93,8 @@ class Viewer:
         self.G, self.url, self.device, self.workdir = G, url, device, workdir
 
     def load(self, url: str) -> str:
-        """Show another snapshot; FileNotFoundError/OSError/ValueError where `url` is not one."""
-        self.G = load_generator(url.strip(), self.device, read_bytes=storage.read_bytes)
+        """Show another snapshot; SnapshotError (naming the URL and the fault) where `url` is not one."""
+        self.G = open_snapshot(url.strip(), self.device)
         self.url = url.strip()
         return self.describe()
 
@@ -156,34 +178,35 @@ def build_app(viewer: Viewer, title: str = "eg3d viewer"):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
     import gradio as gr
 
-    def view_of(seed, psi, yaw, pitch, fov, radius) -> View:
-        return View(seed=int(seed or 0), truncation_psi=float(psi), yaw=float(yaw), pitch=float(pitch),
-                    fov=float(fov), radius=float(radius))
+    def in_page(action):
+        """`action` with its ValueError (SnapshotError included) shown as a message in the page."""
+        @functools.wraps(action)
+        def run(*args):
+            try:
+                return action(*args)
+            except ValueError as error:
+                raise gr.Error(str(error)) from None
+        return run
 
+    @in_page
     def show(*controls):
-        view = view_of(*controls)
-        try:
-            image, depth = viewer.render(view)
-        except ValueError as error:
-            raise gr.Error(str(error)) from None
+        view = read_view(*controls)
+        image, depth = viewer.render(view)
         depth_view = to_uint8(depth_to_images(torch.from_numpy(depth)[None, None], image.shape[0]))[0]
         return image, depth_view, viewer.view_files(view, image, depth), viewer.generate_command(view)
 
+    @in_page
     def load(url, *controls):
-        try:
-            status = viewer.load(url)
-        except (FileNotFoundError, OSError, ValueError, KeyError) as error:
-            raise gr.Error(f"could not load {url!r} as a snapshot (config.json and G_ema.safetensors): {error}")
-        return (status, *show(*controls))
+        return (viewer.load(url), *show(*controls))
 
+    @in_page
     def make_orbit(*controls):
-        return viewer.orbit(view_of(*controls))
+        return viewer.orbit(read_view(*controls))
 
+    @in_page
     def make_mesh(resolution, *controls):
-        try:
-            paths, status = viewer.mesh(view_of(*controls), resolution=int(resolution))
-        except ValueError as error:
-            raise gr.Error(str(error)) from None
+        resolution = MESH_RESOLUTION.check(page_number(resolution, "mesh grid resolution"), "mesh grid resolution")
+        paths, status = viewer.mesh(read_view(*controls), resolution=int(resolution))
         return paths[0], paths, status
 
     with gr.Blocks(title=title, delete_cache=(3600, 3600)) as app:
@@ -239,13 +262,18 @@ def serve(app, *, host: str, port: int, workdir: Path, block: bool = True) -> No
                prevent_thread_lock=not block)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eg3d.viewer", description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--port", type=whole_number(0, 65535), default=7860, help="port to serve on")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

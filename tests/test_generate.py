@@ -3,6 +3,7 @@
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
+from safetensors.torch import save
+
+from conftest import micro_config
 from dataloading import storage
 from eg3d import generate, video
 from eg3d.networks import camera, orbit
+from eg3d.networks.generator import TriPlaneGenerator
 from eg3d.networks.sample_grid import to_uint8
-from eg3d.networks.snapshot import load_generator, render
-from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
+from eg3d.networks.snapshot import WEIGHTS_HASH_KEY, load_generator, render
+from s3_fixtures import BUCKET, moto_server, no_aws_credentials  # noqa: F401 - the fixtures
 
 imageio = pytest.importorskip("imageio.v2")
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
@@ -164,3 +169,84 @@ def test_video_grid_depth_and_interpolation(snapshot, tmp_path):
     with pytest.raises(SystemExit) as error:
         video.main([snapshot, "--seeds", "0-3", "--grid", "1x2", "--out", str(out)])
     assert error.value.code == 2
+
+
+# --- snapshots that are not what they should be --------------------------------------------------------------
+
+def copy_snapshot(snapshot, folder: Path, *, keep_hash: bool = True) -> Path:
+    """A copy of the snapshot; without keep_hash, as one written before config.json recorded the weights' hash."""
+    folder.mkdir()
+    for name in ("G_ema.safetensors", "config.json"):
+        (folder / name).write_bytes((Path(snapshot) / name).read_bytes())
+    if not keep_hash:
+        document = json.loads((folder / "config.json").read_text())
+        del document[WEIGHTS_HASH_KEY]
+        (folder / "config.json").write_text(json.dumps(document))
+    return folder
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # the lowest mantissa bit of the last weight: a finite, plausible, wrong value
+    path.write_bytes(bytes(data))
+
+
+def with_nan(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-4:] = np.float32(np.nan).tobytes()  # the last float32 weight
+    path.write_bytes(bytes(data))
+
+
+def other_presets_weights(path: Path) -> None:
+    config = micro_config("model.plane_channels=4", "model.mapping_layers=1")
+    G = TriPlaneGenerator(config.model, config.rendering)
+    path.write_bytes(save({k: v.contiguous() for k, v in G.state_dict().items()}))
+
+
+def one_error_line(err: str) -> str:
+    """The argparse error line after the usage, asserting that nothing else (no traceback) was printed."""
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("usage:") and "Traceback" not in err and lines[-1].startswith(
+        "python -m eg3d.generate: error: SNAPSHOT "), err
+    return lines[-1]
+
+
+DAMAGES = {  # name -> (keep the recorded hash, what is done to which file, what the message says)
+    "flipped bit": (True, "G_ema.safetensors", flip_last_byte, "G_ema.safetensors: damaged: its SHA-256 is not"),
+    "truncated": (False, "G_ema.safetensors", lambda p: p.write_bytes(p.read_bytes()[:-1000]),
+                  "G_ema.safetensors: damaged, not a whole safetensors file"),
+    "header bytes": (False, "G_ema.safetensors", lambda p: p.write_bytes(b"\x07" + p.read_bytes()[1:]),
+                     "G_ema.safetensors: damaged, not a whole safetensors file"),
+    "nan weight": (False, "G_ema.safetensors", with_nan, "holds NaN or infinite values"),
+    "another preset's weights": (True, "G_ema.safetensors", other_presets_weights,
+                                 r"G_ema.safetensors does not fit .*config.json: weights of another architecture"),
+    "config not json": (True, "config.json", lambda p: p.write_text('{"config": {'), "config.json: damaged, not JSON"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_snapshot_is_one_line_naming_the_file_and_the_fault(snapshot, tmp_path, capsys, damage):
+    keep_hash, name, change, message = DAMAGES[damage]
+    folder = copy_snapshot(snapshot, tmp_path / "snapshot", keep_hash=keep_hash)
+    change(folder / name)
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main([str(folder), "--seeds", "0", "--out", str(tmp_path / "out")])
+    line = one_error_line(capsys.readouterr().err)
+    assert exit_info.value.code == 2 and re.search(message, line) and str(folder) in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_older_snapshot_without_a_recorded_hash_still_loads(snapshot, tmp_path):
+    folder = copy_snapshot(snapshot, tmp_path / "old", keep_hash=False)
+    torch.testing.assert_close(load_generator(folder).state_dict(), load_generator(snapshot).state_dict())
+
+
+@pytest.mark.usefixtures("no_aws_credentials")
+def test_missing_object_storage_credentials_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # never reached: signing fails first
+    url = "s3://bucket/runs/x/snapshots/snapshot-000000000"
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main([url, "--seeds", "0", "--out", str(tmp_path / "out")])
+    line = one_error_line(capsys.readouterr().err)
+    assert exit_info.value.code == 2
+    assert f"SNAPSHOT {url}: no object-storage credentials" in line and "AWS_ACCESS_KEY_ID" in line

@@ -20,7 +20,7 @@ from eg3d import generate, viewer
 from eg3d.networks import camera, orbit
 from eg3d.networks.generator import TriPlaneGenerator
 from eg3d.networks.sample_grid import to_uint8
-from eg3d.networks.snapshot import load_generator, render, save_snapshot
+from eg3d.networks.snapshot import SnapshotError, load_generator, render, save_snapshot
 
 imageio = pytest.importorskip("imageio.v2")
 pytest.importorskip("gradio")
@@ -79,6 +79,53 @@ def test_out_of_range_controls_are_refused_with_their_names(view_server):
                       (viewer.View(seed=-3), "seed")]:
         with pytest.raises(ValueError, match=name):
             view_server.render(bad)
+
+
+FRONTAL = (0, 0.7, 0.0, 0.0, 18.837, 2.7)  # seed, psi, yaw, pitch, fov, radius: the page's controls in order
+BAD_CONTROLS = {  # control index -> (its name in the page, values it refuses)
+    0: ("seed", [-3, 1.5, math.nan, None, 2 ** 32]), 1: ("truncation psi", [math.nan, math.inf, None, "x"]),
+    2: ("yaw", [math.nan, -math.inf]), 3: ("pitch", [90, -90, math.nan]), 4: ("field of view", [0, 180, math.nan]),
+    5: ("camera distance", [0, -1, math.nan, math.inf]),
+}
+BAD_VIEWS = [(index, name, value) for index, (name, values) in BAD_CONTROLS.items() for value in values]
+
+
+def with_control(index: int, value) -> tuple:
+    return tuple(value if i == index else default for i, default in enumerate(FRONTAL))
+
+
+def page_actions(view_server) -> dict:
+    """The page's handlers by name, as Gradio calls them (the errors they raise are the page's messages)."""
+    import gradio as gr  # noqa: F401 - build_app's
+    return {function.name: function.fn for function in viewer.build_app(view_server).fns.values()}
+
+
+@pytest.mark.parametrize("index, name, value", BAD_VIEWS, ids=[f"{n}={v}" for _, n, v in BAD_VIEWS])
+def test_every_control_refuses_values_out_of_range_by_name(index, name, value):
+    with pytest.raises(ValueError, match=f"^{name} .*: expected "):
+        viewer.read_view(*with_control(index, value))
+
+
+def test_the_page_answers_bad_controls_and_bad_snapshots_with_a_message(view_server, snapshot, tmp_path):
+    import gradio as gr
+    actions = page_actions(view_server)
+    assert viewer.read_view(*FRONTAL) == viewer.View(seed=0, truncation_psi=0.7, fov=18.837, radius=2.7)
+    for action, arguments, message in [
+        ("show", with_control(1, math.nan), "truncation psi nan: expected a finite number"),
+        ("show", with_control(4, 0), r"field of view 0.0: expected a finite number > 0 and < 180 \(degrees\)"),
+        ("make_orbit", with_control(3, 90), "pitch 90.0: expected"),
+        ("make_mesh", (4, *FRONTAL), "mesh grid resolution 4.0: expected a finite number >= 8"),
+        ("make_mesh", (64, *with_control(5, math.inf)), "camera distance inf"),
+    ]:
+        with pytest.raises(gr.Error, match=message):
+            actions[action](*arguments)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.json").write_bytes((Path(snapshot) / "config.json").read_bytes())
+    (damaged / "G_ema.safetensors").write_bytes((Path(snapshot) / "G_ema.safetensors").read_bytes()[:-10])
+    with pytest.raises(gr.Error, match=f"{damaged}/G_ema.safetensors: damaged, not a whole safetensors file"):
+        actions["load"](str(damaged), *FRONTAL)
+    assert view_server.url == snapshot  # the current snapshot stays
 
 
 def test_the_orbit_preview_is_an_mp4_of_image_and_depth_along_the_video_path(view_server):
@@ -190,6 +237,6 @@ def test_load_switches_snapshots_and_a_wrong_url_keeps_the_current_one(view_serv
     before = view_server.render(VIEW)[0]
     assert "neural rendering at 12" in view_server.load(str(other))
     assert np.abs(view_server.render(VIEW)[0].astype(int) - before).mean() > 1  # other weights, other image
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(SnapshotError, match="nothing-here: expected a snapshot folder .*missing"):
         view_server.load(str(tmp_path / "nothing-here"))
     assert view_server.url == str(other) and "neural rendering at 12" in view_server.describe()

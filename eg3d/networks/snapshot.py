@@ -4,14 +4,18 @@
     out = render(G, z, c, truncation_psi=0.7)   # {'image', 'image_raw', 'image_depth'}
 
 load_generator reads local folders; the commands pass `read_bytes=dataloading.storage.read_bytes` for any
-fsspec URL (model code imports no storage layer).
+fsspec URL (model code imports no storage layer). config.json records the SHA-256 of G_ema.safetensors, so a
+damaged weight file (truncated, flipped bytes) is a SnapshotError naming the file, never a render from wrong
+weights; so are weights that do not fit the config (another preset's or run's) and a config that is not one.
 """
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from eg3d.config import TrainConfig
@@ -20,6 +24,12 @@ from .generator import TriPlaneGenerator
 
 WEIGHTS_FILE = "G_ema.safetensors"
 CONFIG_FILE = "config.json"
+WEIGHTS_HASH_KEY = "weights_sha256"  # in config.json; snapshots written before it have none (not checked)
+LISTED = 3  # tensors named in a message about weights that do not fit
+
+
+class SnapshotError(ValueError):
+    """A snapshot file that is there but is not what it should be; the message names the file and the fault."""
 
 
 def save_snapshot(G_ema: TriPlaneGenerator, config: TrainConfig, directory: str | Path, *,
@@ -28,9 +38,11 @@ def save_snapshot(G_ema: TriPlaneGenerator, config: TrainConfig, directory: str 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in G_ema.state_dict().items()}
-    (directory / (WEIGHTS_FILE + ".tmp")).write_bytes(save(tensors))  # plain write: the umask's permissions
+    weights = save(tensors)
+    (directory / (WEIGHTS_FILE + ".tmp")).write_bytes(weights)  # plain write: the umask's permissions
     (directory / (WEIGHTS_FILE + ".tmp")).replace(directory / WEIGHTS_FILE)
-    document = {"config": config.to_dict(), "metadata": metadata or {}}
+    document = {"config": config.to_dict(), "metadata": metadata or {},
+                WEIGHTS_HASH_KEY: hashlib.sha256(weights).hexdigest()}
     (directory / (CONFIG_FILE + ".tmp")).write_text(json.dumps(document, indent=2))
     (directory / (CONFIG_FILE + ".tmp")).replace(directory / CONFIG_FILE)
     return directory
@@ -42,20 +54,76 @@ def _read_local(path: str) -> bytes:
 
 def load_generator(directory: str | Path, device: str | torch.device = "cpu", *,
                    read_bytes: Callable[[str], bytes] = _read_local) -> TriPlaneGenerator:
-    """The generator of a snapshot, in eval mode, on `device`. `read_bytes(url)` reads one of its files."""
+    """The generator of a snapshot, in eval mode, on `device`. `read_bytes(url)` reads one of its files.
+    FileNotFoundError for a missing file, SnapshotError for a damaged or misfit one."""
     directory = str(directory).rstrip("/")
-
-    def read(name: str) -> bytes:
-        try:
-            return read_bytes(f"{directory}/{name}")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"snapshot {directory}: missing {name}") from None
-
-    weights = load(read(WEIGHTS_FILE))
-    config = TrainConfig.from_dict(json.loads(read(CONFIG_FILE))["config"])
+    document = read_document(directory, read_bytes)
+    config_url = f"{directory}/{CONFIG_FILE}"
+    try:
+        config = TrainConfig.from_dict(document["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise SnapshotError(f"{config_url}: not a snapshot's config ({type(error).__name__}: {error})") from None
     G = TriPlaneGenerator(config.model, config.rendering)
-    G.load_state_dict(weights)
+    G.load_state_dict(read_weights(directory, read_bytes, sha256=document.get(WEIGHTS_HASH_KEY),
+                                   expected=G.state_dict()))
     return G.to(device).eval().requires_grad_(False)
+
+
+def _read(directory: str, name: str, read_bytes: Callable[[str], bytes]) -> bytes:
+    try:
+        return read_bytes(f"{directory}/{name}")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"snapshot {directory}: missing {name}") from None
+
+
+def read_document(directory: str, read_bytes: Callable[[str], bytes] = _read_local) -> dict:
+    """config.json of a snapshot: {"config", "metadata", "weights_sha256"}; SnapshotError where it is not JSON."""
+    try:
+        document = json.loads(_read(directory, CONFIG_FILE, read_bytes))
+    except ValueError as error:  # JSON's errors and undecodable bytes
+        raise SnapshotError(f"{directory}/{CONFIG_FILE}: damaged, not JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise SnapshotError(f"{directory}/{CONFIG_FILE}: not a snapshot's config (a JSON {type(document).__name__})")
+    return document
+
+
+def read_weights(directory: str, read_bytes: Callable[[str], bytes] = _read_local, *, sha256: str | None = None,
+                 expected: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of G_ema.safetensors. SnapshotError where the file is not a whole safetensors file, its
+    tensors do not fit the state dict `expected` (the config's network), its SHA-256 differs from `sha256`
+    (config.json's record), or a tensor holds NaN or infinity."""
+    url = f"{directory}/{WEIGHTS_FILE}"
+    data = _read(directory, WEIGHTS_FILE, read_bytes)
+    try:
+        weights = load(data)
+    except SafetensorError as error:
+        raise SnapshotError(f"{url}: damaged, not a whole safetensors file ({error}; {len(data)} bytes): copy "
+                            f"the snapshot again, or choose another") from None
+    if expected is not None:  # before the hash: weights from elsewhere are named as such, not as damage
+        check_fit(expected, weights, url, f"{directory}/{CONFIG_FILE}")
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise SnapshotError(f"{url}: damaged: its SHA-256 is not the one {CONFIG_FILE} records (the file changed "
+                            f"after it was written): copy the snapshot again, or choose another")
+    broken = [name for name, tensor in weights.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:
+        raise SnapshotError(f"{url}: damaged: tensor {broken[0]} holds NaN or infinite values (renders would be "
+                            f"black): choose an earlier snapshot")
+    return weights
+
+
+def check_fit(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], weights_url: str,
+              config_url: str) -> None:
+    """SnapshotError naming the missing, unexpected and misshapen tensors where `weights` do not fit the
+    state dict `expected` of the network that `config_url` describes."""
+    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    misshapen = [f"{name} {list(weights[name].shape)} (the config's: {list(tensor.shape)})"
+                 for name, tensor in expected.items() if name in weights and weights[name].shape != tensor.shape]
+    faults = [f"{label}: {', '.join(names[:LISTED])}{f' and {len(names) - LISTED} more' if len(names) > LISTED else ''}"
+              for label, names in (("missing", missing), ("unexpected", extra), ("other shapes", misshapen)) if names]
+    if faults:
+        raise SnapshotError(f"{weights_url} does not fit {config_url}: weights of another architecture (another "
+                            f"preset's or run's snapshot?); tensors {'; '.join(faults)}. Keep a snapshot's two files "
+                            f"together, or choose another snapshot")
 
 
 def default_neural_rendering_resolution(G: TriPlaneGenerator) -> int:

@@ -1,0 +1,51 @@
+"""A snapshot opened for a command or the viewer: every way it can fail is one line naming the URL and the fault.
+
+Missing files, damaged or misfit ones (eg3d.networks.snapshot.SnapshotError), refused access and absent
+object-storage credentials become a SnapshotError; a command turns it into an argparse error (exit 2), the
+viewer into a message in the page.
+"""
+
+import argparse
+
+from dataloading import storage
+from eg3d.networks.snapshot import SnapshotError, load_generator
+
+EXPECTED = "expected a snapshot folder (config.json and G_ema.safetensors)"
+CREDENTIALS = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and AWS_ENDPOINT_URL for a store "
+               "other than AWS")
+
+
+def open_snapshot(url: str, device: str):
+    """The snapshot's generator; SnapshotError (one line, naming `url`) for anything that stops it loading."""
+    try:
+        return load_generator(url, device, read_bytes=storage.read_bytes)
+    except SnapshotError:
+        raise
+    except FileNotFoundError as error:
+        raise SnapshotError(f"{url}: {EXPECTED}: {error}") from None
+    except PermissionError as error:
+        raise SnapshotError(f"{url}: access refused: {error}") from None
+    except OSError as error:  # a folder where a file should be, an endpoint that stays unreachable, ...
+        raise SnapshotError(f"{url}: could not be read ({type(error).__name__}: {error})") from None
+    except Exception as error:
+        if not missing_credentials(error):
+            raise
+        raise SnapshotError(f"{url}: no object-storage credentials ({error}): {CREDENTIALS}") from None
+
+
+def missing_credentials(error: BaseException) -> bool:
+    """Whether botocore found no (or only part of the) credentials to sign a request with."""
+    try:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+    except ImportError:  # no object-storage client installed: not a credentials problem
+        return False
+    kinds = (NoCredentialsError, PartialCredentialsError)
+    return isinstance(error, kinds) or isinstance(error.__cause__, kinds)
+
+
+def open_generator(parser: argparse.ArgumentParser, url: str, device: str):
+    """open_snapshot for a command: a fault is an argparse error (exit 2) naming SNAPSHOT."""
+    try:
+        return open_snapshot(url, device)
+    except SnapshotError as error:
+        parser.error(f"SNAPSHOT {error}")
