@@ -248,3 +248,52 @@ def reference_pickle(G, D, G_ema, *, neural_rendering_resolution: int, extra: di
         **(extra or {}),
     }
     return dumps(snapshot)
+
+
+# --- other generators' pickles, by their state-dict key names and settings (their tensors are stand-ins) ----------
+
+def _fc(in_features: int, out_features: int, module: str = "networks_stylegan2"):
+    weight, bias = parameter(torch.zeros(out_features, in_features)), parameter(torch.zeros(out_features))
+    return persistent(module, "FullyConnectedLayer", parameters=[("weight", weight), ("bias", bias)])
+
+
+def _generator(module: str, synthesis_modules: list, width: int = 8) -> Persistent:
+    mapping = persistent(module, "MappingNetwork", modules=[("fc0", _fc(width, width, module))],
+                         buffers=[("w_avg", torch.zeros(width))])
+    kwargs = EasyDict(z_dim=width, c_dim=0, w_dim=width, img_resolution=16, img_channels=3,
+                      mapping_kwargs=EasyDict(num_layers=1), synthesis_kwargs=EasyDict(channel_base=256))
+    return Persistent(f"training.{module}", "Generator", module_state(
+        init_kwargs=kwargs, modules=[("synthesis", persistent(module, "SynthesisNetwork", modules=synthesis_modules)),
+                                     ("mapping", mapping)]))
+
+
+def stylegan2_pickle() -> bytes:
+    """A StyleGAN2 (or StyleGAN2-ADA) network pickle: synthesis.b4.const, synthesis.b4.conv1..., mapping.fc0..."""
+    block = persistent("networks_stylegan2", "SynthesisBlock", parameters=[("const", parameter(torch.zeros(8, 4, 4)))],
+                       buffers=[("resample_filter", resample_filter())])
+    G = _generator("networks_stylegan2", [("b4", block)])
+    return dumps({"G": G, "D": None, "G_ema": G, "augment_pipe": None})
+
+
+def stylegan3_pickle() -> bytes:
+    """A StyleGAN3 network pickle: synthesis.input.freqs/phases/affine, synthesis.L0_36_512..., mapping.fc0..."""
+    synthesis_input = persistent("networks_stylegan3", "SynthesisInput",
+                                 parameters=[("weight", parameter(torch.zeros(8, 8)))],
+                                 buffers=[("transform", torch.eye(3)), ("freqs", torch.zeros(8, 2)),
+                                          ("phases", torch.zeros(8))],
+                                 modules=[("affine", _fc(8, 4, "networks_stylegan3"))])
+    layer = persistent("networks_stylegan3", "SynthesisLayer",
+                       parameters=[("weight", parameter(torch.zeros(8, 8, 3, 3)))])
+    G = _generator("networks_stylegan3", [("input", synthesis_input), ("L0_36_512", layer)])
+    return dumps({"G": G, "D": None, "G_ema": G, "augment_pipe": None})
+
+
+def trigrid_pickle(G_ours) -> bytes:
+    """A PanoHead (tri-grid) network pickle: EG3D's layout from our G, with planes of depth 3 (rendering_kwargs
+    triplane_depth, triplane_size) and the camera-offset mapping t_mapping."""
+    G = generator(G_ours, neural_rendering_resolution=16)
+    state = G.meta["state"]
+    state["_init_kwargs"]["rendering_kwargs"].update(triplane_depth=3, triplane_size=256)
+    state["_modules"]["t_mapping"] = persistent("networks_stylegan2", "MappingNetwork",
+                                                modules=[("fc0", _fc(8, 3))])
+    return dumps({"G": G, "D": None, "G_ema": G, "augment_pipe": None})

@@ -228,3 +228,28 @@ def test_init_from_a_reference_pickle_starts_from_its_networks(tmp_path, shards,
     for name in ("G", "D", "G_ema"):
         assert_equal_states(seen[name], saved[name])
     assert any(line.startswith(f"started from network pickle {pkl}") for line in lines)
+
+
+@pytest.mark.parametrize("kind, message", [("stylegan2_pickle", "a StyleGAN2 generator, not an EG3D one"),
+                                           ("stylegan3_pickle", "a StyleGAN3 generator, not an EG3D one")])
+def test_a_stylegan_pickle_is_named_as_such(tmp_path, kind, message):
+    import reference_pickles
+
+    pkl = tmp_path / "net.pkl"
+    pkl.write_bytes(getattr(reference_pickles, kind)())
+    with pytest.raises(ValueError, match=f"^--init-from {pkl}: G_ema is {message}"):
+        check_init_source(stage2_config(0.004, pkl))
+
+
+def test_a_pickle_of_another_architecture_is_adopted_and_each_change_logged(tmp_path):
+    from reference_pickles import reference_pickle
+
+    other = loop_config(0.004, "model.mapping_layers=3", "model.decoder_hidden=8")
+    G = Trainer(other, camera_pool=torch.zeros(1, 25)).G_ema
+    pkl = tmp_path / "other.pkl"
+    pkl.write_bytes(reference_pickle(G, None, G, neural_rendering_resolution=16))
+    lines = []
+    config = check_init_source(stage2_config(0.004, pkl), log=lines.append)
+    assert (config.model.mapping_layers, config.model.decoder_hidden) == (3, 8)
+    assert f"--init-from {pkl}: model.mapping_layers: 2 in the preset -> 3 from the pickle" in lines
+    assert f"--init-from {pkl}: model.decoder_hidden: 16 in the preset -> 8 from the pickle" in lines

@@ -4,8 +4,10 @@ against the preset, and imported as a snapshot. The pickles are written by tests
 import builtins
 import dataclasses
 import io
+import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -14,8 +16,8 @@ import torch
 
 import reference_pickles
 from eg3d import import_pickle
-from eg3d.config import apply_overrides
-from eg3d.config.presets import ffhq512, tiny
+from eg3d.config import TrainConfig, apply_overrides
+from eg3d.config.presets import tiny
 from eg3d.networks import camera
 from eg3d.networks.discriminator import DualDiscriminator
 from eg3d.networks.generator import TriPlaneGenerator
@@ -71,7 +73,7 @@ def test_round_trip_every_tensor_exactly(networks, written):
     G, D, G_ema = networks
     read = read_reference_pickle(written)
     assert "torch_utils" not in sys.modules and "training" not in sys.modules
-    config = apply_to_config(tiny(), read, source="tiny.pkl")
+    config = apply_to_config(tiny(), read)
     assert config.rendering.legacy_plane_order and config.model == tiny().model
     for key, ours, fresh in (("G", G, TriPlaneGenerator(config.model, config.rendering)),
                              ("D", D, DualDiscriminator(config.model)),
@@ -93,7 +95,7 @@ def test_settings_read_from_the_pickle(networks):
     assert read.rendering["ray_start"] is None and read.rendering["ray_end"] is None
     assert read.model["pose_conditioning"] is False and read.model["camera_scale"] == 2.0
     assert read.state["D"] is None and "disc_channel_base" not in read.model
-    imported = apply_to_config(tiny(), read, source="custom.pkl")
+    imported = apply_to_config(tiny(), read)
     assert imported.rendering.neural_rendering_resolution_initial == 16 and imported.rendering.ray_start is None
     assert read_reference_pickle(reference_pickles.dumps(
         {"G_ema": reference_pickles.generator(G_custom, neural_rendering_resolution=16)}),
@@ -102,7 +104,7 @@ def test_settings_read_from_the_pickle(networks):
 
 def test_g_ema_renders_the_same_image(networks, written):
     _, _, G_ema = networks
-    config = apply_to_config(tiny(), read := read_reference_pickle(written), source="tiny.pkl")
+    config = apply_to_config(tiny(), read := read_reference_pickle(written))
     loaded = TriPlaneGenerator(config.model, config.rendering).eval()
     loaded.load_state_dict(read.state["G_ema"])
     z, c = torch.randn(1, 64, generator=torch.Generator().manual_seed(3)), cameras()
@@ -159,13 +161,44 @@ def test_a_direct_global_is_refused(written, tmp_path, function):
     assert not marker.exists()
 
 
-def test_a_128_network_does_not_fit_the_ffhq512_preset(networks):
-    config = apply_overrides(tiny_legacy(), ["model.image_resolution=128", "model.sr_input_resolution=64"])
-    G = TriPlaneGenerator(config.model, config.rendering)
-    read = read_reference_pickle(reference_pickles.reference_pickle(G, None, G, neural_rendering_resolution=64))
-    with pytest.raises(ValueError, match=r"model\.image_resolution is 128 in net128\.pkl but 512 in preset "
-                                         r"'ffhq512' \(--set model\.image_resolution=128\)"):
-        apply_to_config(ffhq512(), read, source="net128.pkl")
+ANOTHER_ARCHITECTURE = ["model.mapping_layers=3", "model.backbone_channel_base=1024", "model.backbone_channel_max=32",
+                        "model.image_resolution=32", "model.sr_input_resolution=16", "model.sr_channels=[16,8]",
+                        "model.disc_channel_base=512", "model.disc_channel_max=64", "model.disc_mapping_layers=1"]
+
+
+def test_a_pickle_of_another_architecture_imports_with_the_presets_training_settings(tmp_path, capsys):
+    """Widths, depths, resolutions and mapping layers other than any preset's: the architecture is read from the
+    pickle, the training settings are the preset's, and the snapshot renders what the pickled generator does."""
+    config = apply_overrides(tiny_legacy(), ANOTHER_ARCHITECTURE)
+    torch.manual_seed(2)
+    G, D = TriPlaneGenerator(config.model, config.rendering).eval(), DualDiscriminator(config.model)
+    (tmp_path / "other.pkl").write_bytes(reference_pickles.reference_pickle(G, D, G, neural_rendering_resolution=16))
+    assert import_pickle.main([str(tmp_path / "other.pkl"), str(tmp_path / "snapshot"), "--preset", "tiny"]) == 0
+    printed = capsys.readouterr().out
+    assert "model.mapping_layers: 2 in the preset -> 3 from the pickle" in printed
+    assert "model.sr_channels: (32, 16) in the preset -> (16, 8) from the pickle" in printed
+    imported = TrainConfig.from_dict(json.loads((tmp_path / "snapshot" / "config.json").read_text())["config"])
+    assert imported.model == config.model
+    assert dataclasses.replace(imported, model=tiny().model, rendering=tiny().rendering) == tiny()
+    z, c = torch.randn(1, 64, generator=torch.Generator().manual_seed(4)), cameras()
+    assert torch.equal(render(G, z, c)["image"], render(load_generator(tmp_path / "snapshot"), z, c)["image"])
+
+
+FOREIGN = {"StyleGAN2": (reference_pickles.stylegan2_pickle, "G_ema is a StyleGAN2 generator, not an EG3D one"),
+           "StyleGAN3": (reference_pickles.stylegan3_pickle, "G_ema is a StyleGAN3 generator, not an EG3D one"),
+           "PanoHead": (None, r"G_ema is a tri-grid \(PanoHead\) generator \(planes of depth 3.*not an EG3D one")}
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_other_generators_pickles_are_named_as_such(networks, tmp_path, capsys, kind):
+    write, message = FOREIGN[kind]
+    data = write() if write else reference_pickles.trigrid_pickle(networks[2])
+    with pytest.raises(ValueError, match=message):
+        read_reference_pickle(data)
+    (tmp_path / "net.pkl").write_bytes(data)
+    assert import_pickle.main([str(tmp_path / "net.pkl"), str(tmp_path / "out")]) == 2
+    assert re.search(f"^error: {tmp_path / 'net.pkl'}: {message}", capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_tensor_of_the_wrong_shape_is_named(networks):

@@ -6,7 +6,7 @@ containers; every class the file names becomes an inert record of its name and s
 then renamed to ours and the configuration is read from the generator's init kwargs.
 
     networks = read_reference_pickle(open("ffhq512-128.pkl", "rb"))
-    config = apply_to_config(get_preset("ffhq512"), networks, source="ffhq512-128.pkl")
+    config = apply_to_config(get_preset("ffhq512"), networks)  # the pickle's architecture, the preset's training
     G = TriPlaneGenerator(config.model, config.rendering)
     G.load_state_dict(networks.state["G_ema"])
 """
@@ -29,6 +29,7 @@ from .discriminator import DualDiscriminator
 from .generator import TriPlaneGenerator
 
 NOT_A_REFERENCE_PICKLE = "the file is not a plain reference network pickle"
+RELEASED_PICKLES = ("ffhq512-128.pkl", "ffhqrebalanced512-128.pkl", "afhqcats512-128.pkl", "shapenetcars128-64.pkl")
 
 # ---------------------------------------------------------------------------------------------------
 # The restricted unpickler
@@ -309,6 +310,23 @@ def generator_config(G) -> tuple[dict, dict]:
     return {k: _plain(v) for k, v in model.items()}, {k: _plain(v) for k, v in render.items()}
 
 
+def foreign_generator(G) -> str | None:
+    """What G is when it is not EG3D's tri-plane generator ('a StyleGAN2 generator'), by its tensor names and
+    settings; None for an EG3D generator."""
+    names = list(named_tensors(G))
+    rendering = (module_state(G, "G_ema").get("_init_kwargs") or {}).get("rendering_kwargs") or {}
+    if "triplane_depth" in rendering or any(name.startswith("t_mapping.") for name in names):
+        return (f"a tri-grid (PanoHead) generator (planes of depth {rendering.get('triplane_depth', '?')} and a "
+                f"camera-offset mapping, t_mapping)")
+    if any(name.startswith("synthesis.input.") for name in names):
+        return "a StyleGAN3 generator"
+    if any(name.startswith(("synthesis.b", "mapping.fc")) for name in names):
+        return "a StyleGAN2 generator"
+    if not any(name.startswith("backbone.synthesis.") for name in names):
+        return f"a {getattr(G, 'class_name', type(G).__name__)} network without a tri-plane backbone"
+    return None
+
+
 def _check_rendering_options(rendering: dict) -> None:
     if rendering.get("clamp_mode", "softplus") != "softplus" or rendering.get("disparity_space_sampling"):
         raise ValueError("G_ema.rendering_kwargs: only clamp_mode 'softplus' without disparity-space sampling is "
@@ -355,6 +373,10 @@ def read_reference_pickle(data: bytes | BinaryIO, *, legacy_plane_order: bool = 
     snapshot = load_restricted(data)
     if not isinstance(snapshot, dict) or "G_ema" not in snapshot:
         raise ValueError(f"no G_ema in the pickle ({type(snapshot).__name__}); {NOT_A_REFERENCE_PICKLE}")
+    foreign = foreign_generator(snapshot["G_ema"])
+    if foreign is not None:
+        raise ValueError(f"G_ema is {foreign}, not an EG3D one: only EG3D network pickles import (NVIDIA's "
+                         f"{', '.join(RELEASED_PICKLES)}, or any its train.py wrote)")
     try:
         model, rendering = generator_config(snapshot["G_ema"])
         if snapshot.get("D") is not None:
@@ -402,25 +424,12 @@ def _notes(snapshot: dict, model: dict, rendering: dict) -> list[str]:
     return notes
 
 
-# Fields that set tensor shapes: the preset must already agree with the pickle.
-ARCHITECTURE_FIELDS = ("z_dim", "w_dim", "c_dim", "mapping_layers", "backbone_resolution", "backbone_channel_base",
-                       "backbone_channel_max", "plane_channels", "decoder_hidden", "image_resolution",
-                       "sr_input_resolution", "sr_channels", "disc_channel_base", "disc_channel_max",
-                       "disc_mapping_layers")
-
-
-def apply_to_config(config: TrainConfig, networks: ReferenceNetworks, *, source: str) -> TrainConfig:
-    """A copy of `config` that runs the pickle's networks. Architecture fields (those that set tensor
-    shapes) must already match: a mismatch is a ValueError naming each field, both values and the
-    --set to change. The others (camera scale, pose conditioning, learning-rate multipliers, rendering)
-    are taken from the pickle. The neural rendering resolution starts at the pickle's; a preset's later
-    target (neural_rendering_resolution_final) is kept when it differs."""
-    mismatches = [f"model.{name} is {_plain(value)!r} in {source} but {getattr(config.model, name)!r} in preset "
-                  f"{config.preset!r} (--set model.{name}={_cli(value)})"
-                  for name, value in networks.model.items()
-                  if name in ARCHITECTURE_FIELDS and _plain(value) != getattr(config.model, name)]
-    if mismatches:
-        raise ValueError("the network pickle does not fit the preset: " + "; ".join(mismatches))
+def apply_to_config(config: TrainConfig, networks: ReferenceNetworks) -> TrainConfig:
+    """A copy of `config` that runs the pickle's networks: every model and rendering field read from the pickle
+    (the architecture, whatever the reference's train.py built, and the camera scale, pose conditioning,
+    learning-rate multipliers and rendering) replaces the config's; the training settings stay. The neural
+    rendering resolution starts at the pickle's; a config's later target (neural_rendering_resolution_final)
+    is kept when it differs."""
     config = copy.deepcopy(config)
     config.model = dataclasses.replace(config.model, **networks.model)
     final = config.rendering.neural_rendering_resolution_final
@@ -430,5 +439,11 @@ def apply_to_config(config: TrainConfig, networks: ReferenceNetworks, *, source:
     return config
 
 
-def _cli(value) -> str:
-    return f"[{','.join(map(str, value))}]" if isinstance(value, tuple) else str(value)
+def changed_fields(before: TrainConfig, after: TrainConfig) -> list[str]:
+    """'section.field: value in the preset -> value from the pickle' for the model and rendering fields that differ."""
+    lines = []
+    for section in ("model", "rendering"):
+        old, new = before.to_dict()[section], after.to_dict()[section]
+        lines += [f"{section}.{k}: {old[k]!r} in the preset -> {new[k]!r} from the pickle" for k in new
+                  if new[k] != old[k]]
+    return lines

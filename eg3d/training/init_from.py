@@ -17,6 +17,7 @@ from dataloading import storage
 from eg3d.config import TrainConfig
 from eg3d.networks.snapshot import CONFIG_FILE as SNAPSHOT_CONFIG_FILE
 from eg3d.networks.snapshot import WEIGHTS_FILE as SNAPSHOT_WEIGHTS_FILE
+from eg3d.networks.snapshot import WEIGHTS_HASH_KEY, read_document, read_weights
 
 from .checkpoints import FORMAT as CHECKPOINT_FORMAT
 from .checkpoints import Checkpoint, CheckpointStore
@@ -78,10 +79,9 @@ class InitSource:
         if self.kind == "checkpoint":
             state = self.checkpoint.load_torch("trainer.pt")
             return {name: state[name] for name in ("G", "D", "G_ema")}
-        if self.kind == "snapshot":
-            from safetensors.torch import load as load_safetensors
-
-            G_ema = load_safetensors(storage.read_bytes(storage.join(self.url, SNAPSHOT_WEIGHTS_FILE)))
+        if self.kind == "snapshot":  # damaged weights are a SnapshotError (a ValueError) naming the file
+            document = read_document(self.url, storage.read_bytes)
+            G_ema = read_weights(self.url, storage.read_bytes, sha256=document.get(WEIGHTS_HASH_KEY))
             return {"G": G_ema, "D": None, "G_ema": G_ema}
         return dict(self.read_pickle().state)
 
@@ -152,21 +152,20 @@ def _comparable(value):
 
 def check_init_source(config: TrainConfig, log=print) -> TrainConfig:
     """The driver's check of run.init_from before any worker starts: the URL exists, is one of the kinds, and
-    its networks fit the config. A pickle's settings are adopted (eg3d.networks.reference_pickle.apply_to_config);
-    the config, otherwise unchanged, is returned. Raises FileNotFoundError or ValueError (see find_init_source,
-    check_architecture)."""
+    its networks fit the config. A pickle's architecture and settings are adopted (each changed field logged;
+    eg3d.networks.reference_pickle.apply_to_config); the config, otherwise unchanged, is returned. Raises
+    FileNotFoundError or ValueError (see find_init_source, check_architecture)."""
     url = config.run.init_from
     source = find_init_source(url)
-    if source.kind == "pickle":
-        from eg3d.networks.reference_pickle import apply_to_config
+    if source.kind == "pickle":  # the pickle's architecture is adopted: it fits by construction
+        from eg3d.networks.reference_pickle import apply_to_config, changed_fields
 
         networks = source.read_pickle()
-        config = apply_to_config(config, networks, source=url)
-        architecture = {"model": networks.model, "rendering": networks.rendering}
-        for note in networks.notes:
+        adopted = apply_to_config(config, networks)
+        for note in [*networks.notes, *changed_fields(config, adopted)]:
             log(f"--init-from {url}: {note}")
+        config = adopted
     else:
-        architecture = source.architecture()
-    check_architecture(architecture, config, url)
+        check_architecture(source.architecture(), config, url)
     log(f"--init-from {url}: {source.describe()}")
     return config
