@@ -10,6 +10,11 @@ newest complete checkpoint under `{storage}/{name}/checkpoints/`.
 import functools
 import logging
 import os
+import shutil
+import signal
+import socket
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -127,29 +132,75 @@ def quiet_ray_train_reports() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def connect() -> bool:
-    """Connect to RAY_ADDRESS or start a local Ray; True when the cluster was started here."""
+@contextmanager
+def ray_cluster():
+    """Connected to RAY_ADDRESS, or to a local Ray started here; yields True for a local one, which is shut
+    down (and its temporary folder removed) on the way out."""
     import ray
 
     if ray.is_initialized():
-        return False
+        yield False
+        return
     address = os.environ.get("RAY_ADDRESS")
     if address:
         print(f"connecting to the Ray cluster at {address}")
         print(PREEMPTION_NOTICE)
         ray.init(address=address, log_to_driver=True)
-        return False
-    for name, value in LOCAL_RAY_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)  # the user's own choice wins
+        yield False
+        return
+    temp_dir = tempfile.mkdtemp(prefix="eg3d-ray-")
+    try:
+        with own_local_environment(temp_dir):
+            start_local_ray(temp_dir)
+            try:
+                yield True
+            finally:
+                ray.shutdown()
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextmanager
+def own_local_environment(temp_dir: str):
+    """The environment of a local Ray, restored on the way out. Its own temporary folder, so that `ray.init`
+    does not join a cluster that `ray start` left in Ray's default one; the address of its dashboard in
+    RAY_API_SERVER_ADDRESS, which its processes inherit: Ray Train's placement-group cleaner asks the
+    dashboard whether the run's controller lives, and without the address it looks for Ray processes on
+    this machine and fails ("Found multiple active Ray instances") when another Ray runs here."""
+    saved = dict(os.environ)
+    try:
+        for name, value in LOCAL_RAY_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)  # the user's own choice wins
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{free_port()}"
+        os.environ["RAY_TMPDIR"] = temp_dir
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_local_ray(temp_dir: str) -> None:
+    """ray.init of a one-machine cluster in `temp_dir`, its dashboard where RAY_API_SERVER_ADDRESS says;
+    then RAY_ADDRESS names it, for whatever the driver starts after."""
+    import ray
+
     # Ray warns that it turned token authentication on (its default) when RAY_AUTH_MODE is unset; we say so.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     token_auth = os.environ.get("RAY_AUTH_MODE", "token") == "token"
     print("starting a local Ray" + (" with token authentication (Ray's default; the token is kept in "
                                     "~/.ray/auth_token, and RAY_AUTH_MODE=disabled turns it off)" if token_auth else ""))
+    dashboard_port = int(os.environ["RAY_API_SERVER_ADDRESS"].rsplit(":", 1)[1])
     # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls (it warns
     # every few seconds without it); on loopback only.
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
-    return True
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port, _temp_dir=temp_dir)
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def storage_for_ray(storage_url: str):
@@ -201,22 +252,18 @@ def launch(config, *, manifest_url: str, storage_url: str, name: str,
     Raises TrainingDiverged when the workers stopped the run for non-finite gradients
     (run.max_nonfinite_steps), and Ray Train's error when the workers failed more than
     distributed.max_failures times."""
-    import ray
-
     from eg3d.training.loop import TrainingDiverged
 
     exporter = start_driver_exporter(config, storage_url=storage_url, name=name)
     if exporter is not None:
         exporter.update(*driver_record)
-    started_locally = connect()
     try:
-        diverged = _fit(config, manifest_url=manifest_url, storage_url=storage_url, name=name,
-                        started_locally=started_locally, deepspeed_file=deepspeed_file)
+        with ray_cluster() as started_locally:
+            diverged = _fit(config, manifest_url=manifest_url, storage_url=storage_url, name=name,
+                            started_locally=started_locally, deepspeed_file=deepspeed_file)
         if diverged is not None:
             raise TrainingDiverged(diverged)
     finally:
-        if started_locally:
-            ray.shutdown()
         if exporter is not None:
             exporter.close()
             if storage.is_local(storage_url):  # the run is over: a local Prometheus stops looking for it
@@ -235,11 +282,36 @@ def start_driver_exporter(config, *, storage_url: str, name: str):
     return exporter
 
 
+def interruptible_trainer_class():
+    """TorchTrainer whose Ctrl-C ends in KeyboardInterrupt from `fit()`. Ray Train's own SIGINT handler aborts the
+    run's controller gracefully, then exits the process with no word (status 1); this one keeps the graceful
+    abort, then lets the driver say what the run left and how to resume it. A second Ctrl-C stops at once."""
+    from ray.train.torch import TorchTrainer
+
+    class InterruptibleTrainer(TorchTrainer):
+        interrupted = False
+
+        def _register_sigint_handler(self, controller):
+            super()._register_sigint_handler(controller)
+            abort = signal.getsignal(signal.SIGINT)
+
+            def on_sigint(signum, frame):
+                self.interrupted = True
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                try:
+                    abort(signum, frame)
+                except SystemExit:  # Ray's exit once the controller is gone
+                    pass
+
+            signal.signal(signal.SIGINT, on_sigint)
+
+    return InterruptibleTrainer
+
+
 def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_locally: bool,
          deepspeed_file=None) -> str | None:
     """Run the workers; what rank 0's `worker_loop` returned (the divergence message, or None)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from eg3d.training.loop import PROGRESS_SECONDS
 
@@ -252,7 +324,7 @@ def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_loca
               cpus_per_worker=cpus, deepspeed_file=deepspeed_file)
     resources = {"CPU": cpus, **({"GPU": 1} if gpu else {})}
     forwarded = {k: os.environ[k] for k in FORWARDED_ENVIRONMENT if k in os.environ}
-    trainer = TorchTrainer(
+    trainer = interruptible_trainer_class()(
         worker_loop,
         train_loop_config=vars(job),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=resources,
@@ -265,4 +337,12 @@ def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_loca
     print(f"starting {size} Ray Train worker(s), each with {cpus:g} CPU(s){' and 1 GPU' if gpu else ''}; "
           f"rank 0 prints its progress every {config.run.log_kimg:g} kimg and at least every "
           f"{PROGRESS_SECONDS:g} s")
-    return trainer.fit().return_value
+    try:
+        result = trainer.fit()
+    except Exception:
+        if trainer.interrupted:  # the aborted controller is gone: what is left to say is the driver's
+            raise KeyboardInterrupt from None
+        raise
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    return result.return_value

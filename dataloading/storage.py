@@ -12,13 +12,16 @@ full URL; nothing is retried for them.
 """
 
 import errno
+import hashlib
 import os
 import random
+import re
 import time
 import uuid
 from contextlib import contextmanager
 
 import fsspec
+from fsspec.registry import known_implementations
 
 ATTEMPTS = 3  # operation-level tries
 REQUEST_ATTEMPTS = 3  # botocore tries per request
@@ -43,6 +46,45 @@ def _s3_filesystem():
     # Listings are not cached: other processes (build workers, other ranks) write to the same prefix.
     return s3fs.S3FileSystem(endpoint_url=endpoint, use_listings_cache=False,
                              config_kwargs={"retries": {"max_attempts": REQUEST_ATTEMPTS, "mode": "standard"}})
+
+
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary "
+                        "credentials), or AWS_PROFILE for a profile in the AWS credentials file; AWS_ENDPOINT_URL "
+                        "for an S3-compatible store other than AWS")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(/*)(.*)$")  # one letter and a colon is a Windows drive
+
+
+def check_url(url: str, *, what: str, protocols: tuple[str, ...] | None = None) -> None:
+    """ValueError naming `what` (e.g. "--storage") when `url` is no usable location: a malformed or unknown
+    scheme, an s3:// URL without a bucket, a protocol outside `protocols` (None: any fsspec one), or s3://
+    with no AWS credentials to sign requests with. Cheap: it reaches no store (at most the AWS credential
+    chain, which may ask an instance's metadata service)."""
+    match = _SCHEME.match(str(url))
+    if match is None or str(url).startswith("file:"):
+        return
+    scheme, slashes, rest = match.groups()
+    if scheme not in known_implementations and not slashes:  # a local name with a colon in it, such as runs:2
+        return
+    if scheme not in known_implementations:
+        raise ValueError(f"{what} {url}: unknown storage protocol {scheme!r}; expected a local folder or a URL "
+                         f"such as s3://bucket/prefix")
+    if slashes != "//":
+        raise ValueError(f"{what} {url}: malformed URL; expected {scheme}://{rest.lstrip('/') or 'bucket/prefix'}")
+    if protocols is not None and scheme not in protocols:
+        raise ValueError(f"{what} {url}: {scheme}:// is not supported here; expected a local folder or one of "
+                         f"{', '.join(p + '://' for p in protocols)}")
+    if scheme == "s3":
+        _check_s3(url, rest, what)
+
+
+def _check_s3(url: str, rest: str, what: str) -> None:
+    bucket = rest.split("/", 1)[0]
+    if not bucket:
+        raise ValueError(f"{what} {url}: no bucket; expected s3://bucket/prefix")
+    import botocore.session
+
+    if botocore.session.get_session().get_credentials() is None:
+        raise ValueError(f"{what} {url}: no AWS credentials found; set {CREDENTIAL_VARIABLES}")
 
 
 def is_local(url: str) -> bool:
@@ -211,3 +253,80 @@ def delete(url: str, *, recursive: bool = False) -> None:
             pass
 
     with_retries(remove, url)
+
+
+# --- conditional writes ------------------------------------------------------------------------------
+
+class VersionMismatch(Exception):
+    """A conditional write found the object changed (or present, or absent) since it was read."""
+
+
+def read_versioned(url: str) -> tuple[bytes, str] | None:
+    """(bytes, version) of an object, or None when it is absent. The version changes whenever the object is
+    rewritten: its ETag on S3, the bytes' SHA-256 elsewhere. On S3 the version is read first, so a write
+    conditioned on it fails rather than overwrite a newer object than the bytes returned."""
+    fs, path = open_filesystem(url)
+    if not exists(url):
+        return None
+    try:
+        version = with_retries(lambda: fs.info(path).get("ETag"), url) if url.startswith("s3://") else None
+        data = read_bytes(url)
+    except FileNotFoundError:
+        return None
+    return data, version or hashlib.sha256(data).hexdigest()
+
+
+def write_if_unchanged(url: str, data: bytes, version: str | None) -> str:
+    """Write `data` only if the object is still at `version` (None: only if it is absent); its new version.
+    VersionMismatch when it is not.
+
+    S3: one conditional PUT (If-None-Match: * to create, If-Match: ETag to replace), decided by the store.
+    Local: compare and replace under a lock file beside the object, atomic between processes that share the
+    lock. Other stores, and S3-compatible ones that answer a conditional PUT with NotImplemented: compare,
+    write, read back. Two writers within that window can then both see their own bytes for a moment; the
+    later one keeps the object, and the earlier one finds out at its next conditional write."""
+    if url.startswith("s3://"):
+        try:
+            return _write_s3_if_unchanged(url, data, version)
+        except OSError as error:
+            if error.errno != errno.ENOSYS:
+                raise
+    if is_local(url):
+        import filelock
+
+        with filelock.FileLock(url.removeprefix("file://") + ".lock"):
+            return _compare_and_write(url, data, version)
+    return _compare_and_write(url, data, version)
+
+
+def _compare_and_write(url: str, data: bytes, version: str | None) -> str:
+    current = read_versioned(url)
+    if (current and current[1]) != version:
+        raise VersionMismatch(f"{url} changed since it was read")
+    write_bytes_atomic(url, data)
+    written = read_versioned(url)
+    if written is None or written[0] != data:
+        raise VersionMismatch(f"{url} was rewritten by another writer at the same moment")
+    return written[1]
+
+
+def _write_s3_if_unchanged(url: str, data: bytes, version: str | None) -> str:
+    fs, path = open_filesystem(url)
+    condition = {"mode": "create"} if version is None else {"IfMatch": version}
+    try:
+        response = with_retries(lambda: fs.pipe_file(path, data, **condition), url)
+    except (FileExistsError, FileNotFoundError) as error:
+        raise VersionMismatch(f"{url} changed since it was read") from error
+    except OSError as error:
+        if _error_code(error) == "PreconditionFailed":
+            raise VersionMismatch(f"{url} changed since it was read") from error
+        raise
+    return response["ETag"]
+
+
+def _error_code(error: BaseException) -> str:
+    for candidate in (error, error.__cause__):
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            return response.get("Error", {}).get("Code", "")
+    return ""

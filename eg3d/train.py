@@ -11,7 +11,9 @@ dataset is rendered and sharded under the run on first use. `--workers MIN:MAX` 
 `--init-from URL` starts a new run from another run's, a snapshot's or a network pickle's weights.
 """
 
+import _thread
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -26,6 +28,7 @@ from .training.stats import StatsReporter
 
 CONFIG_ERROR_EXIT_CODE = 2  # a bad config, data path or dataset
 DIVERGED_EXIT_CODE = 3  # the run stopped after run.max_nonfinite_steps consecutive non-finite steps
+INTERRUPTED_EXIT_CODE = 130  # Ctrl-C (SIGINT), as a shell reports it: 128 + 2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--accept-camera-conventions", action="store_true", help="train even when the camera "
                         "labels look like a wrong convention for the data set as a whole (README: Checks on your "
                         "data)")
+    parser.add_argument("--take-over", action="store_true", help="train the run even though another eg3d.train "
+                        "holds its lease (one that crashed or was killed; an expired lease is taken over anyway)")
     return parser.parse_args(argv)
 
 
@@ -212,18 +217,89 @@ def checked_init_source(config, run_url: str):
     return config
 
 
+def check_locations(config, storage_url: str, data: str | None) -> None:
+    """--storage, --data and run.init_from are well-formed URLs (or local paths) with credentials for S3, and
+    --data exists, before anything writes (storage: a local folder or s3://, the two that Ray Train writes)."""
+    from dataloading import storage
+
+    storage.check_url(storage_url, what="--storage", protocols=("s3",))
+    for what, url in (("--data", data), ("--init-from", config.run.init_from)):
+        if url is not None:
+            storage.check_url(url, what=what)
+    if data is not None and not storage.exists(data):
+        raise FileNotFoundError(f"--data {data}: no such file or folder")
+
+
+def check_same_architecture(config, run_url: str) -> None:
+    """A run that resumes keeps its architecture: ValueError naming every model.* field that differs from the
+    config the run was trained with (its config.json), with both values and the ways out."""
+    from dataloading import storage
+
+    from .training.checkpoints import CheckpointStore
+
+    saved_url = storage.join(run_url, "config.json")
+    if CheckpointStore(run_url).latest() is None or not storage.exists(saved_url):
+        return  # nothing to resume: the run starts with this architecture
+    saved = json.loads(storage.read_bytes(saved_url)).get("model", {})
+    now = json.loads(json.dumps(config.to_dict()["model"]))  # tuples as the saved lists
+    differing = [f"model.{key} is {saved[key]!r} in the run, {value!r} now" for key, value in now.items()
+                 if key in saved and saved[key] != value]
+    if differing:
+        raise ValueError(f"{run_url} resumes from its checkpoints, whose networks have another architecture "
+                         f"({saved_url}): {'; '.join(differing)}. Resume it with its own --preset and model.* "
+                         f"settings, train the new architecture under a new --name, or fine-tune from this run "
+                         f"with --name NEW --init-from {run_url}")
+
+
+def interrupted_message(run_url: str) -> str:
+    """What a Ctrl-C left: the newest checkpoint, and that the same command resumes from it."""
+    from .training.checkpoints import CheckpointStore
+
+    latest = CheckpointStore(run_url).latest()
+    if latest is None:
+        return (f"stopped: {run_url} was interrupted before its first checkpoint; the same command starts it "
+                f"again from the beginning")
+    return (f"stopped: {run_url} was interrupted; its newest checkpoint is {latest.manifest_url} "
+            f"({latest.nimg / 1000:g} kimg), and the same command resumes from it")
+
+
 def main(argv=None) -> int:
     from cluster.backends import load_deepspeed_file
+    from cluster.lease import RunHeld, RunLease
 
     args = parse_args(argv)
     try:
         config = build_config(args)
+        check_locations(config, args.storage or config.run.out, args.data or config.data.path)
         storage_url = absolute(args.storage or config.run.out)  # workers do not share the driver's cwd
         name = args.name or config.preset
         run_url = storage_url.rstrip("/") + "/" + name
         if config.run.init_from is not None:  # a bad source stops the run before any worker starts
             config = checked_init_source(config, run_url)
+        check_same_architecture(config, run_url)
         deepspeed_file = load_deepspeed_file(config)  # a bad file stops the run before any worker starts
+        lease = RunLease(run_url)
+        lease.acquire(take_over=args.take_over)
+    except (ValueError, FileNotFoundError, PermissionError, RunHeld) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return CONFIG_ERROR_EXIT_CODE
+    lease.start_heartbeat(on_lost=_thread.interrupt_main)  # stops training as a Ctrl-C does
+    try:
+        return train(config, args, storage_url=storage_url, name=name, deepspeed_file=deepspeed_file)
+    except KeyboardInterrupt:
+        if lease.lost:
+            print(f"error: {lease.lost_message()}", file=sys.stderr)
+            return 1
+        print(interrupted_message(run_url), file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
+    finally:
+        lease.release()
+
+
+def train(config, args: argparse.Namespace, *, storage_url: str, name: str, deepspeed_file) -> int:
+    """Prepare the data and train the run on Ray (the driver holds the run's lease); the exit code."""
+    run_url = storage_url.rstrip("/") + "/" + name
+    try:
         stats = StatsReporter()  # the driver's own statistics, exported beside the workers'
         preparation_start = time.perf_counter()
         manifest_url = absolute(prepare_data(config, args.data or config.data.path, run_url,

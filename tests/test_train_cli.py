@@ -1,6 +1,11 @@
 """The `python -m eg3d.train` entrypoint end to end on a micro configuration, and EMA snapshots."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +17,9 @@ from dataloading.synthetic import generate_dataset
 from eg3d.networks.snapshot import load_generator, render
 from eg3d.train import main as train_main, prepare_data
 from eg3d.training.checkpoints import CheckpointStore
-from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
+from s3_fixtures import BUCKET, moto_server, no_aws_credentials  # noqa: F401 - the fixtures
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli_args(storage, kimg, *extra, name="run"):
@@ -236,3 +243,107 @@ def test_saved_images_clamp_the_unbounded_super_resolution_output():
     # The super-resolution output leaves [-1, 1] (-1.59 and 1.87 seen); saved pixels saturate, never wrap.
     image = torch.tensor([-1.59, -1.0, 0.0, 0.5, 1.0, 1.87]).reshape(1, 1, 1, 6).expand(1, 3, 1, 6)
     assert to_uint8(image)[0, 0, :, 0].tolist() == [0, 0, 128, 191, 255, 255]  # (x + 1) * 127.5, rounded
+
+
+def wait_for(predicate, timeout: float, process) -> None:
+    """Poll until `predicate()` holds; fail with the process's output if it ends or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"gave up waiting (exit {process.poll()}):\n{process.communicate()[0][-4000:]}")
+        time.sleep(0.5)
+
+
+BYSTANDER = """
+import signal, sys, time, ray
+ray.init(_temp_dir=sys.argv[1], include_dashboard=False)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # ray.init's atexit shutdown stops its processes
+print("up", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def another_ray(tmp_path_factory):
+    """An unrelated local Ray on this machine, in its own temporary folder; stopped by its own driver."""
+    process = subprocess.Popen([sys.executable, "-c", BYSTANDER, str(tmp_path_factory.mktemp("ray"))],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "up\n"
+    yield process
+    process.terminate()
+    process.wait(60)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_run_names_its_checkpoint_and_exits_130(tmp_path, another_ray):
+    """A local run beside another local Ray, interrupted once it has a checkpoint: the message says where it
+    is and how to resume; Ray Train's placement-group cleaner finds its own cluster, not several."""
+    args = cli_args(tmp_path, 1, "--set", "run.checkpoint_kimg=0.004", "--set", "run.snapshot_kimg=1")
+    process = subprocess.Popen([sys.executable, "-m", "eg3d.train", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    wait_for(lambda: checkpoints.is_dir() and any(checkpoints.glob("*.json")), 300, process)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    newest = CheckpointStore(str(tmp_path / "run")).latest()
+    assert process.returncode == 130, output[-4000:]
+    assert f"stopped: {tmp_path / 'run'} was interrupted; its newest checkpoint is {newest.manifest_url} " \
+           f"({newest.nimg / 1000:g} kimg), and the same command resumes from it" in output
+    assert not (tmp_path / "run" / "lease.json").exists()  # released
+    assert "Found multiple active Ray instances" not in output and "Traceback" not in output
+    assert another_ray.poll() is None  # untouched
+
+
+@pytest.mark.parametrize("storage, expected", [
+    ("s3:/bucket/runs", "--storage s3:/bucket/runs: malformed URL; expected s3://bucket/runs"),
+    ("s4://bucket/runs", "--storage s4://bucket/runs: unknown storage protocol 's4'; expected a local folder "
+                         "or a URL such as s3://bucket/prefix"),
+    ("s3://", "--storage s3://: no bucket; expected s3://bucket/prefix"),
+    ("gs://bucket/runs", "--storage gs://bucket/runs: gs:// is not supported here; expected a local folder or one "
+                         "of s3://"),
+])
+def test_a_malformed_storage_url_is_one_line_before_anything_starts(tmp_path, monkeypatch, capsys, storage, expected):
+    import cluster.launch
+
+    monkeypatch.setattr(cluster.launch, "launch", no_launch)
+    monkeypatch.chdir(tmp_path)
+    assert train_main(["--storage", storage, "--set", "telemetry.metrics_port=0"]) == 2
+    assert capsys.readouterr().err == f"error: {expected}\n"
+    assert list(tmp_path.iterdir()) == []  # no folder named "s3:" holding a run
+
+
+def test_s3_without_credentials_names_the_variables_to_set(no_aws_credentials, monkeypatch, capsys):
+    import cluster.launch
+
+    monkeypatch.setattr(cluster.launch, "launch", no_launch)
+    assert train_main(["--storage", "s3://bucket/runs", "--set", "telemetry.metrics_port=0"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --storage s3://bucket/runs: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        "(and AWS_SESSION_TOKEN for temporary credentials), or AWS_PROFILE for a profile in the AWS credentials "
+        "file; AWS_ENDPOINT_URL for an S3-compatible store other than AWS\n")
+
+
+def published_run(run, config) -> None:
+    """A run folder as a resume finds it: the config it was trained with and one complete checkpoint."""
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    store = CheckpointStore(str(run))
+    store.publish("000000008-test", nimg=8, world_size=1, keep=3,
+                  files=store.write_files("000000008-test", {"trainer.pt": b"weights"}))
+
+
+def test_a_resume_with_another_architecture_names_every_differing_field(tmp_path, monkeypatch, capsys):
+    import cluster.launch
+
+    monkeypatch.setattr(cluster.launch, "launch", no_launch)
+    published_run(tmp_path / "run", micro_config())
+    args = cli_args(tmp_path, 0.016, "--set", "model.plane_channels=4", "--set", "model.sr_channels=[8,8]")
+    assert train_main(args) == 2
+    error = capsys.readouterr().err
+    assert error == (f"error: {tmp_path / 'run'} resumes from its checkpoints, whose networks have another "
+                     f"architecture ({tmp_path / 'run' / 'config.json'}): model.plane_channels is 8 in the run, 4 now; "
+                     f"model.sr_channels is [16, 8] in the run, [8, 8] now. Resume it with its own --preset and "
+                     f"model.* settings, train the new architecture under a new --name, or fine-tune from this run "
+                     f"with --name NEW --init-from {tmp_path / 'run'}\n")
+    assert not (tmp_path / "run" / "shards").exists()
