@@ -72,3 +72,46 @@ def test_manifests_name_every_file_with_size_and_hash(run_url):
     assert manifest["nimg"] == 8 and manifest["folder"] == folder
     assert manifest["files"]["trainer.pt"] == {
         "size": 3, "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}  # sha256("abc")
+
+
+def test_a_checkpoint_set_aside_as_damaged_is_kept_and_never_counts_or_pruned(run_url):
+    """keep_checkpoints=1: the damaged checkpoint at 16 neither pushes out the good one at 8 nor is pruned
+    (manifest or files) by the checkpoints published after it."""
+    store = CheckpointStore(run_url)
+    good = publish(store, 8, b"eight", keep=2)
+    damaged = publish(store, 16, b"sixteen", keep=2)
+    aside = store.set_aside(store.published()[0], "trainer.pt: content does not match")
+    assert aside == storage.join(store.url, damaged + ".json.damaged")
+    assert [c.nimg for c in store.published()] == [8] and store.latest().manifest["folder"] == good
+    assert store.set_aside_checkpoints() == {aside: "trainer.pt: content does not match"}
+    store.prune(1)
+    assert [c.nimg for c in store.published()] == [8]  # the damaged one does not count against keep
+    for nimg in (24, 32):
+        publish(store, nimg, keep=1)
+    assert [c.nimg for c in store.published()] == [32]
+    assert storage.exists(aside)
+    assert storage.read_bytes(storage.join(store.url, damaged, "trainer.pt")) == b"sixteen"  # its files stay
+
+
+def test_a_full_disk_names_the_file_and_the_bytes_and_publishes_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from eg3d.training.checkpoints import DiskFull
+
+    store = CheckpointStore(str(tmp_path / "run"))
+    publish(store, 8, b"eight")
+    real_write = storage.write_bytes_atomic
+
+    def full_at_trainer_pt(url, data):
+        if url.endswith("trainer.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(url, data)
+
+    monkeypatch.setattr(storage, "write_bytes_atomic", full_at_trainer_pt)
+    folder = store.new_folder_name(16)
+    with pytest.raises(DiskFull) as full:
+        store.write_files(folder, {"data-rank0000.json": b"{}", "trainer.pt": b"x" * 1000, "quality.json": b"{}"})
+    assert full.value.url == storage.join(store.url, folder, "trainer.pt")
+    assert full.value.needed == 1002  # trainer.pt and quality.json, still to write
+    assert str(full.value) == f"[Errno 28] no space left on the device writing {full.value.url} (1002 bytes needed)"
+    assert store.latest().nimg == 8

@@ -134,7 +134,7 @@ def test_a_run_reports_every_catalog_metric(dataset, tmp_path):
     assert [r["nimg"] for r in records] == [4, 8]
     assert sum(r["ranks"][0]["images"] for r in records) == 8
     assert records[0]["restarts"] == 0
-    assert [r["checkpoint_nimg"] for r in records] == [None, 4]  # published after the interval's record
+    assert [r["checkpoint_nimg"] for r in records] == [4, 8]  # published before the interval's snapshot and record
     assert "fid" not in records[-1] and records[-1]["quality_nimg/random"] == 8  # random features: never "fid"
     metadata = json.loads((tmp_path / "run/snapshots/snapshot-000000008/config.json").read_text())["metadata"]
     assert metadata["quality"]["extractor"] == "random"
@@ -200,3 +200,46 @@ def test_a_resumed_run_reports_the_last_measurement_until_the_next(dataset, tmp_
     assert resumed["quality_nimg/random"] == 8
     assert resumed["frechet_distance/random"] == measured["frechet_distance"]
     assert last["quality_nimg/random"] == 16
+
+
+def test_a_one_image_data_set_checkpoints_first_and_leaves_out_what_cannot_be_measured(tmp_path):
+    """One image: no covariance of 1 feature vector (FD), no KID, no evaluator (4 images needed). Each is said once
+    and missing from log.jsonl; the checkpoints and snapshots are written."""
+    generate_dataset(tmp_path / "data", count=1, resolution=32, seed=1)
+    build(str(tmp_path / "data"), str(tmp_path / "shards"), workers=1, progress=False)
+    config = micro_config("run.total_kimg=0.008", "run.log_kimg=0.004", "run.snapshot_kimg=0.004",
+                          "run.checkpoint_kimg=0.004", "data.backend=pytorch", "model.disc_mbstd_group=2")
+    lines = []
+    train(config, manifest_url=str(tmp_path / "shards" / "manifest.json"), run_url=tmp_path / "run", log=lines.append)
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert warnings == [
+        "warning: the 3D quality metrics (the dataset-trained evaluator): not computed (the evaluator needs at least 4 "
+        "real images (2 to train, 2 held out), got 1); missing from this measurement and log.jsonl, training goes on "
+        "(said once)",
+        "warning: frechet_distance (random features): not computed (statistics of 1 feature vectors; at least 2 "
+        "needed); missing from this measurement and log.jsonl, training goes on (said once)",
+        "warning: kernel_distance (random features): not computed (KID needs at least 2 feature vectors per set, got 1 "
+        "and 8); missing from this measurement and log.jsonl, training goes on (said once)"]  # at 4 images, not at 8
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["checkpoint_nimg"] for r in records] == [4, 8]
+    assert not any(key.startswith(("frechet_distance", "kernel_distance", "quality_", "fd_data", "pose_error"))
+                   for r in records for key in r)
+    for nimg in (4, 8):
+        metadata = json.loads((tmp_path / f"run/snapshots/snapshot-00000000{nimg}/config.json").read_text())["metadata"]
+        assert set(metadata["quality"]) == {"extractor", "num_real", "num_generated", "seconds"}  # no distance
+
+
+def test_a_sample_too_small_for_a_metric_leaves_it_out_or_raises(dataset, tmp_path):
+    """One generated image has no covariance (FD) and is too few for KID (2 per set): a training run leaves both
+    out; the evaluate command (skip_failed off) raises. The same for an empty real sample."""
+    config = micro_config("metrics.num_generated=1", "evaluator.enabled=false")
+    quality = meter(config, dataset / "shards", tmp_path)
+    with pytest.raises(ValueError, match="statistics of 1 feature vectors; at least 2 needed"):
+        quality.measure(generator(config), neural_rendering_resolution=16)
+    quality.skip_failed = True
+    result = quality.measure(generator(config), neural_rendering_resolution=16)
+    assert result["num_generated"] == 1 and "frechet_distance" not in result and "kernel_distance" not in result
+    quality._real = FeatureStatistics(quality.network.feature_dim)  # an empty real sample
+    quality.config = micro_config("metrics.num_generated=4", "evaluator.enabled=false")
+    result = quality.measure(generator(config), neural_rendering_resolution=16)
+    assert result["num_real"] == 0 and "frechet_distance" not in result and "kernel_distance" not in result

@@ -204,3 +204,148 @@ def test_max_nonfinite_steps_zero_never_stops(tmp_path, shards, monkeypatch):
     trainer = train(loop_config(0.016, "run.max_nonfinite_steps=0"), manifest_url=shards, run_url=tmp_path, log=quiet)
     assert trainer.nimg == 16 and trainer.nonfinite_streak == 4
     assert published(tmp_path) == []  # every step was skipped in part: no checkpoint of that state
+
+
+def flip_a_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))  # same size: only the SHA-256 tells
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, shards):
+    from eg3d.training.loop import NoIntactCheckpoint
+
+    run = lambda kimg: loop_config(kimg, "run.checkpoint_kimg=0.004", "run.snapshot_kimg=1", "metrics.num_generated=0")
+    train(run(0.008), manifest_url=shards, run_url=tmp_path, log=quiet)
+    store = CheckpointStore(str(tmp_path))
+    eight, four = store.published()
+    flip_a_byte(tmp_path / "checkpoints" / eight.manifest["folder"] / "trainer.pt")
+    lines = []
+    train(run(0.012), manifest_url=shards, run_url=tmp_path, log=lines.append)
+    aside = eight.manifest_url + ".damaged"
+    assert (f"checkpoint {eight.manifest_url} is damaged ({eight.folder_url}/trainer.pt: content does not match the "
+            f"SHA-256 in {eight.manifest_url}); it is kept, set aside as {aside}, and the run resumes from the newest "
+            f"intact checkpoint, {four.manifest_url}, instead") in lines
+    assert any(line.startswith(f"resumed from {four.manifest_url} at 0.004 kimg") for line in lines)
+    assert published(tmp_path) == [12, 8, 4]  # 8 trained again; keep_checkpoints=3 does not count the damaged one
+    assert (tmp_path / "checkpoints" / eight.manifest["folder"] / "trainer.pt").exists()
+    assert json.loads((tmp_path / "checkpoints" / (eight.manifest["folder"] + ".json.damaged")).read_text())[
+        "damaged"].endswith("trainer.pt: content does not match the SHA-256 in " + eight.manifest_url)
+
+    # None intact: an error that lists them all, and still nothing deleted.
+    for checkpoint in store.published():
+        flip_a_byte(tmp_path / "checkpoints" / checkpoint.manifest["folder"] / "data-rank0000.json")
+    with pytest.raises(NoIntactCheckpoint) as stopped:
+        train(run(0.016), manifest_url=shards, run_url=tmp_path, log=quiet)
+    message = str(stopped.value)
+    assert message.startswith(f"no intact checkpoint in {store.url}: ")
+    assert message.count(".json.damaged (") == 4 and "another --name" in message
+    assert len(list((tmp_path / "checkpoints").glob("*.json.damaged"))) == 4 and store.published() == []
+
+
+@pytest.mark.slow
+def test_a_file_only_rank_1_reads_decides_for_every_rank(tmp_path, shards):
+    """Rank 1 alone reads data-rank0001.json: its mismatch makes both workers fall back together."""
+    args = lambda kimg: (loop_config(kimg, "run.checkpoint_kimg=0.004", "run.snapshot_kimg=1",
+                                     "metrics.num_generated=0").to_dict(), shards, str(tmp_path), "ddp", 0)
+    run_on_workers(train_on_worker, 2, args=args(0.008))
+    eight, four = CheckpointStore(str(tmp_path)).published()
+    flip_a_byte(tmp_path / "checkpoints" / eight.manifest["folder"] / "data-rank0001.json")
+    lines = run_on_workers(train_on_worker, 2, args=args(0.012))
+    assert any(line.startswith(f"checkpoint {eight.manifest_url} is damaged ({eight.folder_url}/data-rank0001.json")
+               for line in lines[0])
+    assert all(any(line.startswith(f"resumed from {four.manifest_url}") for line in rank) for rank in lines)
+    assert published(tmp_path) == [12, 8, 4]
+
+
+def test_a_full_disk_stops_the_run_and_names_the_intact_checkpoint(tmp_path, shards, monkeypatch):
+    """ENOSPC at the checkpoint of 8 images, then at the snapshot of 8 images (written after its checkpoint)."""
+    import errno
+
+    from dataloading import storage
+    from eg3d.training.loop import StorageFull
+
+    run = loop_config(0.008, "run.checkpoint_kimg=0.004", "run.snapshot_kimg=0.008", "metrics.num_generated=0")
+    real_write = storage.write_bytes_atomic
+    full_at = ["checkpoints/000000008-"]
+
+    def full_disk(url, data):
+        if full_at[0] in url:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(url, data)
+
+    monkeypatch.setattr(storage, "write_bytes_atomic", full_disk)
+    with pytest.raises(StorageFull) as stopped:
+        train(run, manifest_url=shards, run_url=tmp_path, log=quiet)
+    [four] = CheckpointStore(str(tmp_path)).published()
+    message = str(stopped.value)
+    assert message.startswith(f"disk full: no space left on the device writing {tmp_path}/checkpoints/000000008-")
+    assert "/data-rank0000.json (" in message and "bytes needed), for the checkpoint at 0.008 kimg" in message
+    assert f"The newest checkpoint, {four.manifest_url} (0.004 kimg), is intact" in message
+    assert "run the same command again: it resumes from the newest checkpoint" in message
+    assert [p.name[:10] for p in (tmp_path / "checkpoints").iterdir()] == ["000000004-"] * 2  # no half-written one
+
+    full_at[0] = "snapshots/snapshot-000000008/"
+    with pytest.raises(StorageFull) as stopped:
+        train(run, manifest_url=shards, run_url=tmp_path, log=quiet)
+    eight = CheckpointStore(str(tmp_path)).latest()
+    assert eight.nimg == 8 and eight.manifest["snapshot_due"]
+    assert f"for the snapshot at 0.008 kimg. The newest checkpoint, {eight.manifest_url} (0.008 kimg), is intact" \
+        in str(stopped.value)
+    full_at[0] = "no longer full"
+    train(run, manifest_url=shards, run_url=tmp_path, log=quiet)  # nothing to train: the resume exports it
+    assert (tmp_path / "snapshots/snapshot-000000008/config.json").exists()
+
+
+def test_checkpoint_minutes_checkpoints_by_the_clock_and_a_resume_says_what_is_redone(tmp_path, shards):
+    by_clock = loop_config(0.012, "run.checkpoint_kimg=1", "run.snapshot_kimg=1", "metrics.num_generated=0",
+                           "run.keep_checkpoints=10", "run.checkpoint_minutes=1e-9")  # due at every step
+    train(by_clock, manifest_url=shards, run_url=tmp_path, log=quiet)
+    store = CheckpointStore(str(tmp_path))
+    twelve, eight, _ = store.published()
+    assert [twelve.nimg, eight.nimg] == [12, 8]  # by checkpoint_kimg alone, only the end (12) would have one
+
+    (tmp_path / "checkpoints" / (twelve.manifest["folder"] + ".json")).unlink()  # as if it crashed before publishing
+    reached = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    minutes = (reached["timestamp"] - eight.manifest["created_unix"]) / 60
+    lines = []
+    train(by_clock, manifest_url=shards, run_url=tmp_path, log=lines.append)
+    assert (f"resuming at 0.008 kimg: the previous attempt had reached at least 0.012 kimg (log.jsonl), so at least 4 "
+            f"images (0.004 kimg, about {minutes:.1f} minutes of its training) are trained again") in lines
+
+
+def test_a_resume_that_would_jump_the_rendering_resolution_is_refused(tmp_path, shards):
+    from eg3d.training.loop import ResumeRefused, resolution_jump
+
+    run = lambda kimg, *extra: loop_config(kimg, "metrics.num_generated=0", "run.snapshot_kimg=1", *extra)
+    train(run(0.008), manifest_url=shards, run_url=tmp_path, log=quiet)  # 16 throughout
+    stage2 = ("rendering.neural_rendering_resolution_final=64", "rendering.neural_rendering_resolution_fade_kimg=0.004")
+    with pytest.raises(ResumeRefused) as refused:
+        train(run(0.016, *stage2), manifest_url=shards, run_url=tmp_path, log=quiet)
+    message = str(refused.value)
+    assert message.startswith(f"{CheckpointStore(str(tmp_path)).latest().manifest_url}: "
+                              "rendering.neural_rendering_resolution_final=64 (the run's: null), "
+                              "rendering.neural_rendering_resolution_fade_kimg=0.004 (the run's: 1000.0): at 0.008 "
+                              "kimg, where this run resumes, the neural rendering resolution would jump from 16 to 64")
+    assert f"--init-from {tmp_path} --name NEW_NAME" in message and isinstance(refused.value, ValueError)
+    assert published(tmp_path) == [8]
+    # A change that continues smoothly from where the run is: 16 + (64 - 16) * 0.008 / 1000 rounds to 16.
+    saved = run(0.008).to_dict()
+    assert resolution_jump(saved, run(0.008, stage2[0]), 8) is None
+    assert "would jump from 16 to 40" in resolution_jump(saved, run(0.008, *stage2), 2)  # halfway: rint(16/2 + 64/2)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_resumes_under_the_other_backend(tmp_path, shards):
+    """ZeRO 1 on two workers, then ddp on one (once KeyError: 'opt_G'), then ZeRO 1 on two again (once a missing
+    optimizer-rank0000.pt): the optimizer state goes along both ways and the run continues on its schedule."""
+    pytest.importorskip("deepspeed")
+    args = lambda kimg, backend, zero_stage: (loop_config(kimg).to_dict(), shards, str(tmp_path), backend, zero_stage)
+    run_on_workers(train_on_worker, 2, args=args(0.008, "deepspeed", 1))
+    [lines] = run_on_workers(train_on_worker, 1, args=args(0.016, "ddp", 0))
+    assert any("resumed from" in line and "saved by 2 workers, now 1" in line for line in lines), lines
+    lines = run_on_workers(train_on_worker, 2, args=args(0.024, "deepspeed", 1))
+    assert any("resumed from" in line for line in lines[0]), lines[0]
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(r["kimg"], r["world_size"]) for r in records] == [
+        (0.004, 2), (0.008, 2), (0.012, 1), (0.016, 1), (0.02, 2), (0.024, 2)]

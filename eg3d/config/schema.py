@@ -143,6 +143,9 @@ class RunConfig:
     seed: Seed = 0
     device: str = "auto"  # auto, cpu, cuda
     checkpoint_kimg: PositiveFloat = 200.0
+    # A checkpoint also when this many minutes passed since the last one (or the start), whatever the speed, so
+    # that a crash costs at most that much training; null: by checkpoint_kimg only
+    checkpoint_minutes: PositiveFloat | None = 15.0
     snapshot_kimg: PositiveFloat = 200.0
     log_kimg: PositiveFloat = 4.0
     keep_checkpoints: Annotated[int, Ge(1), doc(

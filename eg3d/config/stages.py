@@ -1,7 +1,9 @@
 """Stages: a run started from another network's weights (run.init_from) changes its schedules as the reference
 does when it resumes from a network pickle. Its images are counted from 0, so the neural rendering resolution
 fades from its initial to its final value from the stage's start (eg3d.training.schedules); the fades meant for
-a network trained from scratch are switched off."""
+a network trained from scratch are switched off. A second stage inside one run (the same run resumed with another
+rendering.neural_rendering_resolution_*) is refused where it would make the resolution jump
+(eg3d.training.loop.resolution_jump): it is a new run from the first one's weights."""
 
 import json
 

@@ -56,13 +56,16 @@ class QualityMeter:
     """The measurement of G_ema at snapshots. `log` prints rank 0's news (the evaluator's training);
     `progress(stage, done, total)`, when given, follows the slow parts instead of lines in the log: the
     evaluator's "decoding" and "training" (rank 0, first use), then "generated images" and "consistency
-    objects" (this rank's share)."""
+    objects" (this rank's share). With `skip_failed`, a metric that cannot be computed (too few images: a
+    covariance needs 2 feature vectors, the evaluator 4 real images) is left out of the result, with one warning
+    in the log per reason, instead of raising: a training run measures at every snapshot and must go on."""
 
     def __init__(self, config: TrainConfig, *, manifest_url: str, run_url: str, camera_pool: torch.Tensor,
-                 device: torch.device, sync: WorkerSync, log=print, progress=None):
+                 device: torch.device, sync: WorkerSync, log=print, progress=None, skip_failed: bool = False):
         q = config.metrics
         self.config, self.manifest_url, self.run_url = config, manifest_url, run_url
         self.camera_pool, self.device, self.sync, self.log = camera_pool, device, sync, log
+        self.skip_failed, self._warned = skip_failed, set()
         self.progress = progress or self._log_progress
         self._last_progress = 0.0
         self.extractor, self.network = None, None
@@ -76,27 +79,55 @@ class QualityMeter:
                                  "--set metrics.num_generated=0 (no quality measurement)") from error
             self.network = network.to(device).eval().requires_grad_(False)
         self._real: FeatureStatistics | None = None
-        self._evaluator = None
+        self._evaluator, self._evaluator_failure = None, None
         self.views = view_pairs(camera_pool) if config.evaluator.enabled else None
 
     # --- the evaluator ------------------------------------------------------------------------------
 
     def evaluator(self):
         """The data set's evaluator (eg3d.metrics.evaluator_training.TrainedEvaluator): rank 0 loads it from
-        the cache beside the shards (or the run folder) or trains it, and sends it to the other ranks."""
-        if self._evaluator is None:
+        the cache beside the shards (or the run folder) or trains it, and sends it to the other ranks. With
+        skip_failed, None when it cannot be trained (every rank learns why from rank 0; it is not tried again)."""
+        if self._evaluator is None and self._evaluator_failure is None:
             cache_urls = [storage.parent(self.manifest_url), self.run_url, local_cache_folder()]
             payload = None
             if self.sync.rank == 0:
-                self._evaluator, payload = prepare_evaluator(self.manifest_url, self.config.evaluator,
-                                                             cache_urls=cache_urls, device=self.device,
-                                                             log=self.log, progress=self.progress)
+                try:
+                    self._evaluator, payload = prepare_evaluator(self.manifest_url, self.config.evaluator,
+                                                                 cache_urls=cache_urls, device=self.device,
+                                                                 log=self.log, progress=self.progress)
+                except ValueError as error:
+                    if not self.skip_failed:
+                        raise
+                    payload = error
             payload = self.sync.broadcast_object(payload)
-            if self.sync.rank != 0:
+            if isinstance(payload, ValueError):
+                self._evaluator_failure = payload
+                self._skip("the 3D quality metrics (the dataset-trained evaluator)", payload)
+            elif self.sync.rank != 0:
                 self._evaluator = from_bytes(payload, digest=dataset_digest(load_manifest(self.manifest_url)),
                                              config=self.config.evaluator, where="rank 0's evaluator")
-            self._evaluator.network.to(self.device)
+            if self._evaluator is not None:
+                self._evaluator.network.to(self.device)
         return self._evaluator
+
+    def _skip(self, what: str, error: Exception) -> None:
+        """Say once per reason (rank 0) that `what` is left out of the measurements."""
+        line = f"warning: {what}: not computed ({error}); missing from this measurement and log.jsonl, training goes on"
+        if self.sync.rank == 0 and line not in self._warned:
+            self._warned.add(line)
+            self.log(line + " (said once)")
+
+    def _computed(self, what: str, compute):
+        """compute(); with skip_failed, None instead of its ValueError (too few images), said once by `_skip`.
+        Every rank computes the same from the same gathered statistics, so all of them skip together."""
+        try:
+            return compute()
+        except ValueError as error:  # numpy's LinAlgError too
+            if not self.skip_failed:
+                raise
+            self._skip(what, error)
+            return None
 
     def _log_progress(self, stage: str, done: int, total: int) -> None:
         """The evaluator's training in the log: a line at most every PROGRESS_SECONDS and at the end of each
@@ -171,16 +202,51 @@ class QualityMeter:
     def measure(self, G_ema: torch.nn.Module, *, neural_rendering_resolution: int) -> dict:
         """Every worker must call this at the same point. {"extractor", "num_real", "num_generated",
         "frechet_distance", "kernel_distance", "seconds"} of the image features (unless metrics.extractor is
-        none), and "evaluator": GeneratorMetrics.combine's values plus "seconds" (when evaluator.enabled)."""
+        none), and "evaluator": GeneratorMetrics.combine's values plus "seconds" (when evaluator.enabled). With
+        skip_failed, the metrics that cannot be computed are absent."""
         start = time.perf_counter()
         real = self.real_statistics() if self.network is not None else None
         evaluator_start = time.perf_counter()  # the evaluator's time: its training (first use) and its share below
-        three_d = GeneratorMetrics(self.evaluator(), device=self.device) if self.views is not None else None
+        evaluator = self.evaluator() if self.views is not None else None
+        three_d = GeneratorMetrics(evaluator, device=self.device) if evaluator is not None else None
         evaluator_seconds = time.perf_counter() - evaluator_start
+        mine, kept, seconds = self._generate(G_ema, three_d, neural_rendering_resolution)
+        evaluator_seconds += seconds
+        result = {}
+        if three_d is not None:
+            evaluator_start = time.perf_counter()
+            objects = range(self.sync.rank, self.config.evaluator.consistency_objects, self.sync.world_size)
+            for done, index in enumerate(objects, 1):
+                three_d.add_consistency(G_ema, self._object(index), self.views,
+                                        neural_rendering_resolution=neural_rendering_resolution)
+                self.progress("consistency objects", done, len(objects))
+            partials = self.sync.all_gather_object(three_d.partial())
+            values = self._computed("the 3D quality metrics", lambda: GeneratorMetrics.combine(partials, evaluator))
+            if values is not None:
+                result["evaluator"] = {**values, "seconds": evaluator_seconds + time.perf_counter() - evaluator_start}
+        if mine is not None:
+            generated, q = self._gather(mine, kept), self.config.metrics
+            result.update({"extractor": self.extractor, "num_real": real.count, "num_generated": generated.count})
+            distances = {
+                "frechet_distance": lambda: frechet_distance(real.mean(), real.covariance(), generated.mean(),
+                                                             generated.covariance()),
+                "kernel_distance": lambda: kernel_distance(real.kept, generated.kept, num_subsets=q.kid_subsets,
+                                                           max_subset_size=q.kid_subset_size, seed=self.config.run.seed)}
+            for key, compute in distances.items():
+                value = self._computed(f"{key} ({self.extractor} features)", compute)
+                if value is not None:
+                    result[key] = value
+            result["seconds"] = time.perf_counter() - start - result.get("evaluator", {}).get("seconds", 0.0)
+        return result
+
+    def _generate(self, G_ema: torch.nn.Module, three_d: GeneratorMetrics | None, neural_rendering_resolution: int
+                  ) -> tuple[FeatureStatistics | None, dict[int, torch.Tensor], float]:
+        """This rank's chunks of generated images: their feature statistics (None without a feature network),
+        the features kept for KID by image index, and the evaluator's seconds (`three_d` takes the images too)."""
         q = self.config.metrics
         chunks = range(self.sync.rank, -(-q.num_generated // q.batch_size), self.sync.world_size)
         mine = FeatureStatistics(self.network.feature_dim) if self.network is not None else None
-        kept = {}
+        kept, evaluator_seconds = {}, 0.0
         for done, chunk in enumerate(chunks, 1):
             first = chunk * q.batch_size
             z, c = self._latents(chunk, min(q.batch_size, q.num_generated - first))
@@ -196,28 +262,7 @@ class QualityMeter:
                 three_d.add_images(output, c)
                 evaluator_seconds += time.perf_counter() - evaluator_start
             self.progress("generated images", done, len(chunks))
-        result = {}
-        if three_d is not None:
-            evaluator_start = time.perf_counter()
-            objects = range(self.sync.rank, self.config.evaluator.consistency_objects, self.sync.world_size)
-            for done, index in enumerate(objects, 1):
-                three_d.add_consistency(G_ema, self._object(index), self.views,
-                                        neural_rendering_resolution=neural_rendering_resolution)
-                self.progress("consistency objects", done, len(objects))
-            partials = self.sync.all_gather_object(three_d.partial())
-            values = GeneratorMetrics.combine(partials, self._evaluator)
-            result["evaluator"] = {**values, "seconds": evaluator_seconds + time.perf_counter() - evaluator_start}
-        if mine is not None:
-            generated = self._gather(mine, kept)
-            result.update({
-                "extractor": self.extractor, "num_real": real.count, "num_generated": generated.count,
-                "frechet_distance": frechet_distance(real.mean(), real.covariance(), generated.mean(),
-                                                     generated.covariance()),
-                "kernel_distance": kernel_distance(real.kept, generated.kept, num_subsets=q.kid_subsets,
-                                                   max_subset_size=q.kid_subset_size, seed=self.config.run.seed),
-            })
-            result["seconds"] = time.perf_counter() - start - result.get("evaluator", {}).get("seconds", 0.0)
-        return result
+        return mine, kept, evaluator_seconds
 
     def _object(self, index: int) -> torch.Tensor:
         """z [1, z_dim] of consistency object `index`, seeded by it."""
@@ -258,12 +303,12 @@ def record_values(result: dict, nimg: int) -> dict:
     Inception network; the evaluator's values under their own names (never "fid"), with its floor."""
     values = {}
     extractor = result.get("extractor")
-    if extractor is not None:
-        values.update({f"frechet_distance/{extractor}": result["frechet_distance"],
-                       f"kernel_distance/{extractor}": result["kernel_distance"],
-                       f"quality_seconds/{extractor}": result["seconds"], f"quality_nimg/{extractor}": nimg})
+    distances = {key: result[key] for key in ("frechet_distance", "kernel_distance") if key in result}
+    if extractor is not None and distances:  # none when neither could be computed (QualityMeter's skip_failed)
+        values.update({f"{key}/{extractor}": value for key, value in distances.items()})
+        values.update({f"quality_seconds/{extractor}": result["seconds"], f"quality_nimg/{extractor}": nimg})
         if extractor == "inception_v3":
-            values.update(fid=result["frechet_distance"], kid=result["kernel_distance"])
+            values.update({{"frechet_distance": "fid", "kernel_distance": "kid"}[k]: v for k, v in distances.items()})
     evaluator = result.get("evaluator")
     if evaluator is not None:
         values.update({key: evaluator[key] for key in EVALUATOR_KEYS if evaluator.get(key) is not None})

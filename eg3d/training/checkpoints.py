@@ -9,8 +9,13 @@ Every rank writes its files under a folder no earlier attempt used; rank 0 then 
 which names each file with its size and SHA-256. Readers trust manifests only, and only when every
 file they name is present with its size, so a crash at any moment leaves the previous checkpoint in
 force. Nothing published is overwritten; pruning deletes a manifest before its files.
+
+A published checkpoint found damaged (a file missing, of another size, or not matching its SHA-256) is set
+aside, never deleted: its manifest is renamed to {folder}.json.damaged, which neither counts as a
+checkpoint nor lets pruning touch its folder.
 """
 
+import errno
 import hashlib
 import io
 import json
@@ -23,6 +28,33 @@ import torch
 from dataloading import storage
 
 FORMAT = "eg3d-checkpoint-1"
+DAMAGED_SUFFIX = ".damaged"
+
+
+class ChecksumMismatch(ValueError):
+    """A checkpoint file whose content does not match the SHA-256 its manifest names."""
+
+
+class DiskFull(OSError):
+    """No space left on the device (ENOSPC) while writing `url`, which needed `needed` bytes."""
+
+    def __init__(self, url: str, needed: int):
+        super().__init__(errno.ENOSPC, f"no space left on the device writing {url} ({needed} bytes needed)")
+        self.url, self.needed = url, needed
+
+    def __reduce__(self):  # pickled (gathered from other ranks) with its own arguments, not OSError's
+        return DiskFull, (self.url, self.needed)
+
+
+def write_bytes(url: str, data: bytes, *, needed: int | None = None) -> None:
+    """storage.write_bytes_atomic, with a full disk raised as DiskFull naming `url` and the bytes `needed` (by
+    default the file's own size; a caller writing several files passes what all of them still need)."""
+    try:
+        storage.write_bytes_atomic(url, data)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise DiskFull(url, len(data) if needed is None else needed) from error
+        raise
 
 
 @dataclass
@@ -43,8 +75,12 @@ class Checkpoint:
 
     def is_complete(self) -> bool:
         """Every file the manifest names is present with its size."""
+        return not self.missing_files()
+
+    def missing_files(self) -> list[str]:
+        """The files the manifest names that are absent or of another size."""
         present = storage.list(self.folder_url)
-        return all(present.get(name) == entry["size"] for name, entry in self.manifest["files"].items())
+        return [name for name, entry in self.manifest["files"].items() if present.get(name) != entry["size"]]
 
     @classmethod
     def of_manifest(cls, manifest_url: str, manifest: dict) -> "Checkpoint":
@@ -57,8 +93,8 @@ class Checkpoint:
         data = storage.read_bytes(storage.join(self.folder_url, name))
         expected = self.manifest["files"][name]["sha256"]
         if hashlib.sha256(data).hexdigest() != expected:
-            raise ValueError(f"{storage.join(self.folder_url, name)}: content does not match the SHA-256 in "
-                             f"{self.manifest_url}")
+            raise ChecksumMismatch(f"{storage.join(self.folder_url, name)}: content does not match the SHA-256 in "
+                                   f"{self.manifest_url}")
         return data
 
     def load_torch(self, name: str):
@@ -83,20 +119,25 @@ class CheckpointStore:
         return f"{nimg:09d}-{uuid.uuid4().hex[:8]}"
 
     def write_files(self, folder: str, files: dict[str, bytes]) -> dict[str, dict]:
-        """Write this rank's files; returns their manifest entries (size, SHA-256)."""
+        """Write this rank's files; returns their manifest entries (size, SHA-256). DiskFull names the file and
+        the bytes that this rank's files still needed."""
         storage.makedirs(storage.join(self.url, folder))
-        entries = {}
+        entries, needed = {}, sum(len(data) for data in files.values())
         for name, data in files.items():
-            storage.write_bytes_atomic(storage.join(self.url, folder, name), data)
+            write_bytes(storage.join(self.url, folder, name), data, needed=needed)
+            needed -= len(data)
             entries[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         return entries
 
-    def publish(self, folder: str, *, nimg: int, world_size: int, files: dict[str, dict], keep: int) -> Checkpoint:
-        """Publish the manifest of a folder whose files every rank has written, then prune to `keep`."""
+    def publish(self, folder: str, *, nimg: int, world_size: int, files: dict[str, dict], keep: int,
+                snapshot_due: bool = False) -> Checkpoint:
+        """Publish the manifest of a folder whose files every rank has written, then prune to `keep`.
+        `snapshot_due`: a snapshot falls due at this point, and is exported after the checkpoint (a run
+        resumed from it exports the snapshot when it is missing)."""
         manifest = {"format": FORMAT, "nimg": nimg, "world_size": world_size, "folder": folder,
-                    "created_unix": time.time(), "files": files}
+                    "created_unix": time.time(), "snapshot_due": snapshot_due, "files": files}
         manifest_url = storage.join(self.url, folder + ".json")
-        storage.write_bytes_atomic(manifest_url, json.dumps(manifest, indent=1).encode())
+        write_bytes(manifest_url, json.dumps(manifest, indent=1).encode())
         self.prune(keep)
         return Checkpoint(manifest_url, storage.join(self.url, folder), manifest)
 
@@ -120,6 +161,19 @@ class CheckpointStore:
         """The newest checkpoint whose files are all present with the sizes its manifest names."""
         return next((checkpoint for checkpoint in self.published() if checkpoint.is_complete()), None)
 
+    def set_aside(self, checkpoint: Checkpoint, why: str) -> str:
+        """Rename a damaged checkpoint's manifest to {folder}.json.damaged, with `why` added under "damaged" (its
+        files stay); the new URL. Renaming it back makes it a checkpoint again."""
+        url = checkpoint.manifest_url + DAMAGED_SUFFIX
+        storage.write_bytes_atomic(url, json.dumps({**checkpoint.manifest, "damaged": why}, indent=1).encode())
+        storage.delete(checkpoint.manifest_url)
+        return url
+
+    def set_aside_checkpoints(self) -> dict[str, str]:
+        """{manifest URL: why} of the checkpoints set aside as damaged."""
+        urls = [storage.join(self.url, name) for name in storage.list(self.url) if name.endswith(".json" + DAMAGED_SUFFIX)]
+        return {url: json.loads(storage.read_bytes(url)).get("damaged", "damaged") for url in urls}
+
     def prune(self, keep: int) -> None:
         """Delete all but the newest `keep` published checkpoints, manifest first, and orphan folders
         older than the oldest one kept (left by attempts that crashed before publishing)."""
@@ -128,6 +182,7 @@ class CheckpointStore:
             storage.delete(checkpoint.manifest_url)
             storage.delete(checkpoint.folder_url, recursive=True)
         kept = {c.manifest["folder"] for c in published[:keep]}
+        kept |= {url.rsplit("/", 1)[-1].removesuffix(".json" + DAMAGED_SUFFIX) for url in self.set_aside_checkpoints()}
         oldest_kept = min((c.nimg for c in published[:keep]), default=None)
         if oldest_kept is None:
             return
