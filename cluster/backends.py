@@ -12,7 +12,9 @@ gradients locally and then reduces them once, as one flattened all-reduce per ne
 every micro-batch goes through `engine.backward`, and `engine.step()` reduces and applies once per
 phase. Losses call the raw modules (`engine.module`), since a G loss runs through D's network while
 D's engine is not the one stepping. At ZeRO 1 each rank holds a shard of the optimizer state; the
-shards are saved per rank in DeepSpeed's elastic format, which reloads under any world size.
+shards are saved per rank in DeepSpeed's elastic format. A checkpoint's optimizer state, in either backend's
+form, is turned into torch's per-parameter form and cut into as many shards as there are ranks now
+(eg3d.training.optimizer_state) before DeepSpeed loads it: it resumes under any world size and either backend.
 
 The DeepSpeed config is built here. `distributed.deepspeed_config` names a JSON file (any fsspec URL) whose
 communication settings (bucket sizes, overlap, communication dtype) are merged over it; the keys that the
@@ -28,6 +30,8 @@ import torch
 import torch.distributed as dist
 
 from eg3d.config import BatchSplit, batch_split
+from eg3d.training.optimizer_state import (ZERO_ALIGNMENT_PADDINGS, ZERO_FP32_WEIGHTS, ZERO_GROUP_STATES,
+                                           adam_state_from_zero_shards, is_zero_shard, zero_shards_from_adam_state)
 from eg3d.training.trainer import Phase, SingleProcess, Trainer
 
 BACKENDS = ("ddp", "deepspeed")
@@ -116,6 +120,8 @@ OWNED_KEYS = {
     "managed_gradient_accumulation": "the trainer accumulates its micro-batches itself",
     "zero_optimization.stage": "distributed.zero_stage (--set distributed.zero_stage=0|1)",
     "zero_optimization.elastic_checkpoint": "optimizer shards must reload under any world size",
+    "zero_optimization.round_robin_gradients": "checkpoints keep the parameters in the optimizer's order, so that "
+                                               "they resume under either backend",
     "zero_optimization.overlap_comm": "DeepSpeed 0.19 overlaps communication with a backward pass only at ZeRO 2 "
                                       "when the trainer accumulates micro-batches itself",
     "gradient_clipping": "EG3D does not clip gradients, under either backend",
@@ -136,7 +142,8 @@ def deepspeed_config(*, zero_stage: int, split: BatchSplit) -> dict:
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": steps,
         "managed_gradient_accumulation": False,
-        "zero_optimization": {"stage": zero_stage, "elastic_checkpoint": True, "overlap_comm": False},
+        "zero_optimization": {"stage": zero_stage, "elastic_checkpoint": True, "overlap_comm": False,
+                              "round_robin_gradients": False},
         "gradient_clipping": 0.0,  # EG3D does not clip; DeepSpeed 0.19 clips at 1.0 unless told
         "steps_per_print": 2 ** 62,
     }
@@ -206,6 +213,7 @@ class DeepSpeedSync(DistributedSync):
         self.file = file
         self.optimizer_sharded = zero_stage > 0
         self.engines: dict[int, object] = {}  # id(network) or id(optimizer) -> engine
+        self.param_groups: dict[int, list[list[torch.Tensor]]] = {}  # id(optimizer) -> its groups, unflattened
         self._unreached: list[torch.nn.Parameter] = []
 
     def setup(self, trainer: Trainer) -> None:
@@ -216,6 +224,7 @@ class DeepSpeedSync(DistributedSync):
         if self.file is not None:
             config = self.file.merged_over(config)
         for network, optimizer in ((trainer.G, trainer.opt_G), (trainer.D, trainer.opt_D)):
+            self.param_groups[id(optimizer)] = [list(group["params"]) for group in optimizer.param_groups]
             engine, _, _, _ = deepspeed.initialize(model=network, optimizer=optimizer, config=config)
             self.engines[id(network)] = self.engines[id(optimizer)] = engine
             if self.zero_stage == 0:
@@ -260,11 +269,18 @@ class DeepSpeedSync(DistributedSync):
         return state
 
     def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, states: list[dict]) -> None:
-        wrapped = self.engines[id(optimizer)].optimizer
-        if self.optimizer_sharded:  # every rank's shard, saved under any world size
-            wrapped.load_state_dict(states, load_optimizer_states=True, load_from_fp32_weights=True)
-        else:
-            wrapped.load_state_dict(states[0])
+        """`states`: a checkpoint's optimizer state in either backend's form, saved under any world size."""
+        if not self.optimizer_sharded:  # ZeRO 0: the engine steps our own Adam
+            super().load_optimizer_state_dict(optimizer, states)
+            return
+        wrapped, groups = self.engines[id(optimizer)].optimizer, self.param_groups[id(optimizer)]
+        adam = adam_state_from_zero_shards(states, groups) if is_zero_shard(states[0]) else states[0]["state"]
+        # DeepSpeed's loader reads the shard of this rank's number and merges all of them: one per rank now.
+        current = self.optimizer_state_dict(optimizer)  # the settings every shard carries (loss scaler, version, ...)
+        shards = zero_shards_from_adam_state(adam, groups, current.get(ZERO_ALIGNMENT_PADDINGS), self.world_size)
+        settings = {key: value for key, value in current.items() if key not in (ZERO_GROUP_STATES, ZERO_FP32_WEIGHTS)}
+        wrapped.load_state_dict([{**settings, **shard} for shard in shards], load_optimizer_states=True,
+                                load_from_fp32_weights=True)
 
 
 def make_sync(backend: str, *, zero_stage: int = 0, deepspeed_file: DeepSpeedFile | None = None) -> DistributedSync:

@@ -70,6 +70,8 @@ def deepspeed_config(url: str, *extra: str):
     ({"optimizer": {"type": "Adam"}}, "unsupported key(s) optimizer; a DeepSpeed file here may set zero_optimization"),
     ({"bf16": {"enabled": True}, "zero_optimization": {}}, "unsupported key(s) bf16"),
     ({"zero_optimization": {"overlap_comm": True}}, "zero_optimization.overlap_comm is True, but it must be False"),
+    ({"zero_optimization": {"round_robin_gradients": True}}, "zero_optimization.round_robin_gradients is True, but it "
+     "must be False, set by eg3d-train from checkpoints keep the parameters in the optimizer's order"),
     ({"zero_optimization": 1}, "zero_optimization must be a JSON object"),
 ])
 def test_a_file_that_sets_our_keys_or_unknown_ones_is_refused(tmp_path, settings, message):

@@ -226,6 +226,84 @@ def test_optimizer_state_saved_by_two_workers_resumes_on_one(backend, zero_stage
         torch.testing.assert_close(resumed[name], value, msg=name, **tolerance)
 
 
+def adam_moments(trainer: Trainer) -> dict[str, dict]:
+    """{network.parameter: {"step", "exp_avg", "exp_avg_sq"}} as this rank's optimizers hold them: per parameter
+    (torch's Adam), or at ZeRO 1 this rank's slices, found by DeepSpeed's own map of names to slices."""
+    moments = {}
+    for prefix, network, optimizer in (("G", trainer.G, trainer.opt_G), ("D", trainer.D, trainer.opt_D)):
+        if trainer.sync.optimizer_sharded:
+            zero = trainer.sync.engines[id(optimizer)].optimizer.state_dict()
+            [group], [slices] = zero["base_optimizer_state"], zero["param_slice_mappings"]
+            for name, fragment in slices.items():
+                moments[f"{prefix}.{name}"] = {key: value.reshape(()).clone() if key == "step" else
+                                               value[fragment.start:fragment.start + fragment.numel].clone()
+                                               for key, value in group.items()}
+        else:
+            state = optimizer.state_dict()["state"]
+            for number, (name, p) in enumerate(network.named_parameters()):
+                moments[f"{prefix}.{name}"] = {key: value.reshape(()).clone() if key == "step" else
+                                               value.flatten().clone() for key, value in state.get(number, {}).items()}
+    return moments
+
+
+def merged_moments(ranks: list[dict[str, dict]], sliced: bool) -> dict[str, dict]:
+    """Every rank's `adam_moments` as whole parameters: the `sliced` ones (ZeRO 1) end to end in rank order."""
+    if not sliced:
+        return ranks[0]
+    merged = {}
+    for moments in ranks:
+        for name, state in moments.items():
+            merged[name] = {key: value if key == "step" or name not in merged else
+                            torch.cat([merged[name][key], value]) for key, value in state.items()}
+    return merged
+
+
+def saved_with_moments(rank: int, backend: str, zero_stage: int):
+    config = equivalence_config()
+    trainer = Trainer(config, camera_pool=random_cameras(16), sync=make_sync(backend, zero_stage, config))
+    trainer.train_step(*my_share(trainer, *global_batch(0)))
+    return {"common": trainer.state_dict(), "shard": trainer.optimizer_state_dicts(), "moments": adam_moments(trainer)}
+
+
+def resumed_moments(rank: int, backend: str, zero_stage: int, saved: list[dict]):
+    """Load as eg3d.training.loop.read_state does: the optimizer shards whenever the checkpoint has them."""
+    config = equivalence_config()
+    trainer = Trainer(config, camera_pool=random_cameras(16), sync=make_sync(backend, zero_stage, config))
+    sharded = "base_optimizer_state" in saved[0]["shard"]["opt_G"]
+    trainer.load_state_dict(saved[0]["common"], optimizer_shards=[s["shard"] for s in saved] if sharded else None)
+    return adam_moments(trainer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("saved_by,resumed_by", [
+    (("deepspeed", 1, 2), ("ddp", 0, 1)),  # once KeyError: 'opt_G'
+    (("ddp", 0, 1), ("deepspeed", 1, 2)),
+    (("deepspeed", 1, 1), ("deepspeed", 1, 2)),  # once IndexError: the second rank found no shard of its number
+], ids=["zero1x2-to-ddpx1", "ddpx1-to-zero1x2", "zero1x1-to-zero1x2"])
+def test_adam_state_resumes_under_the_other_backend_and_world_size(saved_by, resumed_by):
+    """The Adam moments resumed under another backend or world size are the saved ones, tensor for tensor. ZeRO
+    steps each network's parameters as one: a parameter torch's Adam never stepped resumes there with zero
+    moments, and the group's step count is its largest."""
+    needs("deepspeed")
+    (backend, zero_stage, world_size), (to_backend, to_stage, to_world_size) = saved_by, resumed_by
+    saved = run_on_workers(saved_with_moments, world_size, args=(backend, zero_stage))
+    resumed = merged_moments(run_on_workers(resumed_moments, to_world_size, args=(to_backend, to_stage, saved)),
+                             sliced=to_stage == 1)
+    expected = merged_moments([result["moments"] for result in saved], sliced=zero_stage == 1)
+    assert resumed.keys() == expected.keys() and len(expected) > 100
+    groups = {network: max(s["step"] for name, s in expected.items() if name.startswith(network) and s)
+              for network in "GD"}
+    for name, state in expected.items():
+        if not state and to_stage == 1:
+            torch.testing.assert_close(resumed[name]["exp_avg"], torch.zeros_like(resumed[name]["exp_avg"]), msg=name)
+            continue
+        assert resumed[name].keys() == state.keys(), name
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(resumed[name][key], state[key]), f"{name} {key}"
+        assert resumed[name]["step"] == (groups[name[0]] if to_stage == 1 else state["step"]), (
+            name, resumed[name]["step"], state["step"])
+
+
 def test_object_collectives_at_world_size_1_exchange_nothing(tmp_path, monkeypatch):
     """One rank: all_gather_object and broadcast_object return the value without a gloo collective: there is
     nothing to exchange. Every collective is made to fail, so a call to one would show."""

@@ -31,6 +31,7 @@ from eg3d.networks.generator import TriPlaneGenerator
 from .augment import AugmentPipe, adjust_p
 from .compilation import compile_networks, compiled_graphs
 from .loss import EG3DLoss
+from .optimizer_state import torch_optimizer_state
 from .schedules import Schedule
 from .stats import StatsReporter
 
@@ -91,8 +92,9 @@ class SingleProcess:
         return optimizer.state_dict()
 
     def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, states: list[dict]) -> None:
-        """`states`: the saved state of every rank (one entry unless the state is sharded)."""
-        optimizer.load_state_dict(states[0])
+        """`states`: the saved state of every rank (one entry unless the state is sharded), in either backend's
+        form (see eg3d.training.optimizer_state)."""
+        optimizer.load_state_dict(torch_optimizer_state(states, optimizer))
 
 
 @torch.no_grad()
