@@ -51,14 +51,15 @@ class Job:
 
 
 def worker_loop(job: dict) -> str | None:
-    """Runs in each Ray Train worker. A diverged run returns its message rather than raising: Ray Train
-    retries every worker exception (up to distributed.max_failures), and each retry would resume from the
-    same checkpoint into the same divergence. The driver turns rank 0's return value into the error."""
+    """Runs in each Ray Train worker. A run the loop stopped on purpose (RunStopped: diverged, disk full, no
+    intact checkpoint, a refused resume) returns {"kind", "message"} rather than raising: Ray Train retries
+    every worker exception (up to distributed.max_failures), and each retry would resume from the same
+    checkpoint into the same stop. The driver turns rank 0's return value into the error."""
     import ray.train
     import ray.train.torch
 
     from eg3d.config import TrainConfig
-    from eg3d.training.loop import TrainingDiverged, train
+    from eg3d.training.loop import RunStopped, train
     from eg3d.training.threads import flush_denormals, set_threads
 
     from .backends import make_sync
@@ -80,9 +81,10 @@ def worker_loop(job: dict) -> str | None:
         train(config, manifest_url=job.manifest_url, run_url=job.run_url, sync=sync, device=device,
               report=functools.partial(report, exporter, sync.rank),
               log=logging.getLogger("eg3d").info)  # a print would reach the driver twice
-    except TrainingDiverged as error:  # the driver prints the message and exits non-zero
-        logging.getLogger("eg3d").error(f"rank {sync.rank}: stopping, training diverged (see the driver's error)")
-        return str(error)
+    except RunStopped as error:  # the driver raises it again, prints the message and exits non-zero
+        logging.getLogger("eg3d").error(f"rank {sync.rank}: stopping the run ({type(error).__name__}; see the "
+                                        f"driver's error)")
+        return {"kind": type(error).__name__, "message": str(error)}
     finally:
         if exporter is not None:
             exporter.close()
@@ -249,20 +251,22 @@ def launch(config, *, manifest_url: str, storage_url: str, name: str,
     the driver's (run-wide, own) values for its /metrics; `deepspeed_file`: distributed.deepspeed_config's
     `backends.DeepSpeedFile`, read by the driver.
 
-    Raises TrainingDiverged when the workers stopped the run for non-finite gradients
-    (run.max_nonfinite_steps), and Ray Train's error when the workers failed more than
-    distributed.max_failures times."""
-    from eg3d.training.loop import TrainingDiverged
+    Raises what stopped the workers' run (eg3d.training.loop.RunStopped: TrainingDiverged for non-finite
+    gradients, StorageFull, NoIntactCheckpoint, ResumeRefused), and Ray Train's error when the workers failed
+    more than distributed.max_failures times."""
+    from eg3d.training import loop
 
     exporter = start_driver_exporter(config, storage_url=storage_url, name=name)
     if exporter is not None:
         exporter.update(*driver_record)
     try:
         with ray_cluster() as started_locally:
-            diverged = _fit(config, manifest_url=manifest_url, storage_url=storage_url, name=name,
-                            started_locally=started_locally, deepspeed_file=deepspeed_file)
-        if diverged is not None:
-            raise TrainingDiverged(diverged)
+            stopped = _fit(config, manifest_url=manifest_url, storage_url=storage_url, name=name,
+                           started_locally=started_locally, deepspeed_file=deepspeed_file)
+        if stopped is not None:
+            kind = getattr(loop, stopped["kind"], loop.RunStopped)
+            raise (kind if isinstance(kind, type) and issubclass(kind, loop.RunStopped) else loop.RunStopped)(
+                stopped["message"])
     finally:
         if exporter is not None:
             exporter.close()
@@ -310,7 +314,7 @@ def interruptible_trainer_class():
 
 def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_locally: bool,
          deepspeed_file=None) -> str | None:
-    """Run the workers; what rank 0's `worker_loop` returned (the divergence message, or None)."""
+    """Run the workers; what rank 0's `worker_loop` returned ({"kind", "message"} of a stopped run, or None)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
 
     from eg3d.training.loop import PROGRESS_SECONDS

@@ -28,6 +28,7 @@ from .training.stats import StatsReporter
 
 CONFIG_ERROR_EXIT_CODE = 2  # a bad config, data path or dataset
 DIVERGED_EXIT_CODE = 3  # the run stopped after run.max_nonfinite_steps consecutive non-finite steps
+STOPPED_EXIT_CODE = 1  # the workers stopped the run: a full disk, no intact checkpoint
 INTERRUPTED_EXIT_CODE = 130  # Ctrl-C (SIGINT), as a shell reports it: 128 + 2
 
 
@@ -194,12 +195,24 @@ def absolute(url: str) -> str:
 
 
 def finished_checkpoint(config, run_url: str):
-    """The run's newest checkpoint when it has reached run.total_kimg (then no worker needs to start), else None."""
+    """The run's newest checkpoint when it has reached run.total_kimg and exported its final snapshot (then no
+    worker needs to start), else None."""
     from .training.checkpoints import CheckpointStore
+
+    from dataloading import storage
+
+    from .training.loop import snapshot_url
 
     latest = CheckpointStore(run_url).latest()
     target_nimg = int(config.run.total_kimg * 1000)  # as the worker loop counts it
-    return latest if latest is not None and latest.nimg >= target_nimg else None
+    if latest is None or latest.nimg < target_nimg:
+        return None
+    # A crash between the final checkpoint and its snapshot leaves the snapshot to a resume (the workers export
+    # it first thing); the snapshot's config.json is written last, so its presence means it is complete.
+    if latest.manifest.get("snapshot_due") and not storage.exists(
+            storage.join(snapshot_url(run_url, latest.nimg), "config.json")):
+        return None
+    return latest
 
 
 def checked_init_source(config, run_url: str):
@@ -230,17 +243,23 @@ def check_locations(config, storage_url: str, data: str | None) -> None:
         raise FileNotFoundError(f"--data {data}: no such file or folder")
 
 
-def check_same_architecture(config, run_url: str) -> None:
-    """A run that resumes keeps its architecture: ValueError naming every model.* field that differs from the
-    config the run was trained with (its config.json), with both values and the ways out."""
+def check_resume(config, run_url: str) -> None:
+    """A run that resumes keeps its architecture and its neural rendering resolution's course: ValueError
+    naming every model.* field that differs from the config the run was trained with (its config.json), with
+    both values and the ways out, or the resolution jump a changed rendering.* would make (`resolution_jump`)."""
     from dataloading import storage
 
     from .training.checkpoints import CheckpointStore
+    from .training.loop import resolution_jump
 
     saved_url = storage.join(run_url, "config.json")
-    if CheckpointStore(run_url).latest() is None or not storage.exists(saved_url):
+    latest = CheckpointStore(run_url).latest()
+    if latest is None or not storage.exists(saved_url):
         return  # nothing to resume: the run starts with this architecture
-    saved = json.loads(storage.read_bytes(saved_url)).get("model", {})
+    saved_config = json.loads(storage.read_bytes(saved_url))
+    if jump := resolution_jump(saved_config, config, latest.nimg, run_url):
+        raise ValueError(f"{run_url}: {jump}")
+    saved = saved_config.get("model", {})
     now = json.loads(json.dumps(config.to_dict()["model"]))  # tuples as the saved lists
     differing = [f"model.{key} is {saved[key]!r} in the run, {value!r} now" for key, value in now.items()
                  if key in saved and saved[key] != value]
@@ -276,7 +295,7 @@ def main(argv=None) -> int:
         run_url = storage_url.rstrip("/") + "/" + name
         if config.run.init_from is not None:  # a bad source stops the run before any worker starts
             config = checked_init_source(config, run_url)
-        check_same_architecture(config, run_url)
+        check_resume(config, run_url)
         deepspeed_file = load_deepspeed_file(config)  # a bad file stops the run before any worker starts
         lease = RunLease(run_url)
         lease.acquire(take_over=args.take_over)
@@ -311,7 +330,7 @@ def train(config, args: argparse.Namespace, *, storage_url: str, name: str, deep
     from cluster.launch import launch
     from dataloading.shard_reader import load_manifest
 
-    from .training.loop import TrainingDiverged
+    from .training.loop import ResumeRefused, RunStopped, TrainingDiverged
 
     finished = finished_checkpoint(config, run_url)
     if finished is not None:
@@ -323,9 +342,10 @@ def train(config, args: argparse.Namespace, *, storage_url: str, name: str, deep
     try:
         launch(config, manifest_url=manifest_url, storage_url=storage_url, name=name,
                driver_record=(record, driver_values), deepspeed_file=deepspeed_file)
-    except TrainingDiverged as error:
+    except RunStopped as error:
         print(f"error: {error}", file=sys.stderr)
-        return DIVERGED_EXIT_CODE
+        return (DIVERGED_EXIT_CODE if isinstance(error, TrainingDiverged) else
+                CONFIG_ERROR_EXIT_CODE if isinstance(error, ResumeRefused) else STOPPED_EXIT_CODE)
     print(f"done: {run_url}")
     return 0
 

@@ -347,3 +347,73 @@ def test_a_resume_with_another_architecture_names_every_differing_field(tmp_path
                      f"model.* settings, train the new architecture under a new --name, or fine-tune from this run "
                      f"with --name NEW --init-from {tmp_path / 'run'}\n")
     assert not (tmp_path / "run" / "shards").exists()
+
+
+def test_a_resume_whose_rendering_resolution_would_jump_is_refused_before_any_worker(tmp_path, monkeypatch, capsys):
+    """The run trained at 16 (no second stage); a resume at 8 images asking for 32 after a 0.004-kimg fade would
+    render at 32 at once, so the driver refuses it as the workers would, and points at --init-from."""
+    import cluster.launch
+
+    monkeypatch.setattr(cluster.launch, "launch", no_launch)
+    published_run(tmp_path / "run", micro_config())
+    args = cli_args(tmp_path, 0.016, "--set", "rendering.neural_rendering_resolution_final=32",
+                    "--set", "rendering.neural_rendering_resolution_fade_kimg=0.004")
+    assert train_main(args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {tmp_path / 'run'}: rendering.neural_rendering_resolution_final=32 (the run's: "
+                            f"null), rendering.neural_rendering_resolution_fade_kimg=0.004 (the run's: 1000.0): at "
+                            f"0.008 kimg, where this run resumes, the neural rendering resolution would jump from 16 "
+                            f"to 32")
+    assert f"--init-from {tmp_path / 'run'} --name NEW_NAME" in error
+    assert not (tmp_path / "run" / "shards").exists()
+
+
+def test_a_finished_run_whose_final_snapshot_is_missing_starts_its_workers_to_export_it(tmp_path):
+    from eg3d.train import finished_checkpoint
+    from eg3d.training.loop import snapshot_url
+
+    config = micro_config("run.total_kimg=0.008")
+    run = tmp_path / "run"
+    store = CheckpointStore(str(run))
+    store.publish("000000008-test", nimg=8, world_size=1, keep=3, snapshot_due=True,
+                  files=store.write_files("000000008-test", {"trainer.pt": b"weights"}))
+    assert finished_checkpoint(config, str(run)) is None  # crashed between the checkpoint and its snapshot
+    snapshot = Path(snapshot_url(str(run), 8))
+    snapshot.mkdir(parents=True)
+    (snapshot / "G_ema.safetensors").write_bytes(b"half an export")
+    assert finished_checkpoint(config, str(run)) is None  # its config.json, written last, is not there
+    (snapshot / "config.json").write_text("{}")
+    assert finished_checkpoint(config, str(run)).nimg == 8
+    assert finished_checkpoint(micro_config("run.total_kimg=0.012"), str(run)) is None  # more to train
+
+
+@pytest.mark.parametrize("kind, code", [("StorageFull", 1), ("NoIntactCheckpoint", 1), ("ResumeRefused", 2),
+                                        ("TrainingDiverged", 3)])
+def test_a_run_the_workers_stopped_is_one_line_and_its_exit_code(tmp_path, monkeypatch, capsys, kind, code):
+    """What the workers' loop stops a run with (eg3d.training.loop.RunStopped) reaches the user as its message."""
+    import cluster.launch
+    from eg3d.training import loop
+
+    def stopped(*args, **kwargs):
+        raise getattr(loop, kind)(f"{kind} in words")
+
+    monkeypatch.setattr(cluster.launch, "launch", stopped)
+    assert train_main(cli_args(tmp_path, 0.016)) == code
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {kind} in words"
+
+
+@pytest.mark.parametrize("kind", ["StorageFull", "NoIntactCheckpoint", "ResumeRefused", "TrainingDiverged",
+                                  "NotAStopKind"])
+def test_the_launcher_raises_what_stopped_the_workers(monkeypatch, kind):
+    """Rank 0's worker returns {"kind", "message"} instead of raising (Ray Train would retry a raise); the
+    launcher raises that kind again, and a kind it does not know as plain RunStopped."""
+    import contextlib
+
+    import cluster.launch
+    from eg3d.training import loop
+
+    monkeypatch.setattr(cluster.launch, "ray_cluster", lambda: contextlib.nullcontext(True))
+    monkeypatch.setattr(cluster.launch, "_fit", lambda *a, **k: {"kind": kind, "message": "the words"})
+    with pytest.raises(loop.RunStopped, match="^the words$") as raised:
+        cluster.launch.launch(micro_config(), manifest_url="m", storage_url="s", name="n")
+    assert type(raised.value) is getattr(loop, kind, loop.RunStopped)
