@@ -4,7 +4,8 @@ DeepSpeed needed; tests/test_distributed.py checks the same against DeepSpeed's 
 import pytest
 import torch
 
-from eg3d.training.optimizer_state import adam_state_from_zero_shards, torch_optimizer_state, zero_shards_from_adam_state
+from eg3d.training.optimizer_state import (adam_state_from_zero_shards, torch_optimizer_state,
+                                           zero_shards_from_adam_state)
 
 
 def parameters():
@@ -51,7 +52,8 @@ def test_per_parameter_state_is_cut_into_any_number_of_shards():
     assert [s["single_partition_of_fp32_groups"][0].tolist() for s in shards] == [[0, 0, 0], [0, 7, 8]]
     assert [s["base_optimizer_state"][0]["step"] for s in shards] == [3, 3]
     back = adam_state_from_zero_shards([{**s, "param_alignment_paddings": [[1, 0]]} for s in shards], groups)
-    assert torch.equal(back[0]["exp_avg_sq"], state[0]["exp_avg_sq"]) and torch.equal(back[2]["exp_avg"], torch.zeros(1, 2))
+    assert torch.equal(back[0]["exp_avg_sq"], state[0]["exp_avg_sq"])
+    assert torch.equal(back[2]["exp_avg"], torch.zeros(1, 2))
 
 
 def test_zero_shards_of_another_architecture_are_refused():

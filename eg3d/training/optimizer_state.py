@@ -49,7 +49,8 @@ def torch_optimizer_state(states: list[dict], optimizer: torch.optim.Optimizer) 
     if not is_zero_shard(states[0]):
         return states[0]
     groups = [group["params"] for group in optimizer.param_groups]
-    return {"state": adam_state_from_zero_shards(states, groups), "param_groups": optimizer.state_dict()["param_groups"]}
+    return {"state": adam_state_from_zero_shards(states, groups),
+            "param_groups": optimizer.state_dict()["param_groups"]}
 
 
 def adam_state_from_zero_shards(shards: list[dict], groups: ParamGroups) -> AdamState:
@@ -74,9 +75,9 @@ def adam_state_from_zero_shards(shards: list[dict], groups: ParamGroups) -> Adam
                                  f"for another architecture")
         number = {id(p): first + i for i, p in enumerate(params)}
         for p, (offset, size) in zip(trained, spans):
+            moments = {key: values[offset:offset + size].view_as(p).clone() for key, values in flat.items()}
             state[number[id(p)]] = {**{key: value.clone() if torch.is_tensor(value) else value
-                                       for key, value in scalars.items()}, **{key: values[offset:offset + size].view_as(p).clone()
-                                       for key, values in flat.items()}}
+                                       for key, value in scalars.items()}, **moments}
         first += len(params)
     return state
 
