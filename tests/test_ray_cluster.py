@@ -3,7 +3,8 @@ growth, a worker killed at a random moment, and the driver killed and rerun. Dat
 moto's S3 server, as they would on a cluster.
 
 The tests share one cluster and run in order: the head offers 1 CPU; the elastic test adds a second
-node, which the fault tests then use for two workers.
+node, which the fault tests then use for two workers. The whole module runs beside another, unrelated Ray,
+as a user's own run may be: the suite's clusters take none of its ports and stop none of its processes.
 """
 
 import json
@@ -12,16 +13,15 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
+import psutil
 import pytest
 
 from conftest import MICRO_OVERRIDES
 from dataloading import storage
-from distributed_helpers import free_port
 from eg3d.training.checkpoints import CheckpointStore
-from ray_jobs import submit_job
+from ray_jobs import LocalCluster, submit_job
 from s3_fixtures import BUCKET, moto_server  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -32,40 +32,52 @@ OVERRIDES = MICRO_OVERRIDES + ["data.synthetic_count=12", "run.log_kimg=0.004", 
                                "distributed.resize_check_seconds=2"]
 
 
-class LocalCluster:
-    def __init__(self, env: dict):
-        self.env = env
-        self.temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit
-        self.port, self.dashboard_port = free_port(), free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.nodes = 1
-        self.ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}", "--num-cpus=1",
-                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-                 f"--temp-dir={self.temp_dir}", "--disable-usage-stats")
-
-    def ray(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        result = subprocess.run(["ray", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
-        assert result.returncode == 0, f"ray {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-        return result
-
-    def add_node(self) -> None:
-        self.ray("start", f"--address={self.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                 "--disable-usage-stats")
-        self.nodes += 1
-
-    def stop(self) -> None:
-        subprocess.run(["ray", "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+@pytest.fixture(scope="module")
+def cluster_env(moto_server) -> dict:
+    """The head and its workers take the S3 endpoint and test credentials from this environment."""
+    return {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(moto_server):
-    # The head and its workers take the S3 endpoint and test credentials from this environment.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
-    cluster = LocalCluster(env)
+def unrelated_ray(cluster_env):
+    """Another Ray on the machine, as a user's own `ray start --head` runs it (Ray's default ports but for the
+    GCS and dashboard, which a user's Ray may hold already): the whole module runs beside it."""
+    other = LocalCluster(cluster_env, own_ports=False)
+    try:
+        yield other
+    finally:
+        other.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(cluster_env, unrelated_ray):
+    cluster = LocalCluster(cluster_env)
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+def test_stopping_a_test_cluster_leaves_another_ray_running(cluster_env, unrelated_ray):
+    """The suite once stopped its clusters with `ray stop --force`, which ends every Ray on the machine, and its
+    heads' job agents found Ray's default port taken by the other Ray ("no job agent")."""
+    other = [p for p in unrelated_ray.processes() if p.name() in ("gcs_server", "raylet")]
+    assert sorted(p.name() for p in other) == ["gcs_server", "raylet"]
+    cluster = LocalCluster(cluster_env)
+    try:
+        cluster.add_node()
+        command = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{cluster.dashboard_port}", "--",
+                   "python", "-c", "print('the job ran')"]
+        result = submit_job(command, env=cluster.env, timeout=120, agent_deadline=60)
+        assert result.returncode == 0 and "the job ran" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+        ours = cluster.processes()
+        assert sorted(p.name() for p in ours if p.name() in ("gcs_server", "raylet")) == [
+            "gcs_server", "raylet", "raylet"]
+    finally:
+        cluster.stop()
+    assert [process_title(p) for p in ours if alive(p)] == []
+    assert sorted(p.name() for p in other if alive(p)) == ["gcs_server", "raylet"]
+    assert "Active:" in unrelated_ray.ray("status", f"--address={unrelated_ray.address}", timeout=60).stdout
 
 
 def train_command(name: str, kimg: float, *extra: str) -> list[str]:
@@ -142,9 +154,23 @@ def test_elastic_run_grows_when_a_node_joins(ray_cluster, shards):
     assert CheckpointStore(f"{PREFIX}/runs/elastic").latest().nimg == 120
 
 
-def ray_train_worker_pids() -> list[int]:
-    found = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True)
-    return [int(pid) for pid in found.stdout.split()]
+def ray_train_worker_pids(cluster: LocalCluster) -> list[int]:
+    """The Ray Train workers of this cluster (not those of any other Ray on the machine)."""
+    return [p.pid for p in cluster.processes() if process_title(p).startswith("ray::RayTrainWorker")]
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def process_title(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # ended meanwhile
+        return ""
 
 
 def test_a_worker_killed_at_a_random_moment_is_replaced(ray_cluster, shards):
@@ -155,7 +181,7 @@ def test_a_worker_killed_at_a_random_moment_is_replaced(ray_cluster, shards):
     driver = start_driver(ray_cluster, train_command("killed-worker", 0.1, "--workers", "2"))
     wait_for_checkpoint("killed-worker", driver)
     time.sleep(moment)
-    pids = ray_train_worker_pids()
+    pids = ray_train_worker_pids(ray_cluster)
     assert len(pids) == 2, pids
     os.kill(random.choice(pids), signal.SIGKILL)
     output = finish(driver)
@@ -167,18 +193,22 @@ def test_a_worker_killed_at_a_random_moment_is_replaced(ray_cluster, shards):
 
 
 def test_a_killed_driver_resumes_when_the_command_is_rerun(ray_cluster, shards):
+    """The dead driver's lease on the run would hold for 2 minutes: the rerun takes it over, as a user whose
+    driver is gone does."""
+    if ray_cluster.nodes < 2:
+        ray_cluster.add_node()
     command = train_command("killed-driver", 0.06, "--workers", "2")
     driver = start_driver(ray_cluster, command)
     wait_for_checkpoint("killed-driver", driver)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=60)
     deadline = time.monotonic() + 60
-    while ray_train_worker_pids():  # Ray ends a dead driver's actors
+    while ray_train_worker_pids(ray_cluster):  # Ray ends a dead driver's actors
         assert time.monotonic() < deadline, "workers outlived their driver"
         time.sleep(0.5)
     first = CheckpointStore(f"{PREFIX}/runs/killed-driver").latest().nimg
     assert first < 60
-    output = finish(start_driver(ray_cluster, command))
+    output = finish(start_driver(ray_cluster, command + ["--take-over"]))
     assert "resumed from" in output
     assert_contiguous(log_records("killed-driver"), 0.06)
     assert CheckpointStore(f"{PREFIX}/runs/killed-driver").latest().nimg == 60
