@@ -71,6 +71,30 @@ def test_a_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, shards):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_crash_between_a_checkpoint_and_its_log_record_loses_no_record(tmp_path, shards, monkeypatch):
+    """A process killed after the checkpoint at 8 images is published, while the snapshot due there is taken
+    (before the step's log record is written): the resume exports the snapshot and writes the record, which the
+    checkpoint carries, so the log equals an uninterrupted run's."""
+    import eg3d.training.loop as loop
+
+    train(loop_config(0.016), manifest_url=shards, run_url=tmp_path / "straight", log=quiet)
+    take_snapshot = loop.take_snapshot
+
+    def killed_at_8(trainer, *args, **kwargs):
+        if trainer.nimg == 8:
+            raise KeyboardInterrupt("killed")
+        return take_snapshot(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "take_snapshot", killed_at_8)
+    with pytest.raises(KeyboardInterrupt):
+        train(loop_config(0.016), manifest_url=shards, run_url=tmp_path / "crashed", log=quiet)
+    assert [r["nimg"] for r in log_records(tmp_path / "crashed")] == [4]
+    monkeypatch.setattr(loop, "take_snapshot", take_snapshot)
+    train(loop_config(0.016), manifest_url=shards, run_url=tmp_path / "crashed", log=quiet)
+    assert log_records(tmp_path / "crashed") == log_records(tmp_path / "straight")
+    assert (tmp_path / "crashed" / "snapshots" / "snapshot-000000008" / "config.json").exists()
+
+
 @pytest.mark.parametrize("progress_seconds, expected_lines", [
     (0.0, ["kimg 0.004/0.008 (50.0%)  img/s ", "kimg 0.008/0.008 (100.0%)  img/s "]),  # every step
     # after the first step, then only the log interval's status line

@@ -130,12 +130,14 @@ class CheckpointStore:
         return entries
 
     def publish(self, folder: str, *, nimg: int, world_size: int, files: dict[str, dict], keep: int,
-                snapshot_due: bool = False) -> Checkpoint:
+                snapshot_due: bool = False, record: dict | None = None) -> Checkpoint:
         """Publish the manifest of a folder whose files every rank has written, then prune to `keep`.
         `snapshot_due`: a snapshot falls due at this point, and is exported after the checkpoint (a run
-        resumed from it exports the snapshot when it is missing)."""
+        resumed from it exports the snapshot when it is missing). `record`: the log record of the checkpoint's
+        own step, appended to log.jsonl after the snapshot (a run resumed from it writes it when missing)."""
         manifest = {"format": FORMAT, "nimg": nimg, "world_size": world_size, "folder": folder,
-                    "created_unix": time.time(), "snapshot_due": snapshot_due, "files": files}
+                    "created_unix": time.time(), "snapshot_due": snapshot_due, "files": files,
+                    **({"record": record} if record is not None else {})}
         manifest_url = storage.join(self.url, folder + ".json")
         write_bytes(manifest_url, json.dumps(manifest, indent=1).encode())
         self.prune(keep)

@@ -91,7 +91,7 @@ QUALITY_FILE = "quality.json"  # the last measurement, so that a resumed run rep
 
 
 def save_checkpoint(store: CheckpointStore, trainer: Trainer, reader: ShardReader, keep: int, *,
-                    quality: dict, snapshot_due: bool) -> Checkpoint | None:
+                    quality: dict, snapshot_due: bool, record: dict | None = None) -> Checkpoint | None:
     """Every rank writes its files, then rank 0 publishes the manifest (see eg3d.training.checkpoints). A full
     disk on any rank raises StorageFull on every rank, with nothing published."""
     sync = trainer.sync
@@ -117,7 +117,8 @@ def save_checkpoint(store: CheckpointStore, trainer: Trainer, reader: ShardReade
     if sync.rank == 0 and full is None:
         try:
             checkpoint = store.publish(folder, nimg=trainer.nimg, world_size=sync.world_size, keep=keep,
-                                       snapshot_due=snapshot_due, files={name: entry for rank_entries, _ in every_rank
+                                       snapshot_due=snapshot_due, record=record,
+                                       files={name: entry for rank_entries, _ in every_rank
                                                                          for name, entry in rank_entries.items()})
         except DiskFull as error:
             full = error
@@ -333,6 +334,16 @@ class RunLog:
     def flush(self) -> None:
         storage.write_bytes_atomic(self.url, "".join(line + "\n" for line in self.records).encode())
 
+    def complete(self, checkpoint: Checkpoint, standing: dict) -> None:
+        """Append the record of the checkpoint's own step, which the checkpoint carries, when a crash between
+        the checkpoint and the record's write left the log without it (with the snapshot's measurement in
+        `standing`)."""
+        record = checkpoint.manifest.get("record")
+        last_nimg = json.loads(self.records[-1])["nimg"] if self.records else -1
+        if record is not None and last_nimg < checkpoint.nimg:
+            self.append({**record, **{k: v for k, v in standing.items() if k.startswith(QUALITY_KEYS)}})
+            self.flush()
+
 
 def redo_message(checkpoint: Checkpoint, past: dict | None) -> str:
     """How much of the previous attempt a resume from `checkpoint` trains again, from the log's last record past
@@ -419,6 +430,8 @@ def _train(config: TrainConfig, reader: ShardReader, *, manifest_url: str, run_u
         # Exported after its checkpoint: a crash between the two left it to this resume (or it is there already,
         # and its measurement is the one to report).
         standing.update(take_snapshot(trainer, run_url, quality, grid_z, cameras))
+    if run_log is not None and checkpoint is not None:
+        run_log.complete(checkpoint, standing)
     tick_start, tick_nimg, maintenance_seconds = time.perf_counter(), trainer.nimg, 0.0
     tick_compile_seconds = trainer.compile_seconds
     checkpoint_due, last_checkpoint_time = False, time.monotonic()
@@ -434,29 +447,36 @@ def _train(config: TrainConfig, reader: ShardReader, *, manifest_url: str, run_u
         snapshot_due = crossed(before, trainer.nimg, run.snapshot_kimg) or done
         checkpoint_due |= (crossed(before, trainer.nimg, run.checkpoint_kimg) or done
                            or minutes_passed(sync, last_checkpoint_time, run.checkpoint_minutes))
-        # Snapshot and checkpoint time is left out of the interval's images per second.
+        checkpointed = checkpoint_due and trainer.nonfinite_streak == 0
+        if checkpointed:
+            standing["checkpoint_nimg"] = trainer.nimg
+        # The step's record is made before the checkpoint, which carries it (a resume writes it when a crash
+        # lost it); the snapshot's measurement is added after. Snapshot and checkpoint time is left out of the
+        # interval's images per second.
+        record = None
+        if crossed(before, trainer.nimg, run.log_kimg) or done or diverged:
+            training_seconds = (time.perf_counter() - tick_start - maintenance_seconds
+                                - (trainer.compile_seconds - tick_compile_seconds))
+            record = interval_record(trainer, standing, (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9))
         maintenance_start = time.perf_counter()
         # No checkpoint while steps are being skipped: one taken on the way to a divergence would push
         # good ones out of run.keep_checkpoints and be what a rerun resumes from. A checkpoint that falls
         # due meanwhile is written after the first fully finite step. The checkpoint goes before the snapshot,
         # so that nothing the quality measurement or the export does can cost the training since the last one.
-        checkpointed = checkpoint_due and trainer.nonfinite_streak == 0
         if checkpointed:
             if run_log is not None:  # a remote log.jsonl holds every record up to a checkpoint before it exists
                 run_log.flush()
             save_checkpoint(store, trainer, reader, run.keep_checkpoints, snapshot_due=snapshot_due,
-                            quality={k: v for k, v in standing.items() if k.startswith(QUALITY_KEYS)})
-            standing["checkpoint_nimg"] = trainer.nimg
+                            quality={k: v for k, v in standing.items() if k.startswith(QUALITY_KEYS)},
+                            record=record if sync.rank == 0 else None)
             checkpoint_due, last_checkpoint_time = False, time.monotonic()
         if snapshot_due:
-            standing.update(take_snapshot(trainer, run_url, quality, grid_z, cameras))
+            measured = take_snapshot(trainer, run_url, quality, grid_z, cameras)
+            standing.update(measured)
+            if record is not None:
+                record.update(measured)
         maintenance_seconds += time.perf_counter() - maintenance_start
-        # Compile time (run.compile) is left out too: it is reported on its own (compile/seconds).
-        training_seconds = (time.perf_counter() - tick_start - maintenance_seconds
-                            - (trainer.compile_seconds - tick_compile_seconds))
-        images_per_second = (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9)
-        if crossed(before, trainer.nimg, run.log_kimg) or done or diverged:
-            record = interval_record(trainer, standing, images_per_second)
+        if record is not None:
             if run_log is not None:
                 run_log.append(record)
                 log(status_line(record, tick_nimg))
@@ -466,7 +486,10 @@ def _train(config: TrainConfig, reader: ShardReader, *, manifest_url: str, run_u
             tick_compile_seconds = trainer.compile_seconds
             last_line = tick_start
         elif sync.rank == 0 and (last_line is None or time.perf_counter() - last_line >= PROGRESS_SECONDS):
-            log(progress_text(trainer.nimg, total_nimg, images_per_second))
+            # Compile time (run.compile) is left out: it is reported on its own (compile/seconds).
+            training_seconds = (time.perf_counter() - tick_start - maintenance_seconds
+                                - (trainer.compile_seconds - tick_compile_seconds))
+            log(progress_text(trainer.nimg, total_nimg, (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9)))
             last_line = time.perf_counter()
         if run_log is not None and (checkpointed or diverged):
             run_log.flush()  # the record of a checkpoint's own step, too
