@@ -166,6 +166,9 @@ def test_summary_matches_module_counts_and_hand_derived_flops(capsys):
     ("optimizer.g_lr=-1", "config field optimizer.g_lr: -1 is not > 0 (expected a finite number > 0)"),
     ("loss.r1_gamma=1e400", "config field loss.r1_gamma: inf is not finite (expected a finite number >= 0)"),
     ("loss.r1_gamma=NaN", "config field loss.r1_gamma: nan is not finite (expected a finite number >= 0)"),
+    ("loss.r1_gamma=nan", "config field loss.r1_gamma: nan is not finite (expected a finite number >= 0)"),
+    ("loss.r1_gamma=inf", "config field loss.r1_gamma: inf is not finite (expected a finite number >= 0)"),
+    ("loss.r1_gamma=-Infinity", "config field loss.r1_gamma: -inf is not finite (expected a finite number >= 0)"),
     ("run.checkpoint_kimg=-1", "config field run.checkpoint_kimg: -1 is not > 0 (expected a finite number > 0)"),
     ("optimizer.betas=[0.5, 1]", "config field optimizer.betas: 1 is not < 1 (expected a finite number >= 0 and < 1)"),
     ("model.backbone_resolution=48", "config field model.backbone_resolution: 48 is not a power of two "
@@ -191,6 +194,9 @@ def test_cli_refuses_an_out_of_range_value_in_one_line_before_any_worker(capsys,
                                        "(expected a finite number > 0)\n")
     assert train_main(["--storage", str(tmp_path), "--kimg", "-5"]) == 2
     assert "run.total_kimg: -5 is not > 0" in capsys.readouterr().err
+    for kimg in ("nan", "inf"):
+        assert train_main(["--storage", str(tmp_path), "--kimg", kimg]) == 2
+        assert f"run.total_kimg: {kimg} is not finite (expected a finite number > 0)" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
 
 

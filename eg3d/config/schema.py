@@ -288,11 +288,17 @@ def _coerce(value, annotation, key: str):
     raise ValueError(f"config field {key}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
 
 
+NON_FINITE_SPELLINGS = {"nan", "inf", "infinity"}  # Python's (float("nan"), str(math.inf)), any case and sign
+
+
 def _parse_literal(text: str):
-    """Command-line value: JSON (numbers, true/false, null, lists), Python-style booleans/None, else a string."""
+    """Command-line value: JSON (numbers, true/false, null, lists), Python-style booleans/None and non-finite
+    floats (nan, inf: the range check then says "is not finite"), else a string."""
     aliases = {"True": True, "False": False, "None": None, "none": None}
     if text in aliases:
         return aliases[text]
+    if text.strip().lstrip("+-").lower() in NON_FINITE_SPELLINGS:
+        return float(text)
     try:
         return json.loads(text)
     except json.JSONDecodeError:
