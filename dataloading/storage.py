@@ -66,15 +66,21 @@ def check_url(url: str, *, what: str, protocols: tuple[str, ...] | None = None) 
     if scheme not in known_implementations and not slashes:  # a local name with a colon in it, such as runs:2
         return
     if scheme not in known_implementations:
-        raise ValueError(f"{what} {url}: unknown storage protocol {scheme!r}; expected a local folder or a URL "
-                         f"such as s3://bucket/prefix")
+        raise ValueError(f"{what} {url}: unknown storage protocol {scheme!r}; expected {_accepted(protocols)}")
     if slashes != "//":
         raise ValueError(f"{what} {url}: malformed URL; expected {scheme}://{rest.lstrip('/') or 'bucket/prefix'}")
     if protocols is not None and scheme not in protocols:
-        raise ValueError(f"{what} {url}: {scheme}:// is not supported here; expected a local folder or one of "
-                         f"{', '.join(p + '://' for p in protocols)}")
+        raise ValueError(f"{what} {url}: {scheme}:// is not supported here; expected {_accepted(protocols)}")
     if scheme == "s3":
         _check_s3(url, rest, what)
+
+
+def _accepted(protocols: tuple[str, ...] | None) -> str:
+    """What a location may be: with `protocols`, a folder that runs live in ('a local folder or s3://bucket/prefix',
+    as --storage's help says); without, a file or folder anywhere fsspec reaches (--data, --init-from)."""
+    if protocols is None:
+        return "a local path (file or folder) or an fsspec URL such as s3://bucket/key"
+    return " or ".join(["a local folder", *(f"{protocol}://bucket/prefix" for protocol in protocols)])
 
 
 def _check_s3(url: str, rest: str, what: str) -> None:

@@ -1,6 +1,7 @@
 """The `python -m eg3d.train` entrypoint end to end on a micro configuration, and EMA snapshots."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -298,17 +299,20 @@ def test_ctrl_c_stops_the_run_names_its_checkpoint_and_exits_130(tmp_path, anoth
 @pytest.mark.parametrize("storage, expected", [
     ("s3:/bucket/runs", "--storage s3:/bucket/runs: malformed URL; expected s3://bucket/runs"),
     ("s4://bucket/runs", "--storage s4://bucket/runs: unknown storage protocol 's4'; expected a local folder "
-                         "or a URL such as s3://bucket/prefix"),
+                         "or s3://bucket/prefix"),
     ("s3://", "--storage s3://: no bucket; expected s3://bucket/prefix"),
-    ("gs://bucket/runs", "--storage gs://bucket/runs: gs:// is not supported here; expected a local folder or one "
-                         "of s3://"),
+    ("gs://bucket/runs", "--storage gs://bucket/runs: gs:// is not supported here; expected a local folder or "
+                         "s3://bucket/prefix"),
+    ("--init-from s4://bucket/x.pkl", "--init-from s4://bucket/x.pkl: unknown storage protocol 's4'; expected a "
+                                      "local path (file or folder) or an fsspec URL such as s3://bucket/key"),
 ])
 def test_a_malformed_storage_url_is_one_line_before_anything_starts(tmp_path, monkeypatch, capsys, storage, expected):
     import cluster.launch
 
     monkeypatch.setattr(cluster.launch, "launch", no_launch)
     monkeypatch.chdir(tmp_path)
-    assert train_main(["--storage", storage, "--set", "telemetry.metrics_port=0"]) == 2
+    location = storage.split(" ") if storage.startswith("--") else ["--storage", storage]
+    assert train_main([*location, "--set", "telemetry.metrics_port=0"]) == 2
     assert capsys.readouterr().err == f"error: {expected}\n"
     assert list(tmp_path.iterdir()) == []  # no folder named "s3:" holding a run
 
@@ -417,3 +421,42 @@ def test_the_launcher_raises_what_stopped_the_workers(monkeypatch, kind):
     with pytest.raises(loop.RunStopped, match="^the words$") as raised:
         cluster.launch.launch(micro_config(), manifest_url="m", storage_url="s", name="n")
     assert type(raised.value) is getattr(loop, kind, loop.RunStopped)
+
+
+def test_sigterm_stops_the_run_as_ctrl_c_does_with_exit_143(tmp_path, monkeypatch, capsys):
+    """kill, timeout, docker stop and a Kubernetes pod's deletion send SIGTERM: the driver says what the run
+    left and how to resume it, exits 143 (128 + 15), releases its lease, and restores the SIGTERM handler."""
+    import os
+    import signal
+
+    import eg3d.train
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the run")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(eg3d.train, "train", terminated)
+    assert train_main(cli_args(tmp_path, 0.016)) == 143
+    assert capsys.readouterr().err == (f"stopped: {tmp_path / 'run'} was terminated (SIGTERM) before its first "
+                                       f"checkpoint; the same command starts it again from the beginning\n")
+    assert not (tmp_path / "run" / "lease.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_after_ray_init_still_reaches_the_driver(tmp_path):
+    """ray.init installs a native failure-signal handler that dumps a stack and aborts on SIGTERM (exit 134);
+    the driver installs its own again after it."""
+    script = ("import os, signal, time\n"
+              "from cluster.launch import ray_cluster\n"
+              "with ray_cluster():\n"
+              "    try:\n"
+              "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(10)\n"
+              "    except KeyboardInterrupt:\n"
+              "        print('stopped', flush=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, capture_output=True,
+                          text=True, timeout=180, env={**env, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert "stopped" in done.stdout and "SIGTERM received" not in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 0
