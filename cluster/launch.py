@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -148,18 +149,43 @@ def ray_cluster():
         print(f"connecting to the Ray cluster at {address}")
         print(PREEMPTION_NOTICE)
         ray.init(address=address, log_to_driver=True)
+        stop_on_sigterm()
         yield False
         return
     temp_dir = tempfile.mkdtemp(prefix="eg3d-ray-")
     try:
         with own_local_environment(temp_dir):
             start_local_ray(temp_dir)
+            stop_on_sigterm()
             try:
                 yield True
             finally:
                 ray.shutdown()
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+class Terminated:
+    """Whether the driver was sent SIGTERM (`stop_on_sigterm`)."""
+    received = False
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, `timeout`, `docker stop`, a Kubernetes pod's deletion) stops the run as Ctrl-C does: it
+    calls the SIGINT handler in place at that moment (Ray Train's graceful abort while the workers run) or
+    raises KeyboardInterrupt, and `Terminated.received` tells the driver which signal it was. Called at start
+    and again after ray.init, whose native failure-signal handler takes SIGTERM over (a stack dump, then an
+    abort with status 134). Only the main thread can set handlers; elsewhere this does nothing."""
+    def on_sigterm(signum, frame):
+        Terminated.received = True
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 @contextmanager

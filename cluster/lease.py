@@ -45,6 +45,21 @@ class Holder:
     def expired(self, now: float) -> bool:
         return self.age(now) > self.expires_seconds
 
+    def gone(self) -> bool:
+        """Whether this holder is a process of this host that no longer runs (killed before it could release
+        the lease), or this very process's pid (a restarted container reusing it): its lease is free."""
+        if self.host != socket.gethostname():
+            return False
+        if self.pid == os.getpid():
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # a live process of another user
+            return False
+        return False
+
     def describe(self, now: float) -> str:
         started = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.started))
         return (f"host {self.host}, pid {self.pid}, started {started}, last heartbeat {self.age(now):.0f} s ago "
@@ -96,9 +111,10 @@ class RunLease:
         current = self.read()
         if current is not None:
             other = current[0]
-            if not (take_over or other.expired(now)):
+            if not (take_over or other.expired(now) or other.gone()):
                 raise RunHeld(self.held_message(other, now))
-            reason = "its lease expired" if other.expired(now) else "--take-over"
+            reason = ("its lease expired" if other.expired(now) else
+                      "its process is gone from this host" if other.gone() else "--take-over")
             log(f"taking {self.run_url} over from {other.describe(now)}: {reason}")
         mine = Holder(host=socket.gethostname(), pid=os.getpid(), started=now, heartbeat=now,
                       expires_seconds=self.heartbeat_seconds * MISSED_HEARTBEATS, token=uuid.uuid4().hex)

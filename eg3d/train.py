@@ -16,8 +16,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +32,7 @@ CONFIG_ERROR_EXIT_CODE = 2  # a bad config, data path or dataset
 DIVERGED_EXIT_CODE = 3  # the run stopped after run.max_nonfinite_steps consecutive non-finite steps
 STOPPED_EXIT_CODE = 1  # the workers stopped the run: a full disk, no intact checkpoint
 INTERRUPTED_EXIT_CODE = 130  # Ctrl-C (SIGINT), as a shell reports it: 128 + 2
+TERMINATED_EXIT_CODE = 143  # SIGTERM (kill, timeout, a Kubernetes pod's deletion): 128 + 15
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -270,22 +273,35 @@ def check_resume(config, run_url: str) -> None:
                          f"with --name NEW --init-from {run_url}")
 
 
-def interrupted_message(run_url: str) -> str:
-    """What a Ctrl-C left: the newest checkpoint, and that the same command resumes from it."""
+def interrupted_message(run_url: str, how: str = "interrupted") -> str:
+    """What a Ctrl-C (or SIGTERM: `how`) left: the newest checkpoint, and that the same command resumes from it."""
     from .training.checkpoints import CheckpointStore
 
     latest = CheckpointStore(run_url).latest()
     if latest is None:
-        return (f"stopped: {run_url} was interrupted before its first checkpoint; the same command starts it "
+        return (f"stopped: {run_url} was {how} before its first checkpoint; the same command starts it "
                 f"again from the beginning")
-    return (f"stopped: {run_url} was interrupted; its newest checkpoint is {latest.manifest_url} "
+    return (f"stopped: {run_url} was {how}; its newest checkpoint is {latest.manifest_url} "
             f"({latest.nimg / 1000:g} kimg), and the same command resumes from it")
 
 
 def main(argv=None) -> int:
+    """`python -m eg3d.train`: the exit code. SIGTERM is handled as `stop_on_sigterm` says while this runs."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return _main(argv)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _main(argv=None) -> int:
     from cluster.backends import load_deepspeed_file
+    from cluster.launch import Terminated, stop_on_sigterm
     from cluster.lease import RunHeld, RunLease
 
+    Terminated.received = False
+    stop_on_sigterm()
     args = parse_args(argv)
     try:
         config = build_config(args)
@@ -309,6 +325,9 @@ def main(argv=None) -> int:
         if lease.lost:
             print(f"error: {lease.lost_message()}", file=sys.stderr)
             return 1
+        if Terminated.received:
+            print(interrupted_message(run_url, "terminated (SIGTERM)"), file=sys.stderr)
+            return TERMINATED_EXIT_CODE
         print(interrupted_message(run_url), file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     finally:

@@ -121,3 +121,34 @@ def test_conditional_writes_refuse_a_stale_version(storage_url):
     with pytest.raises(storage.VersionMismatch):
         storage.write_if_unchanged(url, b"3", first)  # stale
     assert storage.read_versioned(url) == (b"2", second) and first != second
+
+
+def test_the_lease_of_a_killed_process_on_this_host_is_taken_at_once(storage_url):
+    """A driver killed with no chance to release its lease (SIGKILL, a timeout) leaves it behind; a rerun on
+    the same host sees that the pid no longer runs and takes the run without waiting for the lease to expire."""
+    run = storage.join(storage_url, "run")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, run], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.wait()
+    said = []
+    successor = RunLease(run)
+    successor.acquire(log=said.append)
+    assert len(said) == 1 and f"pid {holder.pid}, started " in said[0]
+    assert said[0].endswith(": its process is gone from this host")
+    successor.release()
+
+
+def test_a_live_lease_of_another_host_is_not_judged_by_its_pid(tmp_path):
+    """Another host's pid says nothing here: its lease holds until it expires (or --take-over)."""
+    run = str(tmp_path / "run")
+    elsewhere = RunLease(run)
+    elsewhere.acquire()
+    lease = json.loads(storage.read_bytes(elsewhere.url))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    lease.update(host=socket.gethostname() + "-elsewhere", pid=int(dead))  # a pid that no longer runs here
+    storage.write_bytes_atomic(elsewhere.url, json.dumps(lease).encode())
+    with pytest.raises(Exception, match="is being trained by another eg3d.train"):
+        RunLease(run).acquire()

@@ -445,6 +445,7 @@ def test_sigterm_stops_the_run_as_ctrl_c_does_with_exit_143(tmp_path, monkeypatc
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.slow
 def test_sigterm_after_ray_init_still_reaches_the_driver(tmp_path):
     """ray.init installs a native failure-signal handler that dumps a stack and aborts on SIGTERM (exit 134);
     the driver installs its own again after it."""
