@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from dataloading import storage
 
-from .cli.arguments import (ANGLE, CAMERA_DISTANCE, FIELD_OF_VIEW, MAX_SEED, PITCH, HelpFormatter, real_number,
-                            seeds_list, whole_number)
+from .cli.arguments import (ANGLE, CAMERA_DISTANCE, FIELD_OF_VIEW, MAX_SEED, PITCH, TRUNCATION, HelpFormatter,
+                            real_number, seeds_list, whole_number)
 from .cli.snapshots import open_generator
 from .networks import camera, orbit
 from .networks.sample_grid import to_uint8
@@ -38,11 +38,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The snapshot, seeds, truncation, camera distance and lens, batch and device: shared with eg3d.video."""
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
     parser.add_argument("--seeds", type=seeds_list, required=True, help="a range '0-63', a list '1,5,9' or both '0-3,10'")
-    parser.add_argument("--trunc", type=real_number(), default=0.7, help="truncation psi (1: none)")
+    parser.add_argument("--trunc", type=real_number(TRUNCATION), default=0.7,
+                        help="truncation psi (1: none; within -10..10, beyond which every layer saturates)")
     parser.add_argument("--trunc-cutoff", type=whole_number(0), default=TRUNCATION_CUTOFF,
                         help="truncate the first N style layers")
     parser.add_argument("--radius", type=real_number(CAMERA_DISTANCE), default=camera.FFHQ_RADIUS,
-                        help="camera distance to the origin")
+                        help="camera distance to the origin (at most 100; the data sets' cameras sit at 1.7 to 2.7)")
     parser.add_argument("--fov", type=real_number(FIELD_OF_VIEW), default=FFHQ_FOV_DEGREES,
                         help="diagonal field of view, degrees, in (0, 180)")
     parser.add_argument("--batch", type=whole_number(1), default=8, help="renders per forward pass")
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.mix_layers and args.mix_seed is None:
+        parser.error(f"--mix-layers {args.mix_layers}: expected --mix-seed too (the seed whose finest layers are "
+                     f"mixed in)")
 
     G = open_generator(parser, args.snapshot, args.device)
     if not 0 <= args.mix_layers <= G.num_ws:

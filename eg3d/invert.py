@@ -28,7 +28,7 @@ from dataloading import storage
 from eg3d.config import TrainConfig
 from eg3d.metrics.lpips import load_lpips, random_lpips
 
-from .cli.arguments import POSITIVE, HelpFormatter, real_number, whole_number
+from .cli.arguments import LEARNING_RATE, MAX_FRAMES, MAX_GRID_RESOLUTION, HelpFormatter, real_number, whole_number
 from .cli.snapshots import open_generator
 from .generate import dataset_camera
 from .networks import orbit
@@ -145,18 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the image's camera: a dataset.json entry (as eg3d.generate's --label) or 'frontal'")
     parser.add_argument("--out", required=True, help="folder to write into")
     parser.add_argument("--steps", type=whole_number(1), default=500, help="latent optimization steps")
-    parser.add_argument("--lr", type=real_number(POSITIVE), default=0.01, help="latent learning rate")
+    parser.add_argument("--lr", type=real_number(LEARNING_RATE), default=0.01, help="latent learning rate (Adam)")
     parser.add_argument("--wplus", action="store_true", help="one w per style layer (w+) instead of one w")
     parser.add_argument("--tune-steps", type=whole_number(0), default=350, help="generator fine-tuning steps (0: none)")
-    parser.add_argument("--tune-lr", type=real_number(POSITIVE), default=3e-4,
+    parser.add_argument("--tune-lr", type=real_number(LEARNING_RATE), default=3e-4,
                         help="generator fine-tuning learning rate")
     parser.add_argument("--lpips-vgg", metavar="PATH|URL", help="torchvision's vgg16 ImageNet state dict")
     parser.add_argument("--lpips-vgg-sha256", metavar="HEX", help="its SHA-256 (or a prefix of 8+ hex digits)")
     parser.add_argument("--lpips-weights", metavar="PATH|URL", help="the lpips package's weights/v0.1/vgg.pth")
     parser.add_argument("--lpips-sha256", metavar="HEX", help="its SHA-256 (or a prefix of 8+ hex digits)")
-    parser.add_argument("--frames", type=whole_number(0), default=120, help="novel-view video frames (0: no video)")
-    parser.add_argument("--mesh-resolution", type=whole_number(0), default=256,
-                        help="mesh grid points per axis (0: no mesh, else at least 8)")
+    parser.add_argument("--frames", type=whole_number(0, MAX_FRAMES), default=120,
+                        help="novel-view video frames (0: no video)")
+    parser.add_argument("--mesh-resolution", type=whole_number(0, MAX_GRID_RESOLUTION), default=256,
+                        help="mesh grid points per axis (0: no mesh, else at least 8; as eg3d.shapes --resolution)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     return parser
 

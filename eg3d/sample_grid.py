@@ -1,6 +1,6 @@
 """Sample grids: one row per latent code, the same cameras in every row, RGB then depth.
 
-    python -m eg3d.sample_grid SNAPSHOT_DIR --out grid.png [--rows 4 --cameras 5 --seed 0 --psi 0.7]
+    python -m eg3d.sample_grid SNAPSHOT --out grid.png [--rows 4 --cameras 5 --seed 0 --psi 0.7]
 """
 
 import argparse
@@ -8,23 +8,37 @@ import sys
 
 import torch
 
+from .cli.arguments import ANGLE, MAX_SEED, TRUNCATION, HelpFormatter, real_number, whole_number
+from .cli.snapshots import open_generator
 from .networks.sample_grid import grid_cameras, sample_grid
-from .networks.snapshot import load_generator
+
+# The PNG is rows x (2 x cameras) tiles of the generator's resolution: at 64 x 64 tiles of a 512-pixel
+# generator it is 32768 pixels square, 3 GB of RGB in memory before it is encoded.
+MAX_ROWS = 64
+MAX_CAMERAS = 32
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eg3d.sample_grid", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
+    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--rows", type=whole_number(1, MAX_ROWS), default=4, help="latent codes, one per row")
+    parser.add_argument("--cameras", type=whole_number(1, MAX_CAMERAS), default=5, help="views per row")
+    parser.add_argument("--yaw-range", type=real_number(ANGLE), default=0.5, help="radians either side of frontal")
+    parser.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0, help="seed of the rows' latent codes")
+    parser.add_argument("--psi", type=real_number(TRUNCATION), default=0.7, help="truncation psi (1: none)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eg3d.sample_grid", description=__doc__.splitlines()[0])
-    parser.add_argument("snapshot", help="snapshot directory (G_ema.safetensors + config.json)")
-    parser.add_argument("--out", required=True, help="PNG file to write")
-    parser.add_argument("--rows", type=int, default=4, help="latent codes, one per row")
-    parser.add_argument("--cameras", type=int, default=5)
-    parser.add_argument("--yaw-range", type=float, default=0.5, help="radians either side of frontal")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--psi", type=float, default=0.7, help="truncation psi")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    G = load_generator(args.snapshot)
+    G = open_generator(parser, args.snapshot, args.device)
     z = torch.randn(args.rows, G.model_config.z_dim, generator=torch.Generator().manual_seed(args.seed))
-    grid = sample_grid(G, z, grid_cameras(args.cameras, yaw_range=args.yaw_range), truncation_psi=args.psi)
+    cameras = grid_cameras(args.cameras, yaw_range=args.yaw_range)
+    grid = sample_grid(G, z.to(args.device), cameras.to(args.device), truncation_psi=args.psi)
     grid.save(args.out)
     print(f"wrote {args.out} ({grid.size[0]}x{grid.size[1]})")
     return 0

@@ -38,13 +38,14 @@ import torch
 import trimesh
 from skimage.measure import marching_cubes
 
-from .cli.arguments import real_number, seeds_list, whole_number
+from .cli.arguments import MAX_GRID_RESOLUTION, TRUNCATION, real_number, seeds_list, whole_number
 from .cli.snapshots import open_generator
 from .generate import TRUNCATION_CUTOFF
 from .networks import orbit
 from .networks.density_grid import generator_colors, generator_density, grid_spacing, sample_density_grid
 
 REFERENCE_LEVEL = 10.0
+MAX_CHUNK = 2 ** 24  # points per decoder forward: their tri-plane features and hidden layers take ~10 GB
 
 
 def reference_border(resolution: int) -> int:
@@ -134,16 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
     parser.add_argument("--seeds", type=seeds_list, default=[0], help="e.g. 0-3,7 (default 0)")
     parser.add_argument("--out", required=True, help="folder for seedNNNN.ply/.obj/.mrc")
-    parser.add_argument("--resolution", type=whole_number(8), default=256, help="grid points per axis (default 256)")
+    parser.add_argument("--resolution", type=whole_number(8, MAX_GRID_RESOLUTION), default=256,
+                        help=f"grid points per axis (default 256; at most {MAX_GRID_RESOLUTION}: the grid is "
+                        "resolution^3 float32 on the CPU, 4 GiB at 1024)")
     parser.add_argument("--level", type=real_number(), default=REFERENCE_LEVEL,
                         help="raw sigma at the surface (default 10, the reference's)")
     parser.add_argument("--border", type=whole_number(0), default=None,
                         help="outer voxels treated as empty (default round(30 * resolution / 256))")
-    parser.add_argument("--trunc", "--psi", dest="psi", type=real_number(), default=0.7,
-                        help="truncation psi (default 0.7)")
+    parser.add_argument("--trunc", "--psi", dest="psi", type=real_number(TRUNCATION), default=0.7,
+                        help="truncation psi (default 0.7; within -10..10)")
     parser.add_argument("--trunc-cutoff", "--cutoff", dest="cutoff", type=whole_number(0), default=TRUNCATION_CUTOFF,
                         help=f"truncate the first N style layers (default {TRUNCATION_CUTOFF})")
-    parser.add_argument("--chunk", type=whole_number(1), default=1_000_000, help="points per decoder forward")
+    parser.add_argument("--chunk", type=whole_number(1, MAX_CHUNK), default=1_000_000,
+                        help=f"points per decoder forward (at most {MAX_CHUNK}, about 10 GB of decoder features)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--obj", action="store_true", help="also write .obj")
     parser.add_argument("--mrc", action="store_true", help="also write the sigma volume as .mrc (ChimeraX)")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cli.arguments import ANGLE, PITCH, HelpFormatter, Interval, real_number, whole_number
+from .cli.arguments import ANGLE, MAX_FPS, MAX_FRAMES, PITCH, HelpFormatter, Interval, real_number, whole_number
 from .cli.snapshots import open_generator
 from .generate import add_common_arguments
 from .networks import camera, orbit
@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=HelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--out", required=True, help="MP4 file to write")
-    parser.add_argument("--frames", type=whole_number(1), default=120)
-    parser.add_argument("--fps", type=whole_number(1), default=30)
+    parser.add_argument("--frames", type=whole_number(1, MAX_FRAMES), default=120,
+                        help="frames of the orbit (all held in memory)")
+    parser.add_argument("--fps", type=whole_number(1, MAX_FPS), default=30, help="frames per second")
     parser.add_argument("--grid", type=grid_shape, help="ROWSxCOLUMNS of seeds (default 1xN: all seeds in a row)")
     parser.add_argument("--yaw-range", type=real_number(ANGLE), default=0.35, help="radians either side of frontal")
     parser.add_argument("--pitch-range", type=real_number(Interval(0, PITCH.high, high_open=True, unit="radians")),

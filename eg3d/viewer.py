@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .cli.arguments import (ANY_NUMBER, CAMERA_DISTANCE, FIELD_OF_VIEW, MAX_SEED, HelpFormatter, Interval,
-                            whole_number)
+from .cli.arguments import (CAMERA_DISTANCE, FIELD_OF_VIEW, MAX_GRID_RESOLUTION, MAX_SEED, TRUNCATION, HelpFormatter,
+                            Interval, whole_number)
 from .cli.snapshots import open_generator, open_snapshot
 from .generate import FFHQ_FOV_DEGREES, TRUNCATION_CUTOFF, depth_png
 from .networks import camera, orbit
@@ -45,7 +45,7 @@ from .video import write_video
 CSS = "#image img, #depth img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 YAW = Interval(unit="degrees")
 PITCH = Interval(-90, 90, low_open=True, high_open=True, unit="degrees")  # +-90: straight down or up, no look-at
-MESH_RESOLUTION = Interval(8, 1024)
+MESH_RESOLUTION = Interval(8, MAX_GRID_RESOLUTION)
 LABELS = {"seed": "seed", "truncation_psi": "truncation psi", "yaw": "yaw", "pitch": "pitch", "fov": "field of view",
           "radius": "camera distance"}  # the page's names of View's fields
 
@@ -65,7 +65,7 @@ class View:
         """ValueError naming the control that is out of range (the ranges of eg3d.generate's options)."""
         if not (0 <= self.seed <= MAX_SEED and float(self.seed).is_integer()):
             raise ValueError(f"seed {self.seed!r}: expected a whole number in 0..{MAX_SEED}")
-        for name, interval in (("truncation_psi", ANY_NUMBER), ("yaw", YAW), ("pitch", PITCH), ("fov", FIELD_OF_VIEW),
+        for name, interval in (("truncation_psi", TRUNCATION), ("yaw", YAW), ("pitch", PITCH), ("fov", FIELD_OF_VIEW),
                                ("radius", CAMERA_DISTANCE)):
             interval.check(getattr(self, name), LABELS[name])
 

@@ -1,30 +1,35 @@
-"""Every numeric option of eg3d.generate, video, shapes, invert and viewer: nan, inf and out-of-range values are
-argparse errors (exit 2) naming the option and the value, before any snapshot is opened."""
+"""Every numeric option of eg3d.generate, video, shapes, invert, sample_grid and viewer: nan, inf and out-of-range
+(too large as well as too small) values are argparse errors (exit 2) naming the option and the value, before any
+snapshot is opened."""
 
 import argparse
 
 import pytest
 
-from eg3d import generate, invert, shapes, video, viewer
+from eg3d import generate, invert, sample_grid, shapes, video, viewer
 from eg3d.cli.arguments import FIELD_OF_VIEW, Interval, real_number, whole_number
 
 SNAPSHOT = "no-snapshot-is-opened"  # every value below is refused before the snapshot is read
-COMMON = {"--trunc": ["nan", "inf", "-inf", "x"], "--trunc-cutoff": ["-1", "1.5"],
-          "--radius": ["0", "-1", "nan", "inf"], "--fov": ["0", "180", "-5", "nan"], "--batch": ["0", "-2"]}
+COMMON = {"--trunc": ["nan", "inf", "-inf", "x", "1e30", "10.5", "-11"], "--trunc-cutoff": ["-1", "1.5"],
+          "--radius": ["0", "-1", "nan", "inf", "1e30", "100.5"], "--fov": ["0", "180", "-5", "nan"],
+          "--batch": ["0", "-2"]}
 # command -> (the arguments it needs besides the option, the values refused per numeric option)
 COMMANDS = {
     generate: (["--seeds", "0", "--out", "out"], {
         **COMMON, "--yaw": ["nan", "inf"], "--pitch": ["1.5708", "-2", "nan"], "--mix-seed": ["-1", "4294967296"],
         "--mix-layers": ["-1"]}),
     video: (["--seeds", "0", "--out", "out.mp4"], {
-        **COMMON, "--frames": ["0"], "--fps": ["0", "nan"], "--yaw-range": ["nan", "inf"],
+        **COMMON, "--frames": ["0", "10001"], "--fps": ["0", "nan", "241"], "--yaw-range": ["nan", "inf"],
         "--pitch-range": ["-0.1", "1.6", "nan"], "--quality": ["-1", "11", "nan"]}),
     shapes: (["--out", "out"], {
-        "--resolution": ["7", "nan"], "--level": ["nan", "inf"], "--border": ["-1", "127"], "--trunc": ["nan", "inf"],
-        "--trunc-cutoff": ["-1"], "--chunk": ["0"], "--faces": ["3"]}),
+        "--resolution": ["7", "nan", "1025", "100000"], "--level": ["nan", "inf"], "--border": ["-1", "127"],
+        "--trunc": ["nan", "inf", "1e30"], "--trunc-cutoff": ["-1"], "--chunk": ["0", "16777217"], "--faces": ["3"]}),
     invert: (["target.png", "--camera", "frontal", "--out", "out"], {
-        "--steps": ["0"], "--lr": ["nan", "inf", "0", "-0.01"], "--tune-steps": ["-1"], "--tune-lr": ["nan", "0"],
-        "--frames": ["-1"], "--mesh-resolution": ["5", "-1"]}),
+        "--steps": ["0"], "--lr": ["nan", "inf", "0", "-0.01", "1.5"], "--tune-steps": ["-1"],
+        "--tune-lr": ["nan", "0", "1e30"], "--frames": ["-1", "10001"], "--mesh-resolution": ["5", "-1", "1025"]}),
+    sample_grid: (["--out", "out"], {
+        "--rows": ["0", "65"], "--cameras": ["0", "33"], "--yaw-range": ["nan", "inf"],
+        "--seed": ["-1", "4294967296"], "--psi": ["nan", "inf", "1e30", "-11"]}),
     viewer: ([], {"--port": ["-1", "65536"]}),
 }
 NOT_NUMERIC = {"--seeds", "--grid"}
@@ -55,6 +60,15 @@ def test_a_value_out_of_range_exits_2_naming_the_option_and_the_value(command, o
     assert exit_info.value.code == 2
     assert option in error and value in error and "expected" in error, error
     assert not (tmp_path / "out").exists()
+
+
+def test_mix_layers_without_mix_seed_exits_2_before_the_snapshot_is_opened(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main([SNAPSHOT, "--seeds", "0", "--out", str(tmp_path / "out"), "--mix-layers", "4"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "python -m eg3d.generate: error: --mix-layers 4: expected --mix-seed too (the seed whose finest layers are "
+        "mixed in)")
 
 
 def test_the_types_accept_their_ranges_and_nothing_else():

@@ -15,7 +15,7 @@ from safetensors.torch import save
 
 from conftest import micro_config
 from dataloading import storage
-from eg3d import generate, video
+from eg3d import generate, sample_grid, video
 from eg3d.networks import camera, orbit
 from eg3d.networks.generator import TriPlaneGenerator
 from eg3d.networks.sample_grid import to_uint8
@@ -191,6 +191,12 @@ def flip_last_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def flip_a_name_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[20] ^= ord("l") ^ ord("9")  # in the header: backbone.blocks.0.const becomes backbone.b9ocks.0.const
+    path.write_bytes(bytes(data))
+
+
 def with_nan(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-4:] = np.float32(np.nan).tobytes()  # the last float32 weight
@@ -203,11 +209,11 @@ def other_presets_weights(path: Path) -> None:
     path.write_bytes(save({k: v.contiguous() for k, v in G.state_dict().items()}))
 
 
-def one_error_line(err: str) -> str:
+def one_error_line(err: str, command: str = "generate") -> str:
     """The argparse error line after the usage, asserting that nothing else (no traceback) was printed."""
     lines = err.strip().splitlines()
     assert lines[0].startswith("usage:") and "Traceback" not in err and lines[-1].startswith(
-        "python -m eg3d.generate: error: SNAPSHOT "), err
+        f"python -m eg3d.{command}: error: SNAPSHOT "), err
     return lines[-1]
 
 
@@ -218,22 +224,48 @@ DAMAGES = {  # name -> (keep the recorded hash, what is done to which file, what
     "header bytes": (False, "G_ema.safetensors", lambda p: p.write_bytes(b"\x07" + p.read_bytes()[1:]),
                      "G_ema.safetensors: damaged, not a whole safetensors file"),
     "nan weight": (False, "G_ema.safetensors", with_nan, "holds NaN or infinite values"),
-    "another preset's weights": (True, "G_ema.safetensors", other_presets_weights,
+    "another preset's weights": (False, "G_ema.safetensors", other_presets_weights,
                                  r"G_ema.safetensors does not fit .*config.json: weights of another architecture"),
+    "flipped byte in a tensor's name": (True, "G_ema.safetensors", flip_a_name_byte,
+                                        r"G_ema.safetensors: damaged: its SHA-256 is not the one config.json records "
+                                        r"\(the file changed after it was written; its tensors missing: "
+                                        r"backbone.blocks.0.const; unexpected: backbone.b9ocks.0.const\)"),
     "config not json": (True, "config.json", lambda p: p.write_text('{"config": {'), "config.json: damaged, not JSON"),
 }
 
 
+OUTPUTS = {generate: ["--seeds", "0", "--out", "out"], sample_grid: ["--out", "out"]}  # command -> its arguments
+
+
+@pytest.mark.parametrize("command", OUTPUTS, ids=lambda command: command.__name__)
 @pytest.mark.parametrize("damage", DAMAGES)
-def test_a_damaged_snapshot_is_one_line_naming_the_file_and_the_fault(snapshot, tmp_path, capsys, damage):
+def test_a_damaged_snapshot_is_one_line_naming_the_file_and_the_fault(snapshot, tmp_path, capsys, monkeypatch,
+                                                                       damage, command):
     keep_hash, name, change, message = DAMAGES[damage]
     folder = copy_snapshot(snapshot, tmp_path / "snapshot", keep_hash=keep_hash)
     change(folder / name)
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        generate.main([str(folder), "--seeds", "0", "--out", str(tmp_path / "out")])
-    line = one_error_line(capsys.readouterr().err)
+        command.main([str(folder), *OUTPUTS[command]])
+    line = one_error_line(capsys.readouterr().err, command.__name__.rpartition(".")[2])
     assert exit_info.value.code == 2 and re.search(message, line) and str(folder) in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_sample_grid_a_missing_snapshot_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "no-such-snapshot"
+    with pytest.raises(SystemExit) as exit_info:
+        sample_grid.main([str(folder), "--out", str(tmp_path / "grid.png")])
+    line = one_error_line(capsys.readouterr().err, "sample_grid")
+    assert exit_info.value.code == 2
+    assert line.startswith(f"python -m eg3d.sample_grid: error: SNAPSHOT {folder}: expected a snapshot folder"), line
+
+
+def test_sample_grid_has_rows_by_twice_cameras_tiles(snapshot, tmp_path):
+    assert sample_grid.main([str(snapshot), "--out", str(tmp_path / "grid.png"), "--rows", "2", "--cameras", "3",
+                             "--device", "cpu"]) == 0
+    resolution = load_generator(snapshot).model_config.image_resolution
+    assert Image.open(tmp_path / "grid.png").size == (2 * 3 * resolution, 2 * resolution)
 
 
 def test_an_older_snapshot_without_a_recorded_hash_still_loads(snapshot, tmp_path):
@@ -250,3 +282,21 @@ def test_missing_object_storage_credentials_are_one_line(tmp_path, capsys, monke
     line = one_error_line(capsys.readouterr().err)
     assert exit_info.value.code == 2
     assert f"SNAPSHOT {url}: no object-storage credentials" in line and "AWS_ACCESS_KEY_ID" in line
+
+
+def test_a_run_folder_names_its_newest_snapshot(snapshot, tmp_path, capsys):
+    """A run's folder (its config.json is the run's, not a snapshot's) passed as SNAPSHOT: the newest complete
+    snapshot folder is named; an unfinished one (no config.json yet) is not."""
+    run = tmp_path / "r1"
+    for folder in ("checkpoints", "snapshots"):
+        (run / folder).mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": {}}))
+    for nimg in (4000, 8000):
+        copy_snapshot(snapshot, run / "snapshots" / f"snapshot-{nimg:09d}")
+    (run / "snapshots" / "snapshot-000012000").mkdir()  # being written: no config.json yet
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main([str(run), "--seeds", "0", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert one_error_line(capsys.readouterr().err).endswith(
+        f"SNAPSHOT {run}: a training run's folder, not a snapshot: pass one of its snapshot folders, such as the "
+        f"newest, {run}/snapshots/snapshot-000008000")

@@ -83,9 +83,9 @@ def test_out_of_range_controls_are_refused_with_their_names(view_server):
 
 FRONTAL = (0, 0.7, 0.0, 0.0, 18.837, 2.7)  # seed, psi, yaw, pitch, fov, radius: the page's controls in order
 BAD_CONTROLS = {  # control index -> (its name in the page, values it refuses)
-    0: ("seed", [-3, 1.5, math.nan, None, 2 ** 32]), 1: ("truncation psi", [math.nan, math.inf, None, "x"]),
+    0: ("seed", [-3, 1.5, math.nan, None, 2 ** 32]), 1: ("truncation psi", [math.nan, math.inf, None, "x", 1e30]),
     2: ("yaw", [math.nan, -math.inf]), 3: ("pitch", [90, -90, math.nan]), 4: ("field of view", [0, 180, math.nan]),
-    5: ("camera distance", [0, -1, math.nan, math.inf]),
+    5: ("camera distance", [0, -1, math.nan, math.inf, 1e30]),
 }
 BAD_VIEWS = [(index, name, value) for index, (name, values) in BAD_CONTROLS.items() for value in values]
 

@@ -48,7 +48,20 @@ class Interval:
 ANY_NUMBER = Interval()
 POSITIVE = Interval(0, low_open=True)
 FIELD_OF_VIEW = Interval(0, 180, low_open=True, high_open=True, unit="degrees")  # 0 and 180 have no focal length
-CAMERA_DISTANCE = Interval(0, low_open=True, unit="world units")
+# The data sets' cameras sit 1.7 to 2.7 units from the origin, and a generator renders only between its
+# rendering.ray_start and ray_end: far beyond that the image is background; 100 keeps the numbers sane.
+CAMERA_DISTANCE = Interval(0, 100, low_open=True, unit="world units")
+# Truncation moves w from the average towards (psi 0..1) or past (psi > 1, < 0) the sampled one; far past it
+# the extrapolation saturates every layer, and nothing beyond +-10 is an image.
+TRUNCATION = Interval(-10, 10)
+# A density grid is resolution^3 float32 on the CPU, plus its marching-cubes mesh: 1024 takes 4 GiB and 2048
+# would take 32 GiB before the mesh (the viewer's mesh button uses the same bound).
+MAX_GRID_RESOLUTION = 1024
+MAX_FRAMES = 10_000  # every frame's styles and camera are held in memory: 5.5 minutes at 30 fps
+MAX_FPS = 240
+# Adam moves each value by about the learning rate per step: w and weights are of order 1, so a step of more
+# than 1 only leaves the generator's range.
+LEARNING_RATE = Interval(0, 1, low_open=True)
 ANGLE = Interval(unit="radians")
 # Pitch from frontal: at +-pi/2 the camera looks straight down or up, where a look-at without roll is undefined.
 PITCH = Interval(-math.pi / 2, math.pi / 2, low_open=True, high_open=True, unit="radians")
