@@ -1,7 +1,7 @@
 """A snapshot opened for a command or the viewer: every way it can fail is one line naming the URL and the fault.
 
-Missing files, damaged or misfit ones (eg3d.networks.snapshot.SnapshotError), refused access and absent
-object-storage credentials become a SnapshotError; a command turns it into an argparse error (exit 2), the
+Missing files, damaged or misfit ones (eg3d.networks.snapshot.SnapshotError), a training run's folder (its newest
+snapshot named), refused access and absent object-storage credentials become a SnapshotError; a command turns it into an argparse error (exit 2), the
 viewer into a message in the page.
 """
 
@@ -20,8 +20,10 @@ def open_snapshot(url: str, device: str):
     try:
         return load_generator(url, device, read_bytes=storage.read_bytes)
     except SnapshotError:
+        refuse_run_folder(url)
         raise
     except FileNotFoundError as error:
+        refuse_run_folder(url)
         raise SnapshotError(f"{url}: {EXPECTED}: {error}") from None
     except PermissionError as error:
         raise SnapshotError(f"{url}: access refused: {error}") from None
@@ -31,6 +33,31 @@ def open_snapshot(url: str, device: str):
         if not missing_credentials(error):
             raise
         raise SnapshotError(f"{url}: no object-storage credentials ({error}): {CREDENTIALS}") from None
+
+
+def refuse_run_folder(url: str) -> None:
+    """SnapshotError naming the newest snapshot where `url` is a training run's folder (it holds checkpoints/ or
+    snapshots/); nothing where it is not, or cannot be listed."""
+    folders = subfolders(url)
+    if not {"checkpoints", "snapshots"} & set(folders):
+        return
+    snapshots = storage.join(url, "snapshots")
+    newest = next((storage.join(snapshots, name) for name in sorted(subfolders(snapshots), reverse=True)
+                   if name.startswith("snapshot-") and storage.exists(storage.join(snapshots, name, "config.json"))),
+                  None)
+    raise SnapshotError(f"{url}: a training run's folder, not a snapshot: "
+                        + (f"pass one of its snapshot folders, such as the newest, {newest}" if newest else
+                           f"it has no snapshot yet (they are written under {snapshots}): pass a snapshot folder"))
+
+
+def subfolders(url: str) -> list[str]:
+    """The names of the folders directly under `url`; none where it cannot be listed."""
+    fs, path = storage.open_filesystem(url)
+    try:
+        entries = fs.ls(path, detail=True)
+    except (OSError, ValueError):
+        return []
+    return [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry["type"] == "directory"]
 
 
 def missing_credentials(error: BaseException) -> bool:

@@ -89,9 +89,9 @@ def read_document(directory: str, read_bytes: Callable[[str], bytes] = _read_loc
 
 def read_weights(directory: str, read_bytes: Callable[[str], bytes] = _read_local, *, sha256: str | None = None,
                  expected: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The tensors of G_ema.safetensors. SnapshotError where the file is not a whole safetensors file, its
-    tensors do not fit the state dict `expected` (the config's network), its SHA-256 differs from `sha256`
-    (config.json's record), or a tensor holds NaN or infinity."""
+    """The tensors of G_ema.safetensors. SnapshotError where the file is not a whole safetensors file, its SHA-256
+    differs from `sha256` (config.json's record: damaged, whether or not its tensors still fit), its tensors do
+    not fit the state dict `expected` (the config's network), or a tensor holds NaN or infinity."""
     url = f"{directory}/{WEIGHTS_FILE}"
     data = _read(directory, WEIGHTS_FILE, read_bytes)
     try:
@@ -99,11 +99,15 @@ def read_weights(directory: str, read_bytes: Callable[[str], bytes] = _read_loca
     except SafetensorError as error:
         raise SnapshotError(f"{url}: damaged, not a whole safetensors file ({error}; {len(data)} bytes): copy "
                             f"the snapshot again, or choose another") from None
-    if expected is not None:  # before the hash: weights from elsewhere are named as such, not as damage
-        check_fit(expected, weights, url, f"{directory}/{CONFIG_FILE}")
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+    misfit = fit_faults(expected, weights) if expected is not None else ""
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:  # a flipped name also misfits: damage first
         raise SnapshotError(f"{url}: damaged: its SHA-256 is not the one {CONFIG_FILE} records (the file changed "
-                            f"after it was written): copy the snapshot again, or choose another")
+                            f"after it was written{f'; its tensors {misfit}' if misfit else ''}): copy the snapshot "
+                            f"again, or choose another")
+    if misfit:
+        raise SnapshotError(f"{url} does not fit {directory}/{CONFIG_FILE}: weights of another architecture "
+                            f"(another preset's or run's snapshot?); tensors {misfit}. Keep a snapshot's two files "
+                            f"together, or choose another snapshot")
     broken = [name for name, tensor in weights.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
     if broken:
         raise SnapshotError(f"{url}: damaged: tensor {broken[0]} holds NaN or infinite values (renders would be "
@@ -111,19 +115,15 @@ def read_weights(directory: str, read_bytes: Callable[[str], bytes] = _read_loca
     return weights
 
 
-def check_fit(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], weights_url: str,
-              config_url: str) -> None:
-    """SnapshotError naming the missing, unexpected and misshapen tensors where `weights` do not fit the
-    state dict `expected` of the network that `config_url` describes."""
+def fit_faults(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> str:
+    """The missing, unexpected and misshapen tensors of `weights` against the state dict `expected`, as
+    "missing: a, b; unexpected: c"; empty where they fit."""
     missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     misshapen = [f"{name} {list(weights[name].shape)} (the config's: {list(tensor.shape)})"
                  for name, tensor in expected.items() if name in weights and weights[name].shape != tensor.shape]
-    faults = [f"{label}: {', '.join(names[:LISTED])}{f' and {len(names) - LISTED} more' if len(names) > LISTED else ''}"
-              for label, names in (("missing", missing), ("unexpected", extra), ("other shapes", misshapen)) if names]
-    if faults:
-        raise SnapshotError(f"{weights_url} does not fit {config_url}: weights of another architecture (another "
-                            f"preset's or run's snapshot?); tensors {'; '.join(faults)}. Keep a snapshot's two files "
-                            f"together, or choose another snapshot")
+    more = lambda names: f" and {len(names) - LISTED} more" if len(names) > LISTED else ""
+    return "; ".join(f"{label}: {', '.join(names[:LISTED])}{more(names)}" for label, names in
+                     (("missing", missing), ("unexpected", extra), ("other shapes", misshapen)) if names)
 
 
 def default_neural_rendering_resolution(G: TriPlaneGenerator) -> int:
