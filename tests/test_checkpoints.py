@@ -115,3 +115,23 @@ def test_a_full_disk_names_the_file_and_the_bytes_and_publishes_nothing(tmp_path
     assert full.value.needed == 1002  # trainer.pt and quality.json, still to write
     assert str(full.value) == f"[Errno 28] no space left on the device writing {full.value.url} (1002 bytes needed)"
     assert store.latest().nimg == 8
+
+
+def test_a_manifest_that_does_not_parse_is_a_damaged_checkpoint_kept_byte_for_byte(run_url):
+    """A truncated manifest is no checkpoint, but is listed, set aside with its exact bytes, and its folder is
+    never pruned; other JSON files are not ours."""
+    store = CheckpointStore(run_url)
+    cut = publish(store, 8, keep=1)
+    url = storage.join(store.url, cut + ".json")
+    data = storage.read_bytes(url)[:50] + b"\xff"  # cut short, and not even UTF-8
+    storage.write_bytes_atomic(url, data)
+    storage.write_bytes_atomic(storage.join(store.url, "notes.json"), b"not ours")
+    assert store.published() == [] and list(store.unreadable()) == [url]
+    assert store.unreadable()[url][0].startswith("its manifest is not JSON (")
+    publish(store, 16, keep=1)
+    assert storage.exists(storage.join(store.url, cut, "trainer.pt"))  # pruning leaves the damaged one's folder
+    [(named, why, aside)] = store.set_aside_unreadable()
+    assert (named, aside) == (url, url + ".damaged") and not storage.exists(url)
+    document = json.loads(storage.read_bytes(aside))
+    assert document["damaged"] == why and document["manifest_text"].encode("utf-8", "surrogateescape") == data
+    assert store.set_aside_checkpoints() == {aside: why} and store.unreadable() == {}

@@ -2,6 +2,8 @@
 and resuming a checkpoint on another world size."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -373,3 +375,29 @@ def test_a_checkpoint_resumes_under_the_other_backend(tmp_path, shards):
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [(r["kimg"], r["world_size"]) for r in records] == [
         (0.004, 2), (0.008, 2), (0.012, 1), (0.016, 1), (0.02, 2), (0.024, 2)]
+
+
+def test_a_truncated_newest_manifest_is_set_aside_and_named(tmp_path, shards):
+    """`truncate -s 50` on the newest manifest: the resume names it, sets it aside and uses the older checkpoint;
+    with every manifest cut short, the error lists each of them."""
+    from eg3d.training.loop import NoIntactCheckpoint
+
+    run = lambda kimg: loop_config(kimg, "run.checkpoint_kimg=0.004", "run.snapshot_kimg=1", "metrics.num_generated=0")
+    train(run(0.008), manifest_url=shards, run_url=tmp_path, log=quiet)
+    eight, four = CheckpointStore(str(tmp_path)).published()
+    os.truncate(eight.manifest_url, 50)
+    lines = []
+    train(run(0.012), manifest_url=shards, run_url=tmp_path, log=lines.append)
+    aside = eight.manifest_url + ".damaged"
+    assert any(line.startswith(f"checkpoint {eight.manifest_url} is damaged (its manifest is not JSON (")
+               and line.endswith(f"); it is kept, set aside as {aside}, and the run resumes from the newest intact "
+                                 f"checkpoint, {four.manifest_url}, instead") for line in lines), lines
+    assert any(line.startswith(f"resumed from {four.manifest_url} at 0.004 kimg") for line in lines)
+    assert json.loads(Path(aside).read_text())["damaged"].startswith("its manifest is not JSON (")
+
+    for checkpoint in CheckpointStore(str(tmp_path)).published():
+        os.truncate(checkpoint.manifest_url, 50)
+    with pytest.raises(NoIntactCheckpoint) as stopped:
+        train(run(0.016), manifest_url=shards, run_url=tmp_path, log=quiet)
+    assert str(stopped.value).count("(its manifest is not JSON (") == 4, stopped.value
+    assert len(list((tmp_path / "checkpoints").glob("*.json.damaged"))) == 4

@@ -12,13 +12,15 @@ force. Nothing published is overwritten; pruning deletes a manifest before its f
 
 A published checkpoint found damaged (a file missing, of another size, or not matching its SHA-256) is set
 aside, never deleted: its manifest is renamed to {folder}.json.damaged, which neither counts as a
-checkpoint nor lets pruning touch its folder.
+checkpoint nor lets pruning touch its folder. So is a file named like a manifest that is none (not JSON, cut
+short, not ours): its .json.damaged holds the reason and its original text.
 """
 
 import errno
 import hashlib
 import io
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from dataloading import storage
 
 FORMAT = "eg3d-checkpoint-1"
 DAMAGED_SUFFIX = ".damaged"
+MANIFEST_NAME = re.compile(r"\d{9,}-[0-9a-f]{8}\.json")  # what new_folder_name and publish name a manifest
+MANIFEST_KEYS = ("nimg", "world_size", "folder", "created_unix", "files")
 
 
 class ChecksumMismatch(ValueError):
@@ -110,6 +114,18 @@ def torch_bytes(value) -> bytes:
     return buffer.getvalue()
 
 
+def parse_manifest(data: bytes) -> tuple[dict | None, str | None]:
+    """(the manifest, None), or (None, why it is none)."""
+    try:
+        manifest = json.loads(data)
+    except ValueError as error:  # JSON's errors and undecodable bytes
+        return None, f"its manifest is not JSON ({error}; {len(data)} bytes)"
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return None, f"its manifest is not an {FORMAT} manifest"
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    return (None, f"its manifest lacks {', '.join(missing)}") if missing else (manifest, None)
+
+
 class CheckpointStore:
     def __init__(self, run_url: str):
         self.url = storage.join(run_url, "checkpoints")
@@ -145,19 +161,29 @@ class CheckpointStore:
 
     def published(self) -> list[Checkpoint]:
         """Manifests that parse, newest first (by images seen, then publication time)."""
-        found = []
+        return sorted(self._manifests()[0], key=lambda c: (c.nimg, c.manifest["created_unix"]), reverse=True)
+
+    def unreadable(self) -> dict[str, tuple[str, bytes]]:
+        """{URL: (why, its bytes)} of the files named like a manifest that are none: damaged checkpoints."""
+        return self._manifests()[1]
+
+    def _manifests(self) -> tuple[list[Checkpoint], dict[str, tuple[str, bytes]]]:
+        """The published checkpoints (unsorted) and the unreadable manifests (see `unreadable`)."""
+        found, unreadable = [], {}
         for name in storage.list(self.url):
             if not name.endswith(".json"):
                 continue
             url = storage.join(self.url, name)
             try:
-                manifest = json.loads(storage.read_bytes(url))
-                if manifest.get("format") != FORMAT:
-                    continue
-            except (ValueError, FileNotFoundError):
-                continue  # deleted by a concurrent prune, or not ours
-            found.append(Checkpoint.of_manifest(url, manifest))
-        return sorted(found, key=lambda c: (c.nimg, c.manifest["created_unix"]), reverse=True)
+                data = storage.read_bytes(url)
+            except FileNotFoundError:
+                continue  # deleted by a concurrent prune
+            manifest, why = parse_manifest(data)
+            if why is None:
+                found.append(Checkpoint.of_manifest(url, manifest))
+            elif MANIFEST_NAME.fullmatch(name):  # other JSON files are not ours
+                unreadable[url] = (why, data)
+        return found, unreadable
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint whose files are all present with the sizes its manifest names."""
@@ -166,9 +192,19 @@ class CheckpointStore:
     def set_aside(self, checkpoint: Checkpoint, why: str) -> str:
         """Rename a damaged checkpoint's manifest to {folder}.json.damaged, with `why` added under "damaged" (its
         files stay); the new URL. Renaming it back makes it a checkpoint again."""
-        url = checkpoint.manifest_url + DAMAGED_SUFFIX
-        storage.write_bytes_atomic(url, json.dumps({**checkpoint.manifest, "damaged": why}, indent=1).encode())
-        storage.delete(checkpoint.manifest_url)
+        return self._set_aside(checkpoint.manifest_url, {**checkpoint.manifest, "damaged": why})
+
+    def set_aside_unreadable(self) -> list[tuple[str, str, str]]:
+        """Set aside every unreadable manifest as NAME.json.damaged holding "damaged" (why) and "manifest_text" (its
+        bytes, exactly: UTF-8 with surrogateescape); (URL, why, new URL) of each."""
+        return [(url, why, self._set_aside(url, {"damaged": why, "manifest_text": data.decode("utf-8",
+                                                                                             "surrogateescape")}))
+                for url, (why, data) in self.unreadable().items()]
+
+    def _set_aside(self, manifest_url: str, document: dict) -> str:
+        url = manifest_url + DAMAGED_SUFFIX
+        storage.write_bytes_atomic(url, json.dumps(document, indent=1).encode())
+        storage.delete(manifest_url)
         return url
 
     def set_aside_checkpoints(self) -> dict[str, str]:
@@ -179,12 +215,14 @@ class CheckpointStore:
     def prune(self, keep: int) -> None:
         """Delete all but the newest `keep` published checkpoints, manifest first, and orphan folders
         older than the oldest one kept (left by attempts that crashed before publishing)."""
-        published = self.published()
+        checkpoints, unreadable = self._manifests()
+        published = sorted(checkpoints, key=lambda c: (c.nimg, c.manifest["created_unix"]), reverse=True)
         for checkpoint in published[keep:]:
             storage.delete(checkpoint.manifest_url)
             storage.delete(checkpoint.folder_url, recursive=True)
         kept = {c.manifest["folder"] for c in published[:keep]}
-        kept |= {url.rsplit("/", 1)[-1].removesuffix(".json" + DAMAGED_SUFFIX) for url in self.set_aside_checkpoints()}
+        aside = [url.removesuffix(DAMAGED_SUFFIX) for url in self.set_aside_checkpoints()] + [*unreadable]
+        kept |= {url.rsplit("/", 1)[-1].removesuffix(".json") for url in aside}
         oldest_kept = min((c.nimg for c in published[:keep]), default=None)
         if oldest_kept is None:
             return

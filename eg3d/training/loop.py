@@ -147,10 +147,11 @@ def stop_if_disk_full(sync: SingleProcess, store: CheckpointStore, full: DiskFul
 def read_newest_intact(store: CheckpointStore, sync: SingleProcess, log) -> tuple[Checkpoint | None, dict | None]:
     """The newest published checkpoint whose files are all there with their sizes (checked by rank 0) and match
     their SHA-256 (each rank checks those it reads), and its state (`read_state`); (None, None) for a new run.
-    A damaged one is set aside (kept: see CheckpointStore.set_aside) and the next older one tried; the log
-    names both. NoIntactCheckpoint when the run has checkpoints but none is intact."""
+    A damaged one (or a manifest that does not parse) is set aside (kept: see CheckpointStore.set_aside) and the
+    next older one tried; the log names both. NoIntactCheckpoint when the run has checkpoints but none is intact."""
+    # (manifest URL, why, where it was set aside); a manifest that is none (cut short, not JSON) is set aside first
+    damaged: list[tuple[str, str, str]] = store.set_aside_unreadable() if sync.rank == 0 else []
     candidates = store.published() if sync.rank == 0 else []
-    damaged: list[tuple[str, str, str]] = []  # (manifest URL, why, where it was set aside)
     while True:
         checkpoint, problem = sync.broadcast_object(_next_candidate(candidates) if sync.rank == 0 else None)
         if checkpoint is None:
