@@ -273,6 +273,13 @@ def check_resume(config, run_url: str) -> None:
                          f"with --name NEW --init-from {run_url}")
 
 
+def error_text(error: Exception) -> str:
+    """An error as one line for the user: an OSError's own words without its "[Errno N]" prefix."""
+    if isinstance(error, OSError) and error.errno is not None and error.strerror:
+        return error.strerror + (f": {error.filename}" if error.filename else "")
+    return str(error)
+
+
 def interrupted_message(run_url: str, how: str = "interrupted") -> str:
     """What a Ctrl-C (or SIGTERM: `how`) left: the newest checkpoint, and that the same command resumes from it."""
     from .training.checkpoints import CheckpointStore
@@ -315,8 +322,8 @@ def _main(argv=None) -> int:
         deepspeed_file = load_deepspeed_file(config)  # a bad file stops the run before any worker starts
         lease = RunLease(run_url)
         lease.acquire(take_over=args.take_over)
-    except (ValueError, FileNotFoundError, PermissionError, RunHeld) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, OSError, RunHeld) as error:  # OSError: storage unreachable, no bucket, no permission
+        print(f"error: {error_text(error)}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE
     lease.start_heartbeat(on_lost=_thread.interrupt_main)  # stops training as a Ctrl-C does
     try:
@@ -343,8 +350,8 @@ def train(config, args: argparse.Namespace, *, storage_url: str, name: str, deep
         manifest_url = absolute(prepare_data(config, args.data or config.data.path, run_url,
                                              args.accept_camera_conventions))
         stats.add("data_preparation_seconds", time.perf_counter() - preparation_start)
-    except (ValueError, FileNotFoundError, PermissionError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        print(f"error: {error_text(error)}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE
     from cluster.launch import launch
     from dataloading.shard_reader import load_manifest

@@ -216,6 +216,14 @@ def test_two_workers_from_s3_shards_to_s3_snapshots(tmp_path, moto_server, backe
 
 
 def test_snapshot_without_weights_is_a_clear_error(tmp_path):
+    from eg3d.networks.generator import TriPlaneGenerator
+    from eg3d.networks.snapshot import save_snapshot
+
+    with pytest.raises(FileNotFoundError, match="config.json"):  # an empty folder: no snapshot at all
+        load_generator(tmp_path)
+    config = micro_config()
+    save_snapshot(TriPlaneGenerator(config.model, config.rendering), config, tmp_path)
+    (tmp_path / "G_ema.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="G_ema.safetensors"):
         load_generator(tmp_path)
 
@@ -461,3 +469,19 @@ def test_sigterm_after_ray_init_still_reaches_the_driver(tmp_path):
                           text=True, timeout=180, env={**env, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert "stopped" in done.stdout and "SIGTERM received" not in done.stderr, done.stderr[-2000:]
     assert done.returncode == 0
+
+
+def test_unreachable_object_storage_is_one_line_before_anything_starts(monkeypatch, capsys):
+    """An endpoint nothing listens on (a typo in AWS_ENDPOINT_URL, a store that is down): the storage's own
+    words on one line, exit 2, no traceback."""
+    import cluster.launch
+
+    monkeypatch.setattr(cluster.launch, "launch", no_launch)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: refused
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    assert train_main(["--storage", "s3://bucket/runs", "--set", "telemetry.metrics_port=0"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: ") and "[Errno" not in error
+    assert "s3://bucket/runs" in error and "127.0.0.1:9" in error
