@@ -44,10 +44,11 @@ def manifest(tmp_path_factory) -> str:
     return str(root / "shards" / "manifest.json")
 
 
-def measured(G, manifest: str) -> dict[str, list[float]]:
-    """Every metric over SEEDS, and the floor."""
+def measured(G, manifest: str, **sample) -> dict[str, list[float]]:
+    """Every metric over SEEDS, and the floor; `sample`: eg3d.evaluate.measure's num_generated and objects."""
     config = snapshot_config(str(SNAPSHOTS[-1]))
-    runs = [measure(G, config, manifest, seed=seed, log=lambda _: None, progress=lambda *_: None) for seed in SEEDS]
+    runs = [measure(G, config, manifest, seed=seed, log=lambda _: None, progress=lambda *_: None, **sample)
+            for seed in SEEDS]
     values = {metric: [run[metric] for run in runs] for metric in METRICS}
     values["floor"] = runs[0]["floor"]
     return values
@@ -104,11 +105,15 @@ def test_a_generator_broken_on_purpose_is_clearly_worse_where_it_is_broken(broke
 
 def test_a_perfect_3d_generator_made_flat_is_clearly_worse_in_depth_and_consistency(manifest):
     """The trained tiny generator's own geometry is no better than a flat picture's (README, 3D quality), so
-    flattening it shows little in depth_error; the data's own renderer, perfectly 3D, shows what it costs."""
+    flattening it shows little in depth_error; the data's own renderer, perfectly 3D, shows what it costs.
+    The renderer sphere-traces on the CPU, so a quarter of the images and objects: its fd_data, from 128
+    images against the floor's 200, carries more of the Frechet distance's small-sample bias."""
     config = snapshot_config(str(SNAPSHOTS[-1]))
-    ideal, flat = measured(DataRenderer(config), manifest), measured(FlatDepth(DataRenderer(config)), manifest)
+    sample = {"num_generated": 128, "objects": 8}
+    ideal = measured(DataRenderer(config), manifest, **sample)
+    flat = measured(FlatDepth(DataRenderer(config)), manifest, **sample)
     assert statistics.mean(ideal["pose_error_deg"]) <= 1.2 * ideal["floor"]["pose_error_deg"]
-    assert statistics.mean(ideal["fd_data"]) <= ideal["floor"]["fd_data"]  # its images are the data's
+    assert statistics.mean(ideal["fd_data"]) <= 2 * ideal["floor"]["fd_data"]  # its images are the data's
     for metric in ("depth_error", "consistency_raw", "consistency_final"):
         assert clearly_worse(flat[metric], ideal[metric]), (metric, flat[metric], ideal[metric])
 
