@@ -176,7 +176,13 @@ def stop_on_sigterm() -> None:
     raises KeyboardInterrupt, and `Terminated.received` tells the driver which signal it was. Called at start
     and again after ray.init, whose native failure-signal handler takes SIGTERM over (a stack dump, then an
     abort with status 134). Only the main thread can set handlers; elsewhere this does nothing."""
+    owner = os.getpid()
+
     def on_sigterm(signum, frame):
+        if os.getpid() != owner:  # a forked child (a multiprocessing pool's worker): end as SIGTERM ends it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         Terminated.received = True
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler) and handler is not signal.default_int_handler:
@@ -367,12 +373,15 @@ def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_loca
     print(f"starting {size} Ray Train worker(s), each with {cpus:g} CPU(s){' and 1 GPU' if gpu else ''}; "
           f"rank 0 prints its progress every {config.run.log_kimg:g} kimg and at least every "
           f"{PROGRESS_SECONDS:g} s")
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
     except Exception:
         if trainer.interrupted:  # the aborted controller is gone: what is left to say is the driver's
             raise KeyboardInterrupt from None
         raise
+    finally:  # Ray Train's handler, which aborts this trainer's controller, must not outlive it
+        signal.signal(signal.SIGINT, signal.default_int_handler if sigint is None else sigint)
     if trainer.interrupted:
         raise KeyboardInterrupt
     return result.return_value

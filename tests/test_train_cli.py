@@ -485,3 +485,28 @@ def test_unreachable_object_storage_is_one_line_before_anything_starts(monkeypat
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: ") and "[Errno" not in error
     assert "s3://bucket/runs" in error and "127.0.0.1:9" in error
+
+
+def test_a_forked_child_ends_on_sigterm_as_it_would_without_the_drivers_handler():
+    """The driver's SIGTERM handler is inherited by forked children (the synthetic data's and the shard
+    build's process pools, whose `terminate()` sends SIGTERM): there it must end the child, not stop a run
+    (an earlier handler then called a finished trainer's abort in the child, and the pool waited forever)."""
+    import multiprocessing
+    import signal
+
+    from cluster.launch import Terminated, stop_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    Terminated.received = False
+    stop_on_sigterm()
+    try:
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+        child.start()
+        child.terminate()
+        child.join(10)
+        assert child.exitcode == -signal.SIGTERM
+        with multiprocessing.get_context("fork").Pool(2) as pool:  # __exit__ terminates its workers
+            assert pool.map(abs, [-1, -2]) == [1, 2]
+        assert not Terminated.received
+    finally:
+        signal.signal(signal.SIGTERM, before)
