@@ -304,7 +304,7 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     from cluster.backends import load_deepspeed_file
-    from cluster.launch import Terminated, stop_on_sigterm
+    from cluster.signals import Terminated, stop_on_sigterm
     from cluster.lease import RunHeld, RunLease
 
     Terminated.received = False

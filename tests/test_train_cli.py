@@ -494,7 +494,7 @@ def test_a_forked_child_ends_on_sigterm_as_it_would_without_the_drivers_handler(
     import multiprocessing
     import signal
 
-    from cluster.launch import Terminated, stop_on_sigterm
+    from cluster.signals import Terminated, stop_on_sigterm
 
     before = signal.getsignal(signal.SIGTERM)
     Terminated.received = False
