@@ -33,3 +33,16 @@ def stop_on_sigterm() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_sigterm)
+        _Forks.reset_in_children()
+
+
+class _Forks:
+    """A forked child (a process pool's worker, which `terminate()` sends SIGTERM) gets SIGTERM's default back
+    at once: a Python handler runs only between bytecodes of the main thread, which a child can be far from."""
+    registered = False
+
+    @classmethod
+    def reset_in_children(cls) -> None:
+        if not cls.registered:
+            os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+            cls.registered = True
