@@ -481,7 +481,13 @@ def test_unreachable_object_storage_is_one_line_before_anything_starts(monkeypat
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: refused
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    assert train_main(["--storage", "s3://bucket/runs", "--set", "telemetry.metrics_port=0"]) == 2
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # an earlier test's file system, made with other variables
+    try:
+        assert train_main(["--storage", "s3://bucket/runs", "--set", "telemetry.metrics_port=0"]) == 2
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: ") and "[Errno" not in error
     assert "s3://bucket/runs" in error and "127.0.0.1:9" in error
