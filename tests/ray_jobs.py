@@ -6,7 +6,7 @@ careful user's script runs it against a head that has just started.
     result = submit_job(["ray", "job", "submit", "--address", url, "--", *entrypoint], env=env, timeout=400)
     cluster.stop()                            # ends this cluster's processes, and no other Ray's
 
-`ray stop` ends every Ray on the machine (a user's training run beside the tests included), and Ray's default
+Ray's own stop command ends every Ray on the machine (a user's training run beside the tests included), and Ray's default
 ports (dashboard agent 52365, client server 10001, dashboard metrics 44227, ...) are taken by whichever Ray came
 first. So a test cluster gets its own temp dir, its own ports, and `ray start` runs in a session of its own:
 stopping the cluster ends the processes of those sessions, their descendants (Ray's workers put themselves in

@@ -59,8 +59,9 @@ def ray_cluster(cluster_env, unrelated_ray):
 
 
 def test_stopping_a_test_cluster_leaves_another_ray_running(cluster_env, unrelated_ray):
-    """The suite once stopped its clusters with `ray stop --force`, which ends every Ray on the machine, and its
-    heads' job agents found Ray's default port taken by the other Ray ("no job agent")."""
+    """A test cluster is stopped by ending only its own processes (Ray's own stop command would end every Ray on
+    the machine), and its head's job agent has a port of its own (Ray's default was taken by the other Ray:
+    "no job agent")."""
     other = [p for p in unrelated_ray.processes() if p.name() in ("gcs_server", "raylet")]
     assert sorted(p.name() for p in other) == ["gcs_server", "raylet"]
     cluster = LocalCluster(cluster_env)
