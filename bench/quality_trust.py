@@ -16,7 +16,7 @@ Rows:
 - the synthetic data's own renderer as a generator (perfectly 3D), and the same made flat: where the trained
   generator's geometry is too poor for flattening it to show, the ideal one shows what flattening costs.
 
-Prints a Markdown table (the README's) and, with --json, writes every value.
+Prints a Markdown table (docs/monitoring.md's) and, with --json, writes every value.
 """
 
 import argparse

@@ -51,12 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workers", metavar="N or MIN:MAX", help="number of workers, or an elastic range")
     parser.add_argument("--init-from", metavar="URL", help="start a new run from other weights: a run folder or "
                         "checkpoint manifest, an EMA snapshot folder, or a reference network pickle (.pkl); no blur or "
-                        "pose-conditioning fade and no EMA ramp-up unless set (see README); the run's own checkpoint "
+                        "pose-conditioning fade and no EMA ramp-up unless set (see docs/recipes.md); the run's own checkpoint "
                         "wins once it has one")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a config field, e.g. --set loss.r1_gamma=2 (repeatable)")
     parser.add_argument("--accept-camera-conventions", action="store_true", help="train even when the camera "
-                        "labels look like a wrong convention for the data set as a whole (README: Checks on your "
+                        "labels look like a wrong convention for the data set as a whole (docs/data.md: Checks on your "
                         "data)")
     parser.add_argument("--take-over", action="store_true", help="train the run even though another eg3d.train "
                         "holds its lease (one that crashed or was killed; an expired lease is taken over anyway)")

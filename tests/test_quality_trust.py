@@ -104,7 +104,7 @@ def test_a_generator_broken_on_purpose_is_clearly_worse_where_it_is_broken(broke
 
 
 def test_a_perfect_3d_generator_made_flat_is_clearly_worse_in_depth_and_consistency(manifest):
-    """The trained tiny generator's own geometry is no better than a flat picture's (README, 3D quality), so
+    """The trained tiny generator's own geometry is no better than a flat picture's (docs/monitoring.md, 3D quality), so
     flattening it shows little in depth_error; the data's own renderer, perfectly 3D, shows what it costs.
     The renderer sphere-traces on the CPU, so a quarter of the images and objects: its fd_data, from 128
     images against the floor's 200, carries more of the Frechet distance's small-sample bias."""
@@ -128,7 +128,7 @@ def test_the_metric_improves_or_holds_over_the_run(metric, series):
     """Every later snapshot (6 and 12 kimg) is no worse than the first (2 kimg) beyond the noise: three standard
     deviations of the difference of the two means over seeds. (From one snapshot to the next a GAN's generator
     moves by more than the measurement's noise, so consecutive snapshots are not compared.) The consistency
-    values get worse over this run, as the README reports: its geometry does not become a surface."""
+    values get worse over this run, as docs/monitoring.md reports: its geometry does not become a surface."""
     first = series[0]
     for later in series[1:]:
         noise = (statistics.variance(first[metric]) / len(SEEDS)

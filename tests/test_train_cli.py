@@ -501,8 +501,9 @@ def test_a_forked_child_ends_on_sigterm_as_it_would_without_the_drivers_handler(
     script = ("import multiprocessing, signal, time\n"
               "from cluster.signals import Terminated, stop_on_sigterm\n"
               "stop_on_sigterm()\n"
-              "child = multiprocessing.get_context('fork').Process(target=time.sleep, args=(30,))\n"
-              "child.start(); child.terminate(); child.join(60)\n"
+              "fork = multiprocessing.get_context('fork'); ready = fork.Event()\n"
+              "child = fork.Process(target=lambda: (ready.set(), time.sleep(30)))\n"
+              "child.start(); ready.wait(30); child.terminate(); child.join(60)  # a running child, as a pool's\n"
               "with multiprocessing.get_context('fork').Pool(2) as pool:  # __exit__ terminates its workers\n"
               "    assert pool.map(abs, [-1, -2]) == [1, 2]\n"
               "print(child.exitcode, Terminated.received)\n")

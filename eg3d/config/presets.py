@@ -85,7 +85,7 @@ def tiny() -> TrainConfig:
     images is 4x its neural rendering; here 2x), 12+12 depth samples, 12 kimg: about 10 minutes on 2 CPU cores.
     Rendering at 16 instead of 32 trains about 1.8x as many images per second on a CPU, with sample grids no
     worse at equal images seen; planes of 32 instead of 64 about 1.4x, with the same fd_data, pose and depth
-    error at 4 kimg (README, 3D quality). The blur fades out over the first kimg instead of five, so that most
+    error at 4 kimg (docs/monitoring.md, 3D quality). The blur fades out over the first kimg instead of five, so that most
     of a short run sees the images unblurred."""
     batch_size = 8
     ema_kimg, _ = _batch_scaled(batch_size)

@@ -133,7 +133,7 @@ def load_real_data(manifest_url: str, resolution: int, *, limit: int | None = No
 
     # Torch runs in this thread only: a torch operation in a pool thread starts an OpenMP team there, and once
     # a process has more OpenMP threads than CPUs libgomp shortens every spin-wait for good, which slows every
-    # later training step of the process (README, Performance: the gloo all-gather slowdown).
+    # later training step of the process (docs/performance.md: the gloo all-gather slowdown).
     # At most 2 x workers chunks are read ahead (Executor.map would read every shard into memory first).
     parts, done, pending = [], 0, deque()
     with ThreadPoolExecutor(max(1, workers)) as pool:

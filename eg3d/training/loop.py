@@ -226,7 +226,7 @@ def resolution_jump(saved_config: dict, config: TrainConfig, nimg: int, run_url:
                         for k, v in saved.items() if getattr(config.rendering, k) != v)
     return (f"{changed}: at {nimg / 1000:.3f} kimg, where this run resumes, the neural rendering resolution would "
             f"jump from {before} to {after}, as its fade counts from the run's image 0. A second stage is a new "
-            f"run that fades from its own start: --init-from {run_url} --name NEW_NAME (see the README, stages), or "
+            f"run that fades from its own start: --init-from {run_url} --name NEW_NAME (see docs/recipes.md), or "
             f"leave rendering.* as the run had it to continue this run")
 
 
