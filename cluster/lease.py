@@ -111,10 +111,11 @@ class RunLease:
         current = self.read()
         if current is not None:
             other = current[0]
-            if not (take_over or other.expired(now) or other.gone()):
-                raise RunHeld(self.held_message(other, now))
             reason = ("its lease expired" if other.expired(now) else
-                      "its process is gone from this host" if other.gone() else "--take-over")
+                      "its process is gone from this host" if other.gone() else
+                      "--take-over" if take_over else None)
+            if reason is None:
+                raise RunHeld(self.held_message(other, now))
             log(f"taking {self.run_url} over from {other.describe(now)}: {reason}")
         mine = Holder(host=socket.gethostname(), pid=os.getpid(), started=now, heartbeat=now,
                       expires_seconds=self.heartbeat_seconds * MISSED_HEARTBEATS, token=uuid.uuid4().hex)

@@ -11,8 +11,6 @@ from dataloading import storage
 from eg3d.networks.snapshot import SnapshotError, load_generator
 
 EXPECTED = "expected a snapshot folder (config.json and G_ema.safetensors)"
-CREDENTIALS = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and AWS_ENDPOINT_URL for a store "
-               "other than AWS")
 
 
 def open_snapshot(url: str, device: str):
@@ -32,7 +30,7 @@ def open_snapshot(url: str, device: str):
     except Exception as error:
         if not missing_credentials(error):
             raise
-        raise SnapshotError(f"{url}: no object-storage credentials ({error}): {CREDENTIALS}") from None
+        raise SnapshotError(f"{url}: no object-storage credentials ({error}): set {storage.CREDENTIAL_VARIABLES}") from None
 
 
 def refuse_run_folder(url: str) -> None:

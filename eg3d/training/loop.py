@@ -456,9 +456,8 @@ def _train(config: TrainConfig, reader: ShardReader, *, manifest_url: str, run_u
         # interval's images per second.
         record = None
         if crossed(before, trainer.nimg, run.log_kimg) or done or diverged:
-            training_seconds = (time.perf_counter() - tick_start - maintenance_seconds
-                                - (trainer.compile_seconds - tick_compile_seconds))
-            record = interval_record(trainer, standing, (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9))
+            record = interval_record(trainer, standing, images_per_second(
+                trainer, tick_nimg, time.perf_counter() - tick_start - maintenance_seconds, tick_compile_seconds))
         maintenance_start = time.perf_counter()
         # No checkpoint while steps are being skipped: one taken on the way to a divergence would push
         # good ones out of run.keep_checkpoints and be what a rerun resumes from. A checkpoint that falls
@@ -487,10 +486,8 @@ def _train(config: TrainConfig, reader: ShardReader, *, manifest_url: str, run_u
             tick_compile_seconds = trainer.compile_seconds
             last_line = tick_start
         elif sync.rank == 0 and (last_line is None or time.perf_counter() - last_line >= PROGRESS_SECONDS):
-            # Compile time (run.compile) is left out: it is reported on its own (compile/seconds).
-            training_seconds = (time.perf_counter() - tick_start - maintenance_seconds
-                                - (trainer.compile_seconds - tick_compile_seconds))
-            log(progress_text(trainer.nimg, total_nimg, (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9)))
+            log(progress_text(trainer.nimg, total_nimg, images_per_second(
+                trainer, tick_nimg, time.perf_counter() - tick_start - maintenance_seconds, tick_compile_seconds)))
             last_line = time.perf_counter()
         if run_log is not None and (checkpointed or diverged):
             run_log.flush()  # the record of a checkpoint's own step, too
@@ -501,6 +498,13 @@ def _train(config: TrainConfig, reader: ShardReader, *, manifest_url: str, run_u
         log(f"the last {trainer.nonfinite_streak} steps had non-finite gradients, so the final checkpoint was "
             f"not written; a rerun resumes from the newest one and trains the rest again")
     return trainer
+
+
+def images_per_second(trainer: Trainer, tick_nimg: int, seconds: float, tick_compile_seconds: float) -> float:
+    """Images trained since `tick_nimg` per second of the interval's `seconds` (snapshot and checkpoint time
+    already left out), less the compile time since (run.compile; reported on its own as compile/seconds)."""
+    training_seconds = seconds - (trainer.compile_seconds - tick_compile_seconds)
+    return (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9)
 
 
 def minutes_passed(sync: SingleProcess, since: float, minutes: float | None) -> bool:
