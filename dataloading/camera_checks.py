@@ -21,6 +21,9 @@ samples 0.1..2.6 in a box_warp 1.6 box. A camera whose fraction is at most SEES_
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
+
+from eg3d.networks.camera import pixel_rays
 
 GRID = 8  # pixel rays per image side
 DEPTHS = 16  # samples per ray in the ray-range mode
@@ -69,16 +72,10 @@ def axis_distance(labels: np.ndarray) -> np.ndarray:
 
 
 def pixel_directions(labels: np.ndarray, grid: int = GRID) -> np.ndarray:
-    """[N, grid*grid, 3] unit world directions through a grid x grid of pixel centres (row-major)."""
-    _, rotations, intrinsics = split(labels)
-    centres = (np.arange(grid) + 0.5) / grid
-    v, u = (x.reshape(1, -1) for x in np.meshgrid(centres, centres, indexing="ij"))
-    fx, fy, cx, cy, skew = (intrinsics[:, i, j, None] for i, j in ((0, 0), (1, 1), (0, 2), (1, 2), (0, 1)))
-    y = (v - cy) / fy
-    x = (u - cx - skew * y) / fx
-    camera = np.stack([x, y, np.ones_like(x)], axis=-1)
-    world = np.einsum("nij,nrj->nri", rotations, camera)
-    return world / np.linalg.norm(world, axis=-1, keepdims=True)
+    """[N, grid*grid, 3] unit world directions through a grid x grid of pixel centres (row-major): the
+    renderer's own rays (`eg3d.networks.camera.pixel_rays`), in float64."""
+    c = torch.from_numpy(np.asarray(labels, dtype=np.float64).reshape(-1, 25))
+    return pixel_rays(c, grid)[1].numpy()
 
 
 def fraction_inside(labels: np.ndarray, check: CameraCheck) -> np.ndarray:

@@ -1,10 +1,10 @@
-"""The README's table of preset recipes against `eg3d.config.presets`, so that the two cannot drift apart."""
+"""The table of preset recipes in docs/training.md against `eg3d.config.presets`, so that the two cannot drift apart."""
 
 import pathlib
 
 from eg3d.config.presets import PRESETS
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+TABLE_PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "training.md"
 TABLE_HEADING = "## Presets: the recipes"
 
 
@@ -54,7 +54,7 @@ AUGMENTATION, PAPER_FID = "augmentation", "paper's FID"
 
 def readme_table() -> tuple[list[str], dict[str, list[str]]]:
     """(the header's preset names, {row label: cells}) of the first table after TABLE_HEADING."""
-    lines = README.read_text().splitlines()
+    lines = TABLE_PAGE.read_text().splitlines()
     start = lines.index(TABLE_HEADING)
     rows = []
     for line in lines[start + 1:]:
@@ -66,13 +66,13 @@ def readme_table() -> tuple[list[str], dict[str, list[str]]]:
     return header[1:], {row[0]: row[1:] for row in body}
 
 
-def test_readme_preset_table_matches_the_presets():
+def test_the_preset_table_in_docs_matches_the_presets():
     presets, table = readme_table()
     assert presets == list(PRESETS)
     assert set(table) == set(ROWS) | {AUGMENTATION, PAPER_FID}
     for name, cells in zip(presets, zip(*table.values())):
         config, row = PRESETS[name](), dict(zip(table, cells))
         for label, cell_of in ROWS.items():
-            assert row[label] == cell_of(config), f"README preset table, {name}: {label}"
+            assert row[label] == cell_of(config), f"docs/training.md preset table, {name}: {label}"
         if hasattr(config, "augment"):  # the augmentation section, where this branch has it
-            assert row[AUGMENTATION].lower() == str(config.augment.kind).lower(), f"README preset table, {name}: augmentation"
+            assert row[AUGMENTATION].lower() == str(config.augment.kind).lower(), f"docs/training.md preset table, {name}: augmentation"
