@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import micro_config, random_cameras
+from model_helpers import micro_config, random_cameras
 from distributed_helpers import run_on_workers
 from eg3d.networks.layers import resize
 from eg3d.training import augment as A

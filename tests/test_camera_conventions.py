@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import micro_config
+from model_helpers import micro_config
 from dataloading.build import build, main as build_main
 from dataloading.camera_checks import flip_yz
 from dataloading.camera_conventions import (ACCEPT_FLAG, check_conventions, check_label_conventions, measure,

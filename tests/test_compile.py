@@ -6,7 +6,7 @@ import io
 import pytest
 import torch
 
-from conftest import micro_config, random_cameras
+from model_helpers import micro_config, random_cameras
 from eg3d.training.trainer import Trainer
 
 pytestmark = pytest.mark.slow  # torch.compile of G and D: about 20 s with its cache warm, minutes cold

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import micro_config, random_cameras
+from model_helpers import micro_config, random_cameras
 from distributed_helpers import run_on_workers
 from eg3d.config import apply_overrides, validate
 from eg3d.config.presets import tiny

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from conftest import micro_config, random_cameras
+from model_helpers import micro_config, random_cameras
 from distributed_helpers import run_on_workers
 from eg3d.config import batch_split
 from eg3d.training.trainer import SingleProcess, Trainer

@@ -13,7 +13,7 @@ from PIL import Image
 
 from safetensors.torch import save
 
-from conftest import micro_config
+from model_helpers import micro_config
 from dataloading import storage
 from eg3d import generate, sample_grid, video
 from eg3d.networks import camera, orbit

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from cluster.backends import DDPSync
-from conftest import micro_config, random_cameras
+from model_helpers import micro_config, random_cameras
 from eg3d.training.trainer import Trainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")

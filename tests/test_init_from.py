@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import MICRO_OVERRIDES
+from model_helpers import MICRO_OVERRIDES
 from eg3d.config import apply_init_from_adjustments
 from eg3d.train import build_config, main as train_main, parse_args
 from eg3d.training.checkpoints import CheckpointStore

@@ -15,7 +15,7 @@ import trimesh
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import micro_config
+from model_helpers import micro_config
 from eg3d import invert
 from eg3d.metrics.lpips import STAND_IN_LABEL, TAP_CHANNELS, VGG16_CONV_INDICES, VGG16_STAGES, load_lpips, random_lpips
 from eg3d.networks import camera, orbit

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import MICRO_OVERRIDES
+from model_helpers import MICRO_OVERRIDES
 from distributed_helpers import free_port
 from monitoring import dashboards
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import micro_config
+from model_helpers import micro_config
 from dataloading.build import build
 from dataloading.reference_format import ReferenceDataset
 from dataloading.shard_reader import camera_labels

@@ -18,7 +18,7 @@ import time
 import psutil
 import pytest
 
-from conftest import MICRO_OVERRIDES
+from model_helpers import MICRO_OVERRIDES
 from dataloading import storage
 from eg3d.training.checkpoints import CheckpointStore
 from ray_jobs import LocalCluster, submit_job

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import micro_config, random_cameras
+from model_helpers import micro_config, random_cameras
 from eg3d.networks import layers
 from eg3d.networks.discriminator import DualDiscriminator
 from eg3d.networks.generator import TriPlaneGenerator

@@ -16,7 +16,7 @@ import pytest
 import torch
 import trimesh
 
-from conftest import micro_config
+from model_helpers import micro_config
 from eg3d import shapes
 from eg3d.networks.density_grid import generator_density, grid_spacing, sample_density_grid
 from eg3d.networks.generator import TriPlaneGenerator

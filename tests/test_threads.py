@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from conftest import micro_config
+from model_helpers import micro_config
 from eg3d.training import threads
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import micro_config
+from model_helpers import micro_config
 from dataloading.build import build
 from dataloading.synthetic import generate_dataset
 from distributed_helpers import run_on_workers

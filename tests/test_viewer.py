@@ -14,7 +14,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from conftest import micro_config
+from model_helpers import micro_config
 from distributed_helpers import free_port
 from eg3d import generate, viewer
 from eg3d.networks import camera, orbit
