@@ -1,14 +1,15 @@
 """Grafana dashboards for eg3d training, built as code with grafana-foundation-sdk.
 
 `python -m monitoring.dashboards` writes monitoring/dashboards/*.json (and, through monitoring.kubernetes, the
-ConfigMap in k8s/ that carries them); the JSON is committed and tests/test_monitoring.py checks it equals
-`build()`. Two dashboards:
+ConfigMap in k8s/monitoring/ that carries them); the JSON is committed and tests/test_monitoring.py checks it
+equals `build()`. Two dashboards:
   eg3d-training  one run at a glance: ranks aggregated (run-wide gauges that every rank exports
                  identically -> max, per-rank means -> avg, counters -> sum of rates, memory -> max)
   eg3d-rank      the same families split by rank, to find the slow, stalled or leaking worker
 Panel descriptions end with the catalog's help text (monitoring.metrics), so they cannot drift apart.
 """
 
+import argparse
 import json
 from pathlib import Path
 
@@ -408,12 +409,16 @@ def panel_queries() -> list[tuple[str, str, str]]:
             for model in build().values() for panel in model["panels"] for target in panel.get("targets", [])]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m monitoring.dashboards",
+                            description="Regenerate the Grafana dashboards (monitoring/dashboards/*.json) from the "
+                                        "metric catalog, then the Kubernetes objects that carry them "
+                                        "(k8s/monitoring/).").parse_args(argv)
     OUTPUT_DIR.mkdir(exist_ok=True)
     for file_name, model in build().items():
         (OUTPUT_DIR / file_name).write_text(to_json(model))
         print(f"wrote {OUTPUT_DIR / file_name}")
-    kubernetes.main()  # k8s/grafana-dashboards.yaml carries the JSON just written
+    kubernetes.main([])  # k8s/monitoring/grafana-dashboards.yaml carries the JSON just written
 
 
 if __name__ == "__main__":

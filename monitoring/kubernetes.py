@@ -1,18 +1,20 @@
 """The Kubernetes objects that carry our alert rules and dashboards, generated from them.
 
 `python -m monitoring.kubernetes` writes
-  k8s/prometheusrule.yaml         a Prometheus Operator PrometheusRule with the groups of prometheus/alerts.yml
-  k8s/grafana-dashboards.yaml     a ConfigMap with dashboards/*.json, labelled for Grafana's dashboard sidecar
+  k8s/monitoring/prometheusrule.yaml       a Prometheus Operator PrometheusRule with the groups of prometheus/alerts.yml
+  k8s/monitoring/grafana-dashboards.yaml   a ConfigMap with dashboards/*.json, labelled for Grafana's dashboard sidecar
 (`python -m monitoring.dashboards` runs it too, after writing the JSON). tests/test_k8s.py checks that the
 committed files equal what this builds.
 """
 
+import argparse
 from pathlib import Path
 
 import yaml
 
 MONITORING_DIR = Path(__file__).parent
-K8S_DIR = MONITORING_DIR.parent / "k8s"
+# Beside the PodMonitor, not in k8s/ itself: `kubectl apply -f k8s/` must work without the Prometheus Operator.
+OUTPUT_DIR = MONITORING_DIR.parent / "k8s" / "monitoring"
 ALERTS = MONITORING_DIR / "prometheus" / "alerts.yml"
 DASHBOARDS_DIR = MONITORING_DIR / "dashboards"
 COMMON_LABELS = {"app.kubernetes.io/name": "eg3d-train"}
@@ -66,7 +68,7 @@ def dashboards_config_map() -> dict:
 
 
 def build() -> dict[str, str]:
-    """File name under k8s/ -> its text."""
+    """File name under k8s/monitoring/ -> its text."""
     return {
         "prometheusrule.yaml": header("monitoring/prometheus/alerts.yml",
                                       "The label `release` is what a kube-prometheus-stack Prometheus selects "
@@ -78,11 +80,15 @@ def build() -> dict[str, str]:
     }
 
 
-def main() -> None:
-    K8S_DIR.mkdir(exist_ok=True)
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m monitoring.kubernetes",
+                            description="Regenerate k8s/monitoring/prometheusrule.yaml and grafana-dashboards.yaml "
+                                        "from monitoring/prometheus/alerts.yml and monitoring/dashboards/*.json."
+                            ).parse_args(argv)
+    OUTPUT_DIR.mkdir(exist_ok=True)
     for file_name, text in build().items():
-        (K8S_DIR / file_name).write_text(text)
-        print(f"wrote {K8S_DIR / file_name}")
+        (OUTPUT_DIR / file_name).write_text(text)
+        print(f"wrote {OUTPUT_DIR / file_name}")
 
 
 if __name__ == "__main__":

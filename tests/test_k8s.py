@@ -1,7 +1,8 @@
-"""The Kubernetes manifests in k8s/ and the Dockerfile, checked offline: every document against its schema
-(kubernetes-validate for built-in kinds, the operators' CRDs in ../shared/k8s-crds for RayJob, PodMonitor
-and PrometheusRule), the RayJob's entrypoint against eg3d.train's own parser and config checks, the
-metrics ports against the scrape config, the generated objects against their sources, and a checkov scan."""
+"""The Kubernetes manifests in k8s/ and k8s/monitoring/ and the Dockerfile, checked offline: every document
+against its schema (kubernetes-validate for built-in kinds, the operators' CRDs vendored in tests/k8s-crds for
+RayJob, PodMonitor and PrometheusRule), k8s/ alone against a cluster that has KubeRay and nothing more, the
+RayJob's entrypoint against eg3d.train's own parser and config checks, the metrics ports against the scrape
+config, the generated objects against their sources, and a checkov scan."""
 
 import copy
 import json
@@ -22,14 +23,15 @@ from monitoring import kubernetes
 
 REPO = Path(__file__).resolve().parents[1]
 K8S_DIR = REPO / "k8s"
-# ../shared/k8s-crds beside the repository root (or beside a folder above it, for a git worktree).
-CRD_DIR = next((folder / "shared" / "k8s-crds" for folder in REPO.parents
-                if (folder / "shared" / "k8s-crds").is_dir()), REPO.parent / "shared" / "k8s-crds")
+# Applied on its own (`kubectl apply -f k8s/monitoring/`): what needs the Prometheus Operator and Grafana.
+MONITORING_DIR = K8S_DIR / "monitoring"
+# What a cluster with KubeRay and nothing more knows: Kubernetes' own API groups ("" is the core) and ray.io.
+KUBERAY_CLUSTER_GROUPS = {"", "apps", "batch", "networking.k8s.io", "policy", "rbac.authorization.k8s.io", "ray.io"}
 # The oldest Kubernetes that managed clusters still commonly run, and the newest that kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.33.0", "1.37.0")
+CRD_DIR = REPO / "tests" / "k8s-crds"  # its README.md says which releases they come from
 CRD_FILES = {
     ("ray.io/v1", "RayJob"): "ray.io_rayjobs.yaml",
-    ("ray.io/v1", "RayCluster"): "ray.io_rayclusters.yaml",
     ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
 }
@@ -37,11 +39,18 @@ CRD_FILES = {
 LAST_APPLIED_LIMIT = 262144
 
 
-def documents() -> list[tuple[str, dict]]:
-    """(file name, object) for every document that `kubectl apply -f k8s/` applies."""
+def manifest_files(folder: Path) -> list[Path]:
+    """The files that `kubectl apply -f FOLDER` reads: the folder's own, not its subfolders'."""
+    return sorted(path for path in folder.iterdir() if path.suffix in (".yaml", ".yml", ".json"))
+
+
+def documents(*folders: Path) -> list[tuple[str, dict]]:
+    """(path under k8s/, object) for every document that `kubectl apply -f` applies from the folders (by
+    default k8s/ and k8s/monitoring/)."""
     found = []
-    for path in sorted(K8S_DIR.glob("*.y*ml")) + sorted(K8S_DIR.glob("*.json")):
-        found += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    for folder in folders or (K8S_DIR, MONITORING_DIR):
+        for path in manifest_files(folder):
+            found += [(str(path.relative_to(K8S_DIR)), doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
     return found
 
 
@@ -74,6 +83,21 @@ def test_every_document_is_a_known_kind_with_a_name():
     assert all(doc["metadata"]["labels"]["app.kubernetes.io/name"] == "eg3d-train" for _, doc in documents())
 
 
+def test_k8s_alone_needs_only_kuberay():
+    """`kubectl apply -f k8s/` creates the run on any cluster with KubeRay; what needs the Prometheus Operator
+    or Grafana's dashboard sidecar is in k8s/monitoring/, which that command does not read (it does not recurse)."""
+    for name, doc in documents(K8S_DIR):
+        group = doc["apiVersion"].rpartition("/")[0]
+        assert group in KUBERAY_CLUSTER_GROUPS, f"{name}: {doc['kind']} ({doc['apiVersion']}) needs more than KubeRay"
+        assert "grafana_dashboard" not in doc["metadata"]["labels"], f"{name}: a dashboard belongs in k8s/monitoring/"
+    for name, doc in documents(MONITORING_DIR):
+        assert (doc["apiVersion"].startswith("monitoring.coreos.com/")
+                or "grafana_dashboard" in doc["metadata"]["labels"]), f"{name}: needs no monitoring, belongs in k8s/"
+    # kubectl would read a kustomization.yaml as an object, and fail on its missing kind.
+    assert not [path for folder in (K8S_DIR, MONITORING_DIR) for path in manifest_files(folder)
+                if path.stem == "kustomization"]
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_built_in_kinds_validate(version):
     kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
@@ -91,8 +115,6 @@ def test_built_in_kinds_validate(version):
 
 
 def crd_schema(api_version: str, kind: str) -> dict:
-    if not CRD_DIR.is_dir():
-        pytest.skip("../shared/k8s-crds (the operators' CRDs) is absent")
     crd = yaml.safe_load((CRD_DIR / CRD_FILES[api_version, kind]).read_text())
     group, version = api_version.split("/")
     assert crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind
@@ -120,6 +142,8 @@ def test_custom_resources_validate_against_their_crds():
 
     custom = [(name, doc) for name, doc in documents() if (doc["apiVersion"], doc["kind"]) in CRD_FILES]
     assert sorted(doc["kind"] for _, doc in custom) == ["PodMonitor", "PrometheusRule", "RayJob"]
+    # Exactly the CRDs that the manifests use are vendored.
+    assert sorted(path.name for path in CRD_DIR.glob("*.yaml")) == sorted(CRD_FILES.values())
     for name, doc in custom:
         schema = crd_schema(doc["apiVersion"], doc["kind"])
         errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
@@ -134,21 +158,22 @@ def test_crd_validation_catches_a_misspelt_field():
     assert list(jsonschema.Draft7Validator(crd_schema("ray.io/v1", "RayJob")).iter_errors(rayjob))
 
 
-def test_kubectl_parses_the_manifests(tmp_path):
+@pytest.mark.parametrize("folder", [K8S_DIR, MONITORING_DIR], ids=["k8s", "k8s/monitoring"])
+def test_kubectl_parses_the_manifests(folder, tmp_path):
     """`kubectl apply --dry-run=client` needs an API server even so (it downloads the server's OpenAPI and
-    API groups), so without one this runs kubectl's offline parser, kustomize, over the same files: every
-    document well-formed and every object's kind and name unique."""
+    API groups), so without one this runs kubectl's offline parser, kustomize, over each folder's files: every
+    document well-formed, every object's kind and name unique (kustomize refuses a repeat), and the objects
+    (YAML anchors and `<<` merges resolved) the same as the ones the other tests read."""
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed")
-    names = [path.name for path in sorted(K8S_DIR.glob("*.yaml"))]
+    names = [path.name for path in manifest_files(folder)]
     for name in names:
-        shutil.copy(K8S_DIR / name, tmp_path / name)
+        shutil.copy(folder / name, tmp_path / name)
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({"resources": names}))
     result = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == sorted(
-        (d["kind"], d["metadata"]["name"]) for _, d in documents())
+    rendered = {(doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(result.stdout) if doc}
+    assert rendered == {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in documents(folder)}
 
 
 # ------------------------------------------------------------------------------------- the training run
@@ -263,11 +288,20 @@ def test_job_lifecycle():
     assert len(images) == 1, f"one image for the submitter, head and workers: {images}"
 
 
+def test_every_pod_template_sets_its_restart_policy():
+    """Written out, as in KubeRay's samples: KubeRay replaces a failed Ray pod (with autoscaler v2 it refuses
+    any policy but Never on the head and the workers), and the submitter's Job retries its pod (backoffLimit)."""
+    for role, template in rayjob_pod_templates().items():
+        assert template["spec"].get("restartPolicy") == "Never", role
+
+
 # --------------------------------------------------------------------------------- generated from sources
 
 def test_generated_objects_are_up_to_date():
     for file_name, text in kubernetes.build().items():
-        assert (K8S_DIR / file_name).read_text() == text, f"k8s/{file_name} is stale: run python -m monitoring.kubernetes"
+        assert (MONITORING_DIR / file_name).read_text() == text, \
+            f"k8s/monitoring/{file_name} is stale: run python -m monitoring.kubernetes"
+    assert kubernetes.OUTPUT_DIR == MONITORING_DIR
 
 
 def test_prometheus_rule_carries_exactly_the_alert_rules():
@@ -347,15 +381,34 @@ def failures(report: dict) -> list[str]:
 def test_checkov_passes_on_the_manifests_and_the_pods_they_make(tmp_path):
     """checkov knows no RayJob, so the pods it makes (submitter, head, workers) are scanned as Pods too,
     with the RayJob's checkov.io/skip annotations of their template."""
-    for name in [path.name for path in K8S_DIR.glob("*.yaml")]:
-        shutil.copy(K8S_DIR / name, tmp_path / name)
+    manifests = tmp_path / "k8s"
+    shutil.copytree(K8S_DIR, manifests)  # with k8s/monitoring/: checkov's --directory recurses
     pods = [{"apiVersion": "v1", "kind": "Pod",
              "metadata": {**template["metadata"], "name": f"eg3d-{role.replace(' ', '-')}"},
              "spec": template["spec"]} for role, template in rayjob_pod_templates().items()]
-    (tmp_path / "rayjob-pods.yaml").write_text(yaml.safe_dump_all(pods))
-    report = checkov("--directory", str(tmp_path), "--framework", "kubernetes")
+    (manifests / "rayjob-pods.yaml").write_text(yaml.safe_dump_all(pods))
+    report = checkov("--directory", str(manifests), "--framework", "kubernetes")
     assert not failures(report), "\n".join(failures(report))
-    assert report["summary"]["passed"] > 50, report["summary"]
+    # Every object read, the RayJob with its `<<` merges included.
+    summary = report["summary"]
+    assert summary["parsing_errors"] == 0 and summary["resource_count"] == len(documents()) + len(pods), summary
+    assert summary["passed"] > 50, summary
+
+
+def test_checkov_skips_are_written_once_and_reach_every_pod():
+    """Each skip and its reason is one line of k8s/rayjob.yaml (the templates merge anchored sets with `<<:`)
+    and, once parsed, on every pod template that needs it; the head alone mounts a service account token."""
+    written = re.findall(r"^\s*(checkov\.io/skip\d+: .+)$", (K8S_DIR / "rayjob.yaml").read_text(), re.MULTILINE)
+    repeated = {line for line in written if written.count(line) > 1}
+    assert not repeated, f"written more than once (merge an anchored set instead): {repeated}"
+    skipped = {role: sorted(value.split("=")[0] for key, value in template["metadata"]["annotations"].items()
+                            if key.startswith("checkov.io/skip"))
+               for role, template in rayjob_pod_templates().items()}
+    every_pod = ["CKV_K8S_15", "CKV_K8S_21", "CKV_K8S_22", "CKV_K8S_40", "CKV_K8S_43", "CKV_K8S_8", "CKV_K8S_9"]
+    assert skipped == {"submitter": every_pod,
+                       "head": sorted(every_pod + ["CKV_K8S_35", "CKV_K8S_38"]),
+                       "worker gpu": sorted(every_pod + ["CKV_K8S_35"])}
+    assert len(written) < sum(len(checks) for checks in skipped.values())
 
 
 @pytest.mark.slow
