@@ -732,7 +732,7 @@ def parse_colour(text: str) -> tuple[int, int, int]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dataloading.build", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="reference-format folder or zip (local path or fsspec URL)")
     parser.add_argument("dest", help="local folder or s3://bucket/prefix")
     parser.add_argument("--shard-size-mb", type=float, default=64, help="target shard size")

@@ -701,7 +701,7 @@ def placement_notes(summary: dict) -> list[str]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dataloading.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="a transforms.json (or its folder), a COLMAP text model folder, or a "
                         "reference-format dataset (dataset.json or its folder)")
     parser.add_argument("out", help="output folder (new or empty)")

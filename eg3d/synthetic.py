@@ -18,7 +18,7 @@ from dataloading.synthetic import generate_dataset
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eg3d.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="output folder, or a .zip file")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--resolution", type=int, default=64)
