@@ -32,12 +32,12 @@ import torch.distributed as dist
 from eg3d.config import BatchSplit, batch_split
 from eg3d.training.optimizer_state import (ZERO_ALIGNMENT_PADDINGS, ZERO_FP32_WEIGHTS, ZERO_GROUP_STATES,
                                            adam_state_from_zero_shards, is_zero_shard, zero_shards_from_adam_state)
-from eg3d.training.trainer import Phase, SingleProcess, Trainer
+from eg3d.training.trainer import GradientSync, Phase, Trainer, gradients_finite
 
 BACKENDS = ("ddp", "deepspeed")
 
 
-class DistributedSync(SingleProcess):
+class DistributedSync(GradientSync):
     """Shared by both backends: rank, world size and collectives of the default process group."""
 
     def __init__(self):
@@ -83,7 +83,7 @@ class DistributedSync(SingleProcess):
 
     def all_finite(self, phase: Phase) -> bool:
         """Every rank must take the same decision, so the local verdicts are combined."""
-        local = torch.tensor([float(super().all_finite(phase))])
+        local = torch.tensor([float(gradients_finite(phase.network))])
         return bool(self.all_reduce_sum(local).item() == self.world_size)
 
 
@@ -234,6 +234,9 @@ class DeepSpeedSync(DistributedSync):
 
     def backward(self, phase: Phase, loss: torch.Tensor) -> None:
         self.engines[id(phase.network)].backward(loss, scale_wrt_gas=False)  # our losses carry their weights
+
+    def reduce_gradients(self, phase: Phase) -> None:
+        """Left to the engine, which reduces in `optimizer_step`."""
 
     def optimizer_step(self, phase: Phase) -> None:
         """The accumulation boundary: the engine reduces, then updates.

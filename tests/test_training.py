@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from conftest import micro_config, random_cameras
+from model_helpers import micro_config, random_cameras
 from eg3d.config.presets import ffhq512, ffhq512_stage2, tiny
 from eg3d.config.seeds import step_seed
 from eg3d.training.augment import AugmentPipe
-from eg3d.training.loss import EG3DLoss, gaussian_blur
+from eg3d.training.loss import EG3DLoss, PhaseInputs, gaussian_blur
 from eg3d.training.schedules import Schedule
 from eg3d.training.stats import StatsReporter
 from eg3d.training.trainer import Trainer, ema_beta, lazy_regularized_adam
@@ -26,6 +26,12 @@ def run_steps(trainer: Trainer, steps: range) -> list[dict]:
         trainer.train_step(*real_batch(step))
         history.append(trainer.stats.collect())
     return history
+
+
+def phase_inputs(schedule: Schedule, *, real=(None, None), gen=(None, None)) -> PhaseInputs:
+    """One micro-batch for calling a phase method of EG3DLoss directly, at gain 1: (images, cameras) of the
+    reals and (latents, cameras) of the fakes, left out where the phase does not read them."""
+    return PhaseInputs(*real, *gen, schedule, gain=1.0)
 
 
 def every_phase_config():
@@ -58,8 +64,8 @@ def test_all_phases_run_on_their_intervals():
     trainer = Trainer(config, camera_pool=random_cameras(8))
     calls = []
     for phase in trainer.phases:
-        original = phase.run
-        phase.run = lambda *a, _name=phase.name, _orig=original: (calls.append((trainer.step_index, _name)), _orig(*a))
+        original = phase.loss
+        phase.loss = lambda *a, _name=phase.name, _orig=original: (calls.append((trainer.step_index, _name)), _orig(*a))
     run_steps(trainer, range(6))
     ran = lambda name: [s for s, n in calls if n == name]
     assert ran("Gmain") == ran("Dmain") == list(range(6))
@@ -167,7 +173,7 @@ def test_r1_penalty_matches_finite_differences():
     schedule = Schedule(blur_sigma=0.0, gpc_prob=None, neural_rendering_resolution=16)
     img, c = real_batch(0)
     img, c = img.double(), c.double()
-    loss.d_r1(img, c, schedule, gain=1.0)
+    loss.d_r1(phase_inputs(schedule, real=(img, c)), torch.Tensor.backward)
     penalty = stats.collect()["loss/r1_penalty"]  # mean over the batch
 
     # Independent check in two parts: (1) the input gradients agree with central differences of sum(D) at
@@ -207,7 +213,7 @@ def test_r1_penalty_is_the_gradient_at_what_d_receives(augment_p):
     img, c = real_batch(0)
     img, c = img.double(), c.double()
     torch.manual_seed(7)
-    loss.d_r1(img, c, schedule, gain=1.0)
+    loss.d_r1(phase_inputs(schedule, real=(img, c)), torch.Tensor.backward)
     penalty = stats.collect()["loss/r1_penalty"]
 
     real = loss.real_images(img, schedule)
@@ -235,7 +241,7 @@ def test_r1_backward_reaches_discriminator_parameters_through_double_backward():
     img, c = real_batch(1)
     img, c = img.double(), c.double()
     D.zero_grad()
-    loss.d_r1(img, c, schedule, gain=1.0)
+    loss.d_r1(phase_inputs(schedule, real=(img, c)), torch.Tensor.backward)
     weight = D.epilogue.out.weight
 
     def mean_penalty():
@@ -265,7 +271,7 @@ def test_density_regularization_is_l1_between_perturbed_points():
     c = random_cameras(2)
     schedule = Schedule(blur_sigma=0.0, gpc_prob=None, neural_rendering_resolution=16)
     torch.manual_seed(7)
-    trainer.loss.g_density(z, c, schedule, gain=1.0)
+    trainer.loss.g_density_reg(phase_inputs(schedule, gen=(z, c)), torch.Tensor.backward)
     reported = stats.collect()["loss/density_reg"]
     torch.manual_seed(7)
     ws = trainer.G.map(z, c)
@@ -452,7 +458,6 @@ def swapped_per_sample(run_phase, draws: int, batch: int = 4) -> torch.Tensor:
     draw d? Each draw seeds the global generator as the trainer does for one micro-batch."""
     G = ConditioningRecorder()
     loss = EG3DLoss(G, None, micro_config(), StatsReporter())
-    loss.backward = lambda tensor: None
     z, c = torch.randn(batch, 3), random_cameras(batch)
     schedule = Schedule(blur_sigma=0.0, gpc_prob=0.5, neural_rendering_resolution=16)
     for draw in range(draws):
@@ -470,7 +475,8 @@ GPC_DRAWS, GPC_TOLERANCE = 400, 0.1
 
 
 def test_density_phase_swaps_the_conditioning_of_the_whole_batch_or_none():
-    swapped = swapped_per_sample(lambda loss, z, c, s: loss.g_density(z, c, s, gain=1.0), GPC_DRAWS)
+    swapped = swapped_per_sample(
+        lambda loss, z, c, s: loss.g_density_reg(phase_inputs(s, gen=(z, c)), lambda tensor: None), GPC_DRAWS)
     swapped_count = swapped.sum(dim=1)
     assert ((swapped_count == 0) | (swapped_count == swapped.shape[1])).all()  # one draw per batch, as the reference
     assert swapped[:, 0].float().mean().item() == pytest.approx(0.5, abs=GPC_TOLERANCE)

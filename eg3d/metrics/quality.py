@@ -41,7 +41,7 @@ log = logging.getLogger("eg3d")
 
 
 class WorkerSync(Protocol):
-    """What the measurement uses of the trainer's gradient sync (eg3d.training.trainer.SingleProcess and its
+    """What the measurement uses of the trainer's gradient sync (eg3d.training.trainer.GradientSync and its
     subclasses), without importing the training layer."""
 
     rank: int

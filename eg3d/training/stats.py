@@ -41,7 +41,7 @@ class StatsReporter:
     def collect_all(self, sync=None) -> tuple[dict[str, float], list[dict[str, float]]]:
         """(means over what every rank reported, [each rank's own means and totals]), then reset.
 
-        Non-finite means pass through as NaN. With a `sync` (see eg3d.training.trainer.SingleProcess) of
+        Non-finite means pass through as NaN. With a `sync` (see eg3d.training.trainer.GradientSync) of
         several ranks, all ranks must call this at the same point; they all get the same answer.
         """
         mine = (dict(self._sums), dict(self._counts), dict(self._totals))

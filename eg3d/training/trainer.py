@@ -1,8 +1,8 @@
 """The training step of one worker: phases over micro-batches, optimizer steps, EMA.
 
 The trainer does not know which launcher runs it. How gradients are accumulated, reduced across
-workers and applied is the job of its gradient sync (`SingleProcess` here; DDP and DeepSpeed subclass
-it in `cluster.backends`). Everything that determines the future of a run (networks, optimizers, images seen)
+workers and applied is the job of its `GradientSync` (`SingleProcess` here; DDP and DeepSpeed in
+`cluster.backends`). Everything that determines the future of a run (networks, optimizers, images seen)
 is in `state_dict()`. The global batch is split over the workers by `BatchSplit` (eg3d.config), possibly
 unevenly; every micro-batch's loss is weighted by its share of the global batch. All randomness of a
 step is seeded from (seed, step, phase, index in the global batch): latents and cameras per image, the
@@ -12,6 +12,7 @@ cameras and noise on any number of workers that cut the global batch into the sa
 run continues exactly.
 """
 
+import abc
 import contextlib
 import copy
 import functools
@@ -30,7 +31,7 @@ from eg3d.networks.generator import TriPlaneGenerator
 
 from .augment import AugmentPipe, adjust_p
 from .compilation import compile_networks, compiled_graphs
-from .loss import EG3DLoss
+from .loss import Backward, EG3DLoss, PhaseInputs
 from .optimizer_state import torch_optimizer_state
 from .schedules import Schedule
 from .stats import StatsReporter
@@ -45,56 +46,12 @@ PROFILER_LABEL = "eg3d/"
 
 @dataclass
 class Phase:
-    name: str
-    network: torch.nn.Module
+    name: str  # Gmain, Greg, Dmain or Dreg
+    network: torch.nn.Module  # the network it trains
     optimizer: torch.optim.Optimizer
-    interval: int
-    run: Callable  # (real_img, real_c, gen_z, gen_c, schedule, gain) -> None, accumulates gradients
+    interval: int  # runs at the steps that are a multiple of this
+    loss: Callable[[PhaseInputs, Backward], None]  # its EG3DLoss method, run on each micro-batch
     low_precision: bool = True  # under run.precision's autocast; False: always float32
-
-
-class SingleProcess:
-    """Gradient handling for one process: backward accumulates into `.grad`; a phase ends with one
-    optimizer step, skipped (and counted) when any gradient is not finite."""
-
-    rank, world_size = 0, 1
-    optimizer_sharded = False  # True: each rank holds part of the optimizer state (ZeRO)
-
-    def setup(self, trainer: "Trainer") -> None:
-        """Called once the networks and optimizers exist (DeepSpeed wraps them here)."""
-
-    def backward(self, phase: "Phase", loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def reduce_gradients(self, phase: "Phase") -> None:
-        """Make every rank's gradients the mean over ranks (nothing to do for one process)."""
-
-    def all_finite(self, phase: "Phase") -> bool:
-        grads = [p.grad for p in phase.network.parameters() if p.grad is not None]
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
-
-    def optimizer_step(self, phase: "Phase") -> None:
-        phase.optimizer.step()
-
-    def zero_grad(self, phase: "Phase") -> None:
-        phase.optimizer.zero_grad(set_to_none=True)
-
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
-
-    def all_gather_object(self, value) -> list:
-        return [value]
-
-    def broadcast_object(self, value):
-        return value
-
-    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict:
-        return optimizer.state_dict()
-
-    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, states: list[dict]) -> None:
-        """`states`: the saved state of every rank (one entry unless the state is sharded), in either backend's
-        form (see eg3d.training.optimizer_state)."""
-        optimizer.load_state_dict(torch_optimizer_state(states, optimizer))
 
 
 @torch.no_grad()
@@ -104,6 +61,104 @@ def gradient_norm(network: torch.nn.Module) -> torch.Tensor:
     if not grads:
         return torch.zeros(())
     return torch.nn.utils.get_total_norm(grads)
+
+
+@torch.no_grad()
+def gradients_finite(network: torch.nn.Module) -> bool:
+    """Whether all of a network's gradients are finite (this rank's, as accumulated so far)."""
+    grads = [p.grad for p in network.parameters() if p.grad is not None]
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+
+
+class GradientSync(abc.ABC):
+    """How the workers' gradients become one update, and the collectives the training loop needs besides.
+
+    For each due phase the trainer calls `zero_grad`, then `backward` for every loss of every micro-batch,
+    then `reduce_gradients`, `all_finite`, and `optimizer_step` (or `zero_grad` again when a gradient is not
+    finite). Every rank calls each method except `backward` at the same point, in the same order. The
+    gradient handling defaults to plain torch (autograd, the torch optimizer); `SingleProcess` is the sync
+    of one process, `cluster.backends` has those of DDP and DeepSpeed.
+    """
+
+    rank: int  # this worker, 0 .. world_size - 1
+    world_size: int
+    optimizer_sharded = False  # True: each rank holds part of the optimizer state (ZeRO)
+
+    @abc.abstractmethod
+    def setup(self, trainer: "Trainer") -> None:
+        """Called once the trainer's networks, optimizers and starting weights exist, before its first step:
+        make the starting weights the same on every rank (and wrap what the backend wraps)."""
+
+    def backward(self, phase: Phase, loss: torch.Tensor) -> None:
+        """Backpropagate one loss of a micro-batch of `phase`, adding to the gradients accumulated so far.
+        They stay this rank's own until `reduce_gradients` or `optimizer_step`."""
+        loss.backward()
+
+    @abc.abstractmethod
+    def reduce_gradients(self, phase: Phase) -> None:
+        """After the phase's last backward: make the gradients of its network the mean over ranks, or leave
+        that to `optimizer_step` (which must then reduce before it applies)."""
+
+    @abc.abstractmethod
+    def all_finite(self, phase: Phase) -> bool:
+        """Whether every gradient of the phase's network is finite on every rank: the same answer on every
+        rank, so that all of them apply the phase or all skip it."""
+
+    def optimizer_step(self, phase: Phase) -> None:
+        """Apply the phase's (reduced) gradients with its optimizer."""
+        phase.optimizer.step()
+
+    def zero_grad(self, phase: Phase) -> None:
+        """Clear the gradients the phase's network has accumulated. Here: set them to None, so that a parameter
+        the phase does not reach keeps none, and Adam leaves it and its moments alone."""
+        phase.optimizer.zero_grad(set_to_none=True)
+
+    @abc.abstractmethod
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum of `tensor` over ranks, on `tensor`'s device. One process may return `tensor`
+        itself, so do not change the result in place."""
+
+    @abc.abstractmethod
+    def all_gather_object(self, value) -> list:
+        """Every rank's picklable `value`, in rank order."""
+
+    @abc.abstractmethod
+    def broadcast_object(self, value):
+        """Rank 0's picklable `value`, on every rank (the others' `value` is ignored)."""
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict:
+        """This rank's state of `optimizer` for a checkpoint: all of it, or this rank's shard when
+        `optimizer_sharded`."""
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, states: list[dict]) -> None:
+        """`states`: the saved state of every rank (one entry unless the state is sharded), in either backend's
+        form (see eg3d.training.optimizer_state)."""
+        optimizer.load_state_dict(torch_optimizer_state(states, optimizer))
+
+
+class SingleProcess(GradientSync):
+    """One process: its gradients are already the mean, and every collective returns its input."""
+
+    rank, world_size = 0, 1
+
+    def setup(self, trainer: "Trainer") -> None:
+        pass
+
+    def reduce_gradients(self, phase: Phase) -> None:
+        pass
+
+    def all_finite(self, phase: Phase) -> bool:
+        return gradients_finite(phase.network)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def all_gather_object(self, value) -> list:
+        return [value]
+
+    def broadcast_object(self, value):
+        return value
 
 
 def lazy_regularized_adam(params, *, lr: float, betas: tuple[float, float], eps: float, reg_interval: int):
@@ -130,7 +185,7 @@ class Trainer:
     before the gradient sync's setup (DeepSpeed copies the weights it optimizes there)."""
 
     def __init__(self, config: TrainConfig, *, camera_pool: torch.Tensor, device: torch.device | str = "cpu",
-                 sync: SingleProcess | None = None, networks: dict | None = None):
+                 sync: GradientSync | None = None, networks: dict | None = None):
         self.config, self.device = config, torch.device(device)
         self.sync = sync or SingleProcess()
         self.split = batch_split(config, self.sync.world_size)
@@ -147,21 +202,21 @@ class Trainer:
         loss_cfg = config.loss
         self.opt_G = lazy_regularized_adam(self.G.parameters(), **self._optimizer_settings("G"))
         self.opt_D = lazy_regularized_adam(self.D.parameters(), **self._optimizer_settings("D"))
-        self.phases = [
-            Phase("Gmain", self.G, self.opt_G, 1, lambda r, rc, z, c, s, g: self.loss.g_main(z, c, s, g)),
-            Phase("Dmain", self.D, self.opt_D, 1, self.loss.d_main),
-            # R1 is the gradient of a gradient norm: under bf16 its gradient drifted (cosine 0.989 against
-            # float32 on D's blocks in tests/test_gpu.py), so it runs in float32, 1 step in r1_interval.
-            Phase("Dreg", self.D, self.opt_D, loss_cfg.r1_interval, lambda r, rc, z, c, s, g: self.loss.d_r1(r, rc, s, g),
-                  low_precision=False),
-        ]
+        # The phases in the order they run; a phase's index in this list seeds its randomness.
+        self.phases = [Phase("Gmain", self.G, self.opt_G, interval=1, loss=self.loss.g_main)]
         if loss_cfg.density_reg > 0:
             # Always float32: the regularizer is a finite difference of densities at points a small step
             # apart, which bf16's rounding swamps (its gradient lost its direction in tests/test_gpu.py);
             # the reference runs the tri-plane backbone and decoder in float32 throughout.
-            self.phases.insert(1, Phase("Greg", self.G, self.opt_G, loss_cfg.density_reg_interval,
-                                        lambda r, rc, z, c, s, g: self.loss.g_density(z, c, s, g),
-                                        low_precision=False))
+            self.phases.append(Phase("Greg", self.G, self.opt_G, interval=loss_cfg.density_reg_interval,
+                                     loss=self.loss.g_density_reg, low_precision=False))
+        self.phases += [
+            Phase("Dmain", self.D, self.opt_D, interval=1, loss=self.loss.d_main),
+            # R1 is the gradient of a gradient norm: under bf16 its gradient drifted (cosine 0.989 against
+            # float32 on D's blocks in tests/test_gpu.py), so it runs in float32, 1 step in r1_interval.
+            Phase("Dreg", self.D, self.opt_D, interval=loss_cfg.r1_interval, loss=self.loss.d_r1,
+                  low_precision=False),
+        ]
         self.nimg = 0
         self.step_index = 0
         self.skipped_steps = {"G": 0, "D": 0}
@@ -267,15 +322,16 @@ class Trainer:
         self.G.requires_grad_(phase.network is self.G)
         self.D.requires_grad_(phase.network is self.D)
         self.sync.zero_grad(phase)
-        self.loss.backward = functools.partial(self.sync.backward, phase)
+        backward = functools.partial(self.sync.backward, phase)
         first = split.offset(rank)
         starts = np.cumsum((0,) + split.micro_batches(rank)[:-1]).tolist()
         for start, size in zip(starts, split.micro_batches(rank)):
             part = slice(start, start + size)
+            inputs = PhaseInputs(real_img[part], real_c[part], gen_z[part], gen_c[part], schedule,
+                                 gain=phase.interval * size * split.world_size / split.global_batch)
             torch.manual_seed(step_seed(self.config.run.seed, self.step_index, phase_index, first + start))
             with self.autocast(phase):
-                phase.run(real_img[part], real_c[part], gen_z[part], gen_c[part], schedule,
-                          phase.interval * size * split.world_size / split.global_batch)
+                phase.loss(inputs, backward)
 
     def _add_phase_time(self, phase: Phase, seconds: float, new_graphs: int) -> None:
         """A phase that compiled graphs (its first run at a new shape, under run.compile) counts as compile
