@@ -74,7 +74,7 @@ def test_a_micro_batch_below_the_group_size_is_the_group():
 @pytest.mark.parametrize("overrides, message", [
     (["run.micro_batch=6"], r"run\.micro_batch \(6\) must be a multiple of model\.disc_mbstd_group \(4\)"),
     (["run.batch_size=30"], r"run\.batch_size \(30\) must be a multiple of the minibatch-std group \(4 images"),
-    (["run.micro_batch=0"], r"run\.micro_batch must be positive"),
+    (["run.micro_batch=0"], r"config field run\.micro_batch: 0 is not >= 1"),
 ])
 def test_batches_that_cannot_hold_whole_groups_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):

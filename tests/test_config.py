@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -9,9 +10,9 @@ import pytest
 from annotated_types import Ge, Gt, Lt, Predicate
 
 from eg3d import summary
-from eg3d.config import TrainConfig, apply_overrides, validate
+from eg3d.config import DistributedConfig, LossConfig, RenderingConfig, TrainConfig, apply_overrides, validate
 from eg3d.config.presets import PRESETS, afhq512, ffhq512, get_preset, shapenet128, tiny
-from eg3d.config.schema import NumberRange, check_ranges, section_number_ranges
+from eg3d.config.schema import NumberRange, check_fields, section_number_ranges
 from eg3d.train import main as train_main
 
 
@@ -45,7 +46,8 @@ def test_overrides_convert_and_validate_types():
     assert config.rendering.ray_start is None and config.rendering.ray_end is None
     assert config.model.sr_channels == (8, 4)
     assert config.data.xflip is True and config.run.out == "some/dir"
-    assert apply_overrides(tiny(), ["distributed.use_gpu=true"]).distributed.use_gpu == "true"  # a text field
+    assert apply_overrides(tiny(), ["distributed.use_gpu=true"]).distributed.use_gpu == "true"  # a choice of texts
+    assert apply_overrides(tiny(), ["metrics.extractor=none"]).metrics.extractor == "none"  # the text, not null
     assert tiny().loss.r1_gamma == 1.0  # presets are fresh objects
 
 
@@ -238,11 +240,16 @@ def just_inside_and_outside(number: NumberRange, default) -> list[tuple[object, 
     return cases
 
 
-def with_number(config: TrainConfig, section: str, name: str, index: int | None, value) -> TrainConfig:
-    """A copy of config with the field (or its tuple item `index`) set to value."""
-    old = getattr(getattr(config, section), name)
+def with_number(config: TrainConfig, section: str, name: str, index: int | None, value, *, assign=False):
+    """The section of config with the field (or its tuple item `index`) set to value: a copy made with
+    dataclasses.replace, or with assign=True, the section itself with the field assigned (checked by nothing)."""
+    values = getattr(config, section)
+    old = getattr(values, name)
     new = value if index is None else old[:index] + (value,) + old[index + 1:]
-    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{name: new})})
+    if not assign:
+        return dataclasses.replace(values, **{name: new})
+    setattr(values, name, new)
+    return values
 
 
 def boundary_cases():
@@ -261,12 +268,79 @@ def boundary_cases():
 
 @pytest.mark.parametrize("section, name, index, inside, outside", list(boundary_cases()))
 def test_each_bound_of_each_field_refuses_just_outside(section, name, index, inside, outside):
-    check_ranges(with_number(tiny(), section, name, index, inside))
-    with pytest.raises(ValueError, match=rf"^config field {section}\.{name}: \S+ is not .+ \(expected "):
-        check_ranges(with_number(tiny(), section, name, index, outside))
+    """The section refuses the value when built (dataclasses.replace runs __post_init__), and validate when
+    the field is assigned afterwards."""
+    check_fields(with_number(tiny(), section, name, index, inside, assign=True))  # the field alone: no cross-checks
+    message = rf"^config field {section}\.{name}: \S+ is not .+ \(expected "
+    with pytest.raises(ValueError, match=message):
+        with_number(tiny(), section, name, index, outside)
+    config = tiny()
+    with_number(config, section, name, index, outside, assign=True)
+    with pytest.raises(ValueError, match=message):
+        validate(config)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_is_in_range(preset):
-    check_ranges(get_preset(preset))
     validate(get_preset(preset))
+
+
+def literal_choices(annotation) -> tuple | None:
+    """The values of a Literal field (optional or not), else None."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    return next(filter(None, map(literal_choices, typing.get_args(annotation))), None)
+
+
+CHOICE_FIELDS = [(s.name, name, choices) for s in SECTIONS for name, annotation in typing.get_type_hints(s.type).items()
+                 if (choices := literal_choices(annotation))]
+
+
+def test_the_choice_fields_are_literals():
+    assert {f"{section}.{name}" for section, name, _ in CHOICE_FIELDS} >= {
+        "augment.kind", "data.backend", "run.precision", "run.device", "distributed.backend", "distributed.use_gpu",
+        "metrics.extractor"}
+
+
+@pytest.mark.parametrize("section, name, choices", CHOICE_FIELDS, ids=[f"{s}.{n}" for s, n, _ in CHOICE_FIELDS])
+def test_each_choice_field_takes_its_choices_and_refuses_others(section, name, choices):
+    """Built, replaced, assigned then validated, or set with --set: every value of the Literal is taken, any
+    other is refused naming the field, the value and the choices."""
+    for choice in choices:  # ffhq512 has Inception weights, which metrics.extractor=inception_v3 needs
+        config = apply_overrides(ffhq512(), [f"{section}.{name}={choice}"])
+        assert getattr(getattr(config, section), name) == choice
+        validate(config)
+    *others, last = [repr(choice) for choice in choices]
+    message = f"config field {section}.{name}: 'bogus' is not {', '.join(others)} or {last}"
+    with pytest.raises(ValueError) as error:
+        dataclasses.replace(getattr(tiny(), section), **{name: "bogus"})
+    assert str(error.value) == message
+    with pytest.raises(ValueError) as error:
+        apply_overrides(tiny(), [f"{section}.{name}=bogus"])
+    assert str(error.value) == message
+    config = tiny()
+    setattr(getattr(config, section), name, "bogus")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate(config)
+
+
+def test_a_section_built_directly_checks_its_fields():
+    with pytest.raises(ValueError) as error:
+        LossConfig(r1_gamma=-1)
+    assert str(error.value) == "config field loss.r1_gamma: -1 is not >= 0 (expected a finite number >= 0)"
+    with pytest.raises(ValueError, match=r"^config field loss\.r1_gamma: expected float, got '2'$"):
+        LossConfig(r1_gamma="2")
+    with pytest.raises(ValueError, match=r"rendering\.ray_start and rendering\.ray_end must both be set"):
+        RenderingConfig(ray_end=None)
+    with pytest.raises(ValueError, match=r"distributed\.min_workers \(4\) must be <= distributed\.max_workers"):
+        DistributedConfig(min_workers=4, max_workers=2)
+    assert LossConfig(r1_gamma=2).r1_gamma == 2
+
+
+def test_overrides_of_one_section_apply_together():
+    """A section is built once with all of its overrides, so that no pair of fields is checked half-changed."""
+    config = apply_overrides(tiny(), ["rendering.ray_start=null", "rendering.ray_end=null",
+                                      "distributed.min_workers=2", "distributed.max_workers=2"])
+    assert (config.rendering.ray_start, config.rendering.ray_end, config.distributed.min_workers) == (None, None, 2)
+    config = apply_overrides(tiny(), ["model.image_resolution=128", "model.sr_input_resolution=32"])
+    assert (config.model.image_resolution, config.model.sr_input_resolution) == (128, 32)

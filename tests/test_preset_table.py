@@ -1,8 +1,12 @@
-"""The table of preset recipes in docs/training.md against `eg3d.config.presets`, so that the two cannot drift apart."""
+"""docs/training.md against the code, so that they cannot drift apart: the table of preset recipes against
+`eg3d.config.presets`, the table of settings against the config's fields."""
 
+import dataclasses
 import pathlib
+import re
 
 from eg3d.config.presets import PRESETS
+from eg3d.config.schema import TrainConfig
 
 TABLE_PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "training.md"
 TABLE_HEADING = "## Presets: the recipes"
@@ -76,3 +80,18 @@ def test_the_preset_table_in_docs_matches_the_presets():
             assert row[label] == cell_of(config), f"docs/training.md preset table, {name}: {label}"
         if hasattr(config, "augment"):  # the augmentation section, where this branch has it
             assert row[AUGMENTATION].lower() == str(config.augment.kind).lower(), f"docs/training.md preset table, {name}: augmentation"
+
+
+def documented_fields(text: str) -> list[str]:
+    """The first column of docs/training.md's field table: rows that start with a `section.field` in backticks."""
+    return re.findall(r"^\| `([a-z_]+\.[a-z0-9_]+)` \|", text, flags=re.MULTILINE)
+
+
+def test_the_field_table_in_docs_lists_every_config_field_once():
+    fields = [f"{section.name}.{f.name}" for section in dataclasses.fields(TrainConfig) if section.name != "preset"
+              for f in dataclasses.fields(section.type)]
+    documented = documented_fields(TABLE_PAGE.read_text())
+    assert "loss.r1_gamma" in documented and len(fields) > 90  # the pattern finds the table
+    assert sorted(documented) == sorted(set(documented)), "a field is listed twice"
+    assert set(documented) == set(fields), (f"missing from the table: {sorted(set(fields) - set(documented))}; "
+                                            f"not a config field: {sorted(set(documented) - set(fields))}")

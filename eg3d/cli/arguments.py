@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-MAX_SEED = 2 ** 32 - 1  # seeds go to numpy.random.RandomState
+from ..config.schema import MAX_SEED  # one bound for the commands' seeds and the training config's
 
 
 @dataclass(frozen=True)
