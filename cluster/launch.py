@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from dataloading import storage
+from eg3d.config.words import plural
 from monitoring.exporter import PrometheusExporter, targets_url, write_targets
 
 from .signals import stop_on_sigterm
@@ -341,8 +342,9 @@ def _fit(config, *, manifest_url: str, storage_url: str, name: str, started_loca
                              failure_config=FailureConfig(max_failures=d.max_failures),
                              worker_runtime_env={"env_vars": forwarded} if forwarded else None),
     )
-    size = f"{workers[0]} to {workers[1]}" if isinstance(workers, tuple) else f"{workers}"
-    print(f"starting {size} Ray Train worker(s), each with {cpus:g} CPU(s){' and 1 GPU' if gpu else ''}; "
+    size = (f"{workers[0]} to {workers[1]} Ray Train workers" if isinstance(workers, tuple) else
+            plural(workers, "Ray Train worker"))
+    print(f"starting {size}, each with {plural(float(cpus), 'CPU')}{' and 1 GPU' if gpu else ''}; "
           f"rank 0 prints its progress every {config.run.log_kimg:g} kimg and at least every "
           f"{PROGRESS_SECONDS:g} s")
     sigint = signal.getsignal(signal.SIGINT)

@@ -23,20 +23,26 @@ import threading
 import time
 from pathlib import Path
 
-from .config import apply_init_from_adjustments, apply_overrides, describe_adjustments, validate
+# Light imports only up to the config: argument and config errors, and --print-config, come before torch loads.
+from .config import TrainConfig, apply_init_from_adjustments, apply_overrides, describe_adjustments, validate
 from .config.presets import PRESETS, get_preset
-from .training.init_from import check_init_source
-from .training.stats import StatsReporter
+from .config.words import plural
 
 CONFIG_ERROR_EXIT_CODE = 2  # a bad config, data path or dataset
 DIVERGED_EXIT_CODE = 3  # the run stopped after run.max_nonfinite_steps consecutive non-finite steps
 STOPPED_EXIT_CODE = 1  # the workers stopped the run: a full disk, no intact checkpoint
 INTERRUPTED_EXIT_CODE = 130  # Ctrl-C (SIGINT), as a shell reports it: 128 + 2
 TERMINATED_EXIT_CODE = 143  # SIGTERM (kill, timeout, a Kubernetes pod's deletion): 128 + 15
+SETTINGS_HELP = """\
+settings:
+  A run's settings are the fields of its config (SECTION.FIELD, e.g. loss.r1_gamma): the preset's values,
+  changed by the flags above and by --set. --print-config prints every one as this command resolves them,
+  one SECTION.FIELD=VALUE line each (a line given back to --set sets that value), and exits. What each
+  field does: docs/training.md ("Changing a setting"); its type and range: eg3d/config/schema.py."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eg3d.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m eg3d.train", description=__doc__, epilog=SETTINGS_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--data", help="shard manifest URL (local or s3://, from python -m dataloading.build), or a "
@@ -51,10 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workers", metavar="N or MIN:MAX", help="number of workers, or an elastic range")
     parser.add_argument("--init-from", metavar="URL", help="start a new run from other weights: a run folder or "
                         "checkpoint manifest, an EMA snapshot folder, or a reference network pickle (.pkl); no blur or "
-                        "pose-conditioning fade and no EMA ramp-up unless set (see docs/recipes.md); the run's own checkpoint "
+                        "pose-conditioning fade and no EMA ramp-up unless set (see docs/training.md); the run's own checkpoint "
                         "wins once it has one")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a config field, e.g. --set loss.r1_gamma=2 (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved settings (the preset with "
+                        "the flags and --set applied) and exit, starting nothing")
     parser.add_argument("--accept-camera-conventions", action="store_true", help="train even when the camera "
                         "labels look like a wrong convention for the data set as a whole (docs/data.md: Checks on your "
                         "data)")
@@ -72,7 +80,7 @@ def worker_overrides(text: str) -> list[str]:
     return [f"distributed.min_workers={low}", f"distributed.max_workers={high}"]
 
 
-def build_config(args: argparse.Namespace, log=print):
+def build_config(args: argparse.Namespace, log=print) -> TrainConfig:
     """The preset with the flags and --set overrides applied, and, for --init-from, the stage adjustments
     (eg3d.config.stages) of the fields not set with --set, logged as one line. ValueError for a bad config."""
     overrides = list(args.overrides)
@@ -91,6 +99,77 @@ def build_config(args: argparse.Namespace, log=print):
         log(describe_adjustments(applied))
     validate(config)
     return config
+
+
+def print_config(args: argparse.Namespace) -> int:
+    """--print-config: the settings `build_config` resolves, as `setting_lines`, under comments naming the run
+    and the --init-from adjustments; the exit code. Reads no storage and starts nothing."""
+    notes = []
+    try:
+        config = build_config(args, log=notes.append)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return CONFIG_ERROR_EXIT_CODE
+    if config.run.init_from is not None:
+        notes.append("--init-from a network pickle (.pkl): its model.* and rendering.* settings replace these when "
+                     "the run starts (the pickle is not read here)")
+    storage_url, name = run_location(args, config)
+    header = [f"the settings of the run {storage_url.rstrip('/')}/{name}: preset {config.preset} with the flags and "
+              f"--set applied", "each line given to --set sets its value; what they do: docs/training.md", *notes]
+    print("\n".join([f"# {line}" for line in header] + setting_lines(config)))
+    return 0
+
+
+def setting_lines(config: TrainConfig) -> list[str]:
+    """Every field as SECTION.FIELD=VALUE, a blank line before each section. Each line, given to --set, sets that
+    value: JSON (lists for tuples, null for None), and text as it is unless --set would read it as something
+    else (then in JSON quotes)."""
+    def reads_back(item: str) -> bool:
+        try:
+            return apply_overrides(config, [item]) == config
+        except ValueError:
+            return False
+
+    lines = []
+    for section, fields in config.to_dict().items():
+        if not isinstance(fields, dict):
+            continue  # the preset's name
+        lines.append("")
+        for name, value in fields.items():
+            as_text = f"{section}.{name}={value}"
+            lines.append(as_text if isinstance(value, str) and reads_back(as_text) else
+                         f"{section}.{name}={json.dumps(value, separators=(',', ':'))}")
+    return lines
+
+
+def run_location(args: argparse.Namespace, config: TrainConfig) -> tuple[str, str]:
+    """(storage URL, run name): --storage (default run.out) made absolute, since the workers do not share the
+    driver's working directory, and --name (default the preset's name)."""
+    return absolute(args.storage or config.run.out), args.name or config.preset
+
+
+def rerun_message(run_url: str) -> str:
+    """What this start does to the run at `run_url`, read before the driver takes the run's lease: start a new
+    run; start again from 0, when an earlier start left files (a lease, a log) but no checkpoint; or resume from
+    the newest complete checkpoint, saying how much training since it is redone (from log.jsonl)."""
+    from dataloading import storage
+
+    from .training.checkpoints import CheckpointStore
+    from .training.loop import read_log, redone_minutes
+
+    store = CheckpointStore(run_url)
+    latest = store.latest()
+    if latest is None and (store.published() or store.unreadable() or store.set_aside_checkpoints()):
+        return (f"{run_url} has checkpoints, but none is complete: the workers check each one, then stop and say "
+                f"what is wrong with them")
+    if latest is None:
+        return (f"{run_url} has no checkpoint yet: starting again from 0" if storage.list(run_url) else
+                f"starting a new run in {run_url}")
+    past = read_log(run_url, latest.nimg)[1]
+    redone = (f"at least {redone_minutes(latest, past):.1f} minutes of training since then will be redone: "
+              f"log.jsonl reaches {past['kimg']:g} kimg" if past is not None else
+              "how much training since then will be redone is not known: log.jsonl records nothing past it")
+    return f"resuming {run_url} from its checkpoint at {latest.nimg / 1000:g} kimg ({redone})"
 
 
 def is_manifest(url: str) -> bool:
@@ -127,8 +206,8 @@ def prepare_data(config, data: str | None, run_url: str, accept_camera_conventio
                          f"{choice}resize the data (python -m dataloading.convert DATASET OUT --resolution "
                          f"{config.model.image_resolution})")
     if manifest.sample_count < config.distributed.max_workers:
-        raise ValueError(f"data {manifest_url}: {manifest.sample_count} images cannot feed "
-                         f"{config.distributed.max_workers} workers")
+        raise ValueError(f"data {manifest_url}: {plural(manifest.sample_count, 'image')} cannot feed "
+                         f"{plural(config.distributed.max_workers, 'worker')}")
     return manifest_url
 
 
@@ -222,13 +301,14 @@ def checked_init_source(config, run_url: str):
     """run.init_from checked (and a pickle's settings adopted, which a resumed run needs as much as a new one);
     says what will be copied, or that the run resumes from its own checkpoint instead."""
     from .training.checkpoints import CheckpointStore
+    from .training.init_from import check_init_source
 
     config.run.init_from = absolute(config.run.init_from)
     own = CheckpointStore(run_url).latest()
     config = check_init_source(config, log=print if own is None else (lambda line: None))
     if own is not None:
-        print(f"{run_url} has a checkpoint of its own ({own.nimg / 1000:g} kimg) and resumes from it; the weights "
-              f"of --init-from {config.run.init_from} are not loaded again")
+        print(f"the weights of --init-from {config.run.init_from} are not loaded again: the run resumes from a "
+              f"checkpoint of its own")
     validate(config)
     return config
 
@@ -303,28 +383,37 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    from cluster.backends import load_deepspeed_file
-    from cluster.signals import Terminated, stop_on_sigterm
     from cluster.lease import RunHeld, RunLease
+    from cluster.signals import Terminated, stop_on_sigterm
 
+    args = parse_args(argv)
+    if args.print_config:
+        return print_config(args)
     Terminated.received = False
     stop_on_sigterm()
-    args = parse_args(argv)
     try:
-        config = build_config(args)
+        config = build_config(args)  # before anything imports torch: a bad --set is quick to hear of
         check_locations(config, args.storage or config.run.out, args.data or config.data.path)
-        storage_url = absolute(args.storage or config.run.out)  # workers do not share the driver's cwd
-        name = args.name or config.preset
+        storage_url, name = run_location(args, config)
         run_url = storage_url.rstrip("/") + "/" + name
         if config.run.init_from is not None:  # a bad source stops the run before any worker starts
             config = checked_init_source(config, run_url)
         check_resume(config, run_url)
+        from cluster.backends import load_deepspeed_file
+
         deepspeed_file = load_deepspeed_file(config)  # a bad file stops the run before any worker starts
+        finished = finished_checkpoint(config, run_url)
+        if finished is not None:
+            print(f"{run_url} has already trained its {config.run.total_kimg:g} kimg (its newest checkpoint is at "
+                  f"{finished.nimg / 1000:g} kimg): nothing to do; pass a larger --kimg to train further")
+            return 0
+        rerun = rerun_message(run_url)  # read before the lease, itself a trace of an earlier start
         lease = RunLease(run_url)
         lease.acquire(take_over=args.take_over)
     except (ValueError, OSError, RunHeld) as error:  # OSError: storage unreachable, no bucket, no permission
         print(f"error: {error_text(error)}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE
+    print(rerun)
     lease.start_heartbeat(on_lost=_thread.interrupt_main)  # stops training as a Ctrl-C does
     try:
         return train(config, args, storage_url=storage_url, name=name, deepspeed_file=deepspeed_file)
@@ -343,6 +432,8 @@ def _main(argv=None) -> int:
 
 def train(config, args: argparse.Namespace, *, storage_url: str, name: str, deepspeed_file) -> int:
     """Prepare the data and train the run on Ray (the driver holds the run's lease); the exit code."""
+    from .training.stats import StatsReporter
+
     run_url = storage_url.rstrip("/") + "/" + name
     try:
         stats = StatsReporter()  # the driver's own statistics, exported beside the workers'
@@ -358,11 +449,6 @@ def train(config, args: argparse.Namespace, *, storage_url: str, name: str, deep
 
     from .training.loop import ResumeRefused, RunStopped, TrainingDiverged
 
-    finished = finished_checkpoint(config, run_url)
-    if finished is not None:
-        print(f"{run_url} has already trained its {config.run.total_kimg:g} kimg (its newest checkpoint is at "
-              f"{finished.nimg / 1000:g} kimg): nothing to do; pass a larger --kimg to train further")
-        return 0
     _, (driver_values,) = stats.collect_all()
     record = {"run_start_timestamp": time.time(), "dataset_images": load_manifest(manifest_url).sample_count}
     try:

@@ -202,8 +202,9 @@ def test_the_command_records_init_from_in_config_json(tmp_path, shards, stage1, 
     assert (config["loss"]["blur_init_sigma"], config["loss"]["gpc_fade_kimg"], config["ema"]["rampup"]) == (0, 0, None)
     assert train_main(cli_args(tmp_path, shards, "--init-from", str(stage1))) == 0  # the same command again
     printed = capsys.readouterr().out
-    assert f"{tmp_path / 'stage2'} has a checkpoint of its own (0.004 kimg) and resumes from it; the weights of " \
-           f"--init-from {stage1} are not loaded again" in printed
+    assert f"{tmp_path / 'stage2'} has already trained its 0.004 kimg" in printed  # and says nothing to do
+    assert f"the weights of --init-from {stage1} are not loaded again: the run resumes from a checkpoint of its " \
+           f"own" in printed
     assert f"--init-from {stage1}: checkpoint " not in printed
 
 

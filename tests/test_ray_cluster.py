@@ -145,7 +145,7 @@ def test_elastic_run_grows_when_a_node_joins(ray_cluster, shards):
     wait_for_checkpoint("elastic", driver)
     ray_cluster.add_node()
     output = finish(driver)
-    assert "saved by 1 workers, now 2" in output  # the group restarted from a checkpoint at the new size
+    assert "saved by 1 worker, now 2" in output  # the group restarted from a checkpoint at the new size
     records = log_records("elastic")
     assert_contiguous(records, 0.12)
     sizes = [r["world_size"] for r in records]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import MICRO_OVERRIDES, micro_config
+from model_helpers import MICRO_OVERRIDES, micro_config
 from dataloading.synthetic import generate_dataset
 from eg3d.networks.snapshot import load_generator, render
 from eg3d.train import main as train_main, prepare_data
@@ -337,8 +337,8 @@ def test_s3_without_credentials_names_the_variables_to_set(no_aws_credentials, m
 
 
 def published_run(run, config) -> None:
-    """A run folder as a resume finds it: the config it was trained with and one complete checkpoint."""
-    run.mkdir(parents=True)
+    """A run folder as a resume finds it: the config it was trained with and one complete checkpoint (at 8 images)."""
+    run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(config.to_dict()))
     store = CheckpointStore(str(run))
     store.publish("000000008-test", nimg=8, world_size=1, keep=3,
@@ -511,3 +511,161 @@ def test_a_forked_child_ends_on_sigterm_as_it_would_without_the_drivers_handler(
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert done.stdout == f"{-signal.SIGTERM} False\n", done.stderr[-2000:]
+
+
+MODULES_AFTER = """
+import sys
+from eg3d.train import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as stop:
+    code = stop.code
+print("after:", code, *sorted(m for m in ("torch", "numpy", "ray") if m in sys.modules), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("argv, code", [(["--set", "loss.r1_gamma=abc"], 2), (["--set", "loss.r1_gama=2"], 2),
+                                        (["--workers", "two"], 2), (["--kimg", "-1"], 2), (["--print-config"], 0)])
+def test_setting_errors_and_print_config_need_no_torch(tmp_path, argv, code):
+    """A bad --set, flag or value is an error before torch (or numpy, or Ray) is imported, as is --print-config's
+    whole work; nothing is written."""
+    done = subprocess.run([sys.executable, "-c", MODULES_AFTER, *argv], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.stderr.splitlines()[-1] == f"after: {code}", done.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_preset_is_refused_before_torch_is_imported():
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "eg3d.train", "--preset", "nope"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "argument --preset: invalid choice: 'nope'" in done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "eg3d.config" in imported and not imported & {"torch", "numpy"}
+
+
+def test_help_ends_with_where_the_settings_are_documented(capsys):
+    from eg3d.train import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    ending = capsys.readouterr().out.rstrip().rpartition("\nsettings:\n")[2]
+    assert "--print-config prints every one as this command resolves them" in ending
+    assert 'docs/training.md ("Changing a setting")' in ending.replace("\n  ", " ")
+    assert "\n## Changing a setting\n" in (ROOT / "docs" / "training.md").read_text()
+
+
+def printed_settings(argv: list[str], capsys) -> tuple[list[str], list[str]]:
+    """(comment lines, setting lines) that --print-config prints for `argv`."""
+    assert train_main([*argv, "--print-config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    return [line for line in lines if line.startswith("#")], [line for line in lines if line and line[0] != "#"]
+
+
+def test_print_config_prints_every_setting_as_set_reads_it_back(tmp_path, monkeypatch, capsys):
+    from eg3d.config import TrainConfig, apply_overrides
+    from eg3d.config.presets import get_preset
+    from eg3d.train import build_config, parse_args
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--preset", "ffhq512", "--kimg", "3", "--workers", "2:4", "--set", "loss.r1_gamma=2",
+            "--set", "distributed.use_gpu=true", "--name", "mine"]
+    comments, settings = printed_settings(argv, capsys)
+    assert comments[0] == f"# the settings of the run {tmp_path / 'runs' / 'mine'}: preset ffhq512 with the flags " \
+                          f"and --set applied"
+    preset = get_preset("ffhq512")
+    assert f"model.image_resolution={preset.model.image_resolution}" in settings  # the preset's
+    assert f"optimizer.betas=[{preset.optimizer.betas[0]},{preset.optimizer.betas[1]}]" in settings  # JSON, no spaces
+    assert {"loss.r1_gamma=2.0", "run.total_kimg=3.0", "distributed.min_workers=2", "distributed.max_workers=4",
+            "distributed.use_gpu=true", "run.init_from=null"} <= set(settings)  # --set and the flags
+    expected = build_config(parse_args(argv))
+    assert apply_overrides(TrainConfig(preset="ffhq512"), settings) == expected  # every field, read back
+    assert list(tmp_path.iterdir()) == []  # no run folder, no storage touched
+
+
+def test_print_config_applies_the_init_from_adjustments_and_quotes_text_that_set_would_misread(tmp_path, monkeypatch,
+                                                                                               capsys):
+    from eg3d.config import TrainConfig, apply_overrides
+    from eg3d.train import build_config, parse_args
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--init-from", "2024", "--set", "ema.rampup=0.1"]  # a run folder named 2024, which --set reads as a number
+    comments, settings = printed_settings(argv, capsys)
+    assert any(line.startswith("# starting from other weights (run.init_from)") for line in comments)
+    assert any("--init-from a network pickle (.pkl): its model.* and rendering.* settings replace these when the run "
+               "starts" in line for line in comments)
+    assert {'run.init_from="2024"', "loss.blur_init_sigma=0.0", "ema.rampup=0.1"} <= set(settings)
+    assert apply_overrides(TrainConfig(preset="tiny"), settings) == build_config(parse_args(argv), log=lambda _: None)
+
+
+def test_print_config_of_a_bad_setting_is_the_error(capsys):
+    assert train_main(["--set", "run.total_kimg=-5", "--print-config"]) == 2
+    out, error = capsys.readouterr()
+    assert out == "" and error.startswith("error: config field run.total_kimg: -5")
+
+
+def checkpoint_with_log(run: Path, records_kimg: list[float], minutes_after: float) -> None:
+    """The run has a checkpoint at 0.008 kimg and a log with records at `records_kimg`, the last of them written
+    `minutes_after` the checkpoint."""
+    published_run(run, micro_config())
+    created = CheckpointStore(str(run)).latest().manifest["created_unix"]
+    (run / "log.jsonl").write_text("".join(
+        json.dumps({"kimg": kimg, "nimg": round(kimg * 1000),
+                    "timestamp": created + (60 * minutes_after if kimg == records_kimg[-1] else 0)}) + "\n"
+        for kimg in records_kimg))
+
+
+def test_the_driver_says_what_a_rerun_does(tmp_path):
+    """From the run folder alone, before the driver takes the lease: new, started without a checkpoint, resumed
+    (with the training since the checkpoint that is redone, or that it is not known), or damaged."""
+    from cluster.lease import RunLease
+    from eg3d.train import rerun_message
+
+    run = tmp_path / "new"
+    assert rerun_message(str(run)) == f"starting a new run in {run}"
+
+    run = tmp_path / "killed"  # a driver killed before the first checkpoint left its lease
+    RunLease(str(run)).acquire(log=lambda _: None)
+    assert rerun_message(str(run)) == f"{run} has no checkpoint yet: starting again from 0"
+    run = tmp_path / "crashed"  # workers that crashed before it left the log
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"kimg": 0.004, "nimg": 4, "timestamp": time.time()}) + "\n")
+    assert rerun_message(str(run)) == f"{run} has no checkpoint yet: starting again from 0"
+
+    run = tmp_path / "resumed"
+    checkpoint_with_log(run, [0.004, 0.008, 0.012, 0.016], minutes_after=9.5)
+    assert rerun_message(str(run)) == (f"resuming {run} from its checkpoint at 0.008 kimg (at least 9.5 minutes of "
+                                       f"training since then will be redone: log.jsonl reaches 0.016 kimg)")
+    run = tmp_path / "resumed-unknown"
+    checkpoint_with_log(run, [0.004, 0.008], minutes_after=0)
+    assert rerun_message(str(run)) == (f"resuming {run} from its checkpoint at 0.008 kimg (how much training since "
+                                       f"then will be redone is not known: log.jsonl records nothing past it)")
+
+    run = tmp_path / "damaged"
+    published_run(run, micro_config())
+    next((run / "checkpoints").glob("*/trainer.pt")).unlink()
+    assert rerun_message(str(run)).startswith(f"{run} has checkpoints, but none is complete: the workers check")
+
+
+def test_the_command_says_what_each_rerun_does_first(tmp_path, monkeypatch, capsys):
+    """Through the command, the workers left out: exactly one of the messages, before the data is prepared; a
+    finished run says only that it is done."""
+    import cluster.launch
+
+    monkeypatch.setattr(cluster.launch, "launch", lambda *args, **kwargs: None)
+    run = tmp_path / "run"
+    messages = ("starting a new run in", "has no checkpoint yet", "resuming ", "has already trained")
+
+    def said(kimg: float) -> list[str]:
+        assert train_main(cli_args(tmp_path, kimg)) == 0
+        out = capsys.readouterr().out
+        return [line for line in out.splitlines() if any(m in line for m in messages)]
+
+    first = said(0.016)
+    assert first == [f"starting a new run in {run}"]
+    (run / "log.jsonl").write_text(json.dumps({"kimg": 0.004, "nimg": 4, "timestamp": time.time()}) + "\n")
+    assert said(0.016) == [f"{run} has no checkpoint yet: starting again from 0"]
+    checkpoint_with_log(run, [0.004, 0.008, 0.012], minutes_after=2)
+    assert said(0.016) == [f"resuming {run} from its checkpoint at 0.008 kimg (at least 2.0 minutes of training "
+                           f"since then will be redone: log.jsonl reaches 0.012 kimg)"]
+    assert said(0.008) == [f"{run} has already trained its 0.008 kimg (its newest checkpoint is at 0.008 kimg): "
+                           f"nothing to do; pass a larger --kimg to train further"]

@@ -145,8 +145,8 @@ def test_resume_on_two_workers_and_then_on_one(tmp_path, shards, backend, zero_s
     assert [(r["kimg"], r["world_size"]) for r in records] == [
         (0.004, 2), (0.008, 2), (0.012, 2), (0.016, 2), (0.02, 1), (0.024, 1)]
     assert [r["accumulation_steps"] for r in records] == [1, 1, 1, 1, 2, 2]  # 4 = 2 x 1 x 2 = 2 x 2 x 1
-    assert records[-1]["blur_sigma"] == pytest.approx(loop_config(0).loss.blur_init_sigma * (
-        1 - 0.024 / loop_config(0).loss.blur_fade_kimg))  # schedules follow images seen across the resize
+    assert records[-1]["blur_sigma"] == pytest.approx(loop_config(0.024).loss.blur_init_sigma * (
+        1 - 0.024 / loop_config(0.024).loss.blur_fade_kimg))  # schedules follow images seen across the resize
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import torch
 from dataloading import storage
 from dataloading.shard_reader import BACKENDS, ShardReader, camera_labels
 from eg3d.config import BatchSplit, TrainConfig, batch_split
+from eg3d.config.words import plural
 from eg3d.metrics.quality import EVALUATOR_KEYS, QualityMeter, record_values
 from eg3d.networks.sample_grid import grid_cameras, sample_grid
 from eg3d.networks.snapshot import CONFIG_FILE, save_snapshot
@@ -27,7 +28,7 @@ from .checkpoints import Checkpoint, CheckpointStore, ChecksumMismatch, DiskFull
 from .init_from import find_init_source
 from .schedules import Schedule
 from .stats import memory_usage
-from .trainer import SingleProcess, Trainer
+from .trainer import GradientSync, SingleProcess, Trainer
 
 LOG_FILE = "log.jsonl"
 STARTS_FILE = "starts.json"  # one entry per start of the worker group
@@ -67,7 +68,7 @@ def crossed(before: int, after: int, interval_kimg: float) -> bool:
     return before // step != after // step
 
 
-def open_reader(config: TrainConfig, manifest_url: str, device: torch.device, sync: SingleProcess,
+def open_reader(config: TrainConfig, manifest_url: str, device: torch.device, sync: GradientSync,
                 split: BatchSplit) -> ShardReader:
     """This rank's reader, yielding its share of every global batch."""
     backend = config.data.backend
@@ -128,7 +129,7 @@ def save_checkpoint(store: CheckpointStore, trainer: Trainer, reader: ShardReade
     return checkpoint
 
 
-def stop_if_disk_full(sync: SingleProcess, store: CheckpointStore, full: DiskFull | None, what: str) -> None:
+def stop_if_disk_full(sync: GradientSync, store: CheckpointStore, full: DiskFull | None, what: str) -> None:
     """Raise StorageFull on every rank when rank 0's `full` is set (a collective: every rank calls it)."""
     message = None
     if sync.rank == 0 and full is not None:
@@ -144,7 +145,7 @@ def stop_if_disk_full(sync: SingleProcess, store: CheckpointStore, full: DiskFul
         raise StorageFull(message)
 
 
-def read_newest_intact(store: CheckpointStore, sync: SingleProcess, log) -> tuple[Checkpoint | None, dict | None]:
+def read_newest_intact(store: CheckpointStore, sync: GradientSync, log) -> tuple[Checkpoint | None, dict | None]:
     """The newest published checkpoint whose files are all there with their sizes (checked by rank 0) and match
     their SHA-256 (each rank checks those it reads), and its state (`read_state`); (None, None) for a new run.
     A damaged one (or a manifest that does not parse) is set aside (kept: see CheckpointStore.set_aside) and the
@@ -194,7 +195,7 @@ def _next_candidate(candidates: list[Checkpoint]) -> tuple[Checkpoint | None, st
     return checkpoint, f"missing or of another size: {', '.join(missing)}" if missing else None
 
 
-def read_state(checkpoint: Checkpoint, sync: SingleProcess) -> dict:
+def read_state(checkpoint: Checkpoint, sync: GradientSync) -> dict:
     """What this rank resumes from, every file checked against its SHA-256 (ChecksumMismatch) before any is used:
     the training state, the optimizer shards (ZeRO), this rank's reader position, the last quality measurement."""
     same_layout = checkpoint.world_size == sync.world_size
@@ -226,7 +227,7 @@ def resolution_jump(saved_config: dict, config: TrainConfig, nimg: int, run_url:
                         for k, v in saved.items() if getattr(config.rendering, k) != v)
     return (f"{changed}: at {nimg / 1000:.3f} kimg, where this run resumes, the neural rendering resolution would "
             f"jump from {before} to {after}, as its fade counts from the run's image 0. A second stage is a new "
-            f"run that fades from its own start: --init-from {run_url} --name NEW_NAME (see docs/recipes.md), or "
+            f"run that fades from its own start: --init-from {run_url} --name NEW_NAME (see docs/training.md), or "
             f"leave rendering.* as the run had it to continue this run")
 
 
@@ -310,6 +311,21 @@ def count_start(run_url: str, *, world_size: int, nimg: int) -> int:
     return len(starts) - 1
 
 
+def read_log(run_url: str, resumed_nimg: int) -> tuple[list[dict], dict | None]:
+    """The records of the run's log.jsonl up to a checkpoint at `resumed_nimg`, and the last record past it (None
+    when there is none): how far the attempt before a resume got (read by the driver and by rank 0)."""
+    url = storage.join(run_url, LOG_FILE)
+    records = ([json.loads(line) for line in storage.read_bytes(url).decode().splitlines() if line]
+               if storage.exists(url) else [])
+    kept = [r for r in records if r["kimg"] * 1000 <= resumed_nimg]
+    return kept, next((r for r in reversed(records) if r["kimg"] * 1000 > resumed_nimg), None)
+
+
+def redone_minutes(checkpoint: Checkpoint, past: dict) -> float:
+    """The minutes of training from `checkpoint` to the log record `past` (`read_log`), which a resume redoes."""
+    return max(past["timestamp"] - checkpoint.manifest["created_unix"], 0) / 60
+
+
 class RunLog:
     """log.jsonl of a run: one JSON record per log interval, as of the checkpoint resumed from.
 
@@ -319,11 +335,8 @@ class RunLog:
 
     def __init__(self, run_url: str, resumed_nimg: int):
         self.url = storage.join(run_url, LOG_FILE)
-        self.records, self.past = [], None
-        if storage.exists(self.url):
-            records = [json.loads(line) for line in storage.read_bytes(self.url).decode().splitlines() if line]
-            self.records = [json.dumps(r) for r in records if r["kimg"] * 1000 <= resumed_nimg]
-            self.past = next((r for r in reversed(records) if r["kimg"] * 1000 > resumed_nimg), None)
+        kept, self.past = read_log(run_url, resumed_nimg)
+        self.records = [json.dumps(r) for r in kept]
         self.flush()
 
     def append(self, record: dict) -> None:
@@ -353,15 +366,14 @@ def redo_message(checkpoint: Checkpoint, past: dict | None) -> str:
         return (f"resuming at {checkpoint.nimg / 1000:.3f} kimg: the log has no record past it, so less than an "
                 f"interval of run.log_kimg (or, on object storage, of the checkpoint intervals) is trained again")
     images = past["nimg"] - checkpoint.nimg
-    minutes = max(past["timestamp"] - checkpoint.manifest["created_unix"], 0) / 60
     return (f"resuming at {checkpoint.nimg / 1000:.3f} kimg: the previous attempt had reached at least "
-            f"{past['kimg']:.3f} kimg (log.jsonl), so at least {images} images ({images / 1000:.3f} kimg, about "
-            f"{minutes:.1f} minutes of its training) are trained again")
+            f"{past['kimg']:.3f} kimg (log.jsonl), so at least {plural(images, 'image')} ({images / 1000:.3f} kimg, "
+            f"about {redone_minutes(checkpoint, past):.1f} minutes of its training) are trained again")
 
 
 # --- the loop ------------------------------------------------------------------------------------------
 
-def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: SingleProcess | None = None,
+def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: GradientSync | None = None,
           device: torch.device | None = None, report=None, log=print) -> Trainer:
     """Train from the shards of `manifest_url` into `run_url` (a folder or s3:// prefix), resuming from
     its newest intact checkpoint (`read_newest_intact`), or, when it has none, starting from the weights of
@@ -385,7 +397,7 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
         reader.close()
 
 
-def _train(config: TrainConfig, reader: ShardReader, *, manifest_url: str, run_url: str, sync: SingleProcess,
+def _train(config: TrainConfig, reader: ShardReader, *, manifest_url: str, run_url: str, sync: GradientSync,
            split: BatchSplit, device: torch.device, report, log) -> Trainer:
     run = config.run
     camera_pool = torch.from_numpy(camera_labels(manifest_url))
@@ -406,7 +418,7 @@ def _train(config: TrainConfig, reader: ShardReader, *, manifest_url: str, run_u
     if checkpoint is not None:
         last_quality = resume(state, trainer, reader)
         log(f"resumed from {checkpoint.manifest_url} at {trainer.nimg / 1000:.3f} kimg "
-            f"(saved by {checkpoint.world_size} workers, now {sync.world_size})"
+            f"(saved by {plural(checkpoint.world_size, 'worker')}, now {sync.world_size})"
             + (f"; run.init_from ({run.init_from}) is not used" if run.init_from is not None else ""))
     elif init_source is not None:
         log(f"started from {init_source.describe()}; images are counted from 0, optimizer state is new")
@@ -507,7 +519,7 @@ def images_per_second(trainer: Trainer, tick_nimg: int, seconds: float, tick_com
     return (trainer.nimg - tick_nimg) / max(training_seconds, 1e-9)
 
 
-def minutes_passed(sync: SingleProcess, since: float, minutes: float | None) -> bool:
+def minutes_passed(sync: GradientSync, since: float, minutes: float | None) -> bool:
     """Whether run.checkpoint_minutes have passed on rank 0's clock since `since` (time.monotonic); every rank
     gets rank 0's verdict (one all-reduce), so that all of them checkpoint at the same step."""
     if minutes is None:
