@@ -247,7 +247,7 @@ def use_gpu(config) -> bool:
     import ray
 
     choice = config.distributed.use_gpu
-    return ray.cluster_resources().get("GPU", 0) > 0 if choice == "auto" else choice == "true"
+    return ray.cluster_resources().get("GPU", 0) > 0 if choice == "auto" else choice
 
 
 def launch(config, *, manifest_url: str, storage_url: str, name: str,

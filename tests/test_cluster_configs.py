@@ -99,7 +99,7 @@ def test_the_documented_jobs_parse_and_match_the_worker_nodes():
         low, _, high = args.workers.partition(":")
         assert (int(low), int(high or low)) == (gpu_type["min_workers"] * per_node, gpu_type["max_workers"] * per_node)
         train_config = build_config(args)
-        assert train_config.distributed.use_gpu == "true"
+        assert train_config.distributed.use_gpu is True
         assert config["max_workers"] >= gpu_type["max_workers"]
     deepspeed = build_config(parse_args(train_arguments(commands[1])))
     assert deepspeed.distributed.backend == "deepspeed" and deepspeed.distributed.zero_stage == 1

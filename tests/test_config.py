@@ -46,7 +46,8 @@ def test_overrides_convert_and_validate_types():
     assert config.rendering.ray_start is None and config.rendering.ray_end is None
     assert config.model.sr_channels == (8, 4)
     assert config.data.xflip is True and config.run.out == "some/dir"
-    assert apply_overrides(tiny(), ["distributed.use_gpu=true"]).distributed.use_gpu == "true"  # a choice of texts
+    assert apply_overrides(tiny(), ["distributed.use_gpu=true"]).distributed.use_gpu is True  # a switch
+    assert apply_overrides(tiny(), ["distributed.use_gpu=auto"]).distributed.use_gpu == "auto"  # or its choice
     assert apply_overrides(tiny(), ["metrics.extractor=none"]).metrics.extractor == "none"  # the text, not null
     assert tiny().loss.r1_gamma == 1.0  # presets are fresh objects
 
@@ -310,7 +311,9 @@ def test_each_choice_field_takes_its_choices_and_refuses_others(section, name, c
         config = apply_overrides(ffhq512(), [f"{section}.{name}={choice}"])
         assert getattr(getattr(config, section), name) == choice
         validate(config)
-    *others, last = [repr(choice) for choice in choices]
+    annotation = typing.get_type_hints(getattr(TrainConfig, "__dataclass_fields__")[section].type)[name]
+    switch = bool in typing.get_args(annotation)  # distributed.use_gpu: true, false or "auto"
+    *others, last = ["true", "false"] * switch + [repr(choice) for choice in choices]
     message = f"config field {section}.{name}: 'bogus' is not {', '.join(others)} or {last}"
     with pytest.raises(ValueError) as error:
         dataclasses.replace(getattr(tiny(), section), **{name: "bogus"})
@@ -322,6 +325,18 @@ def test_each_choice_field_takes_its_choices_and_refuses_others(section, name, c
     setattr(getattr(config, section), name, "bogus")
     with pytest.raises(ValueError, match=re.escape(message)):
         validate(config)
+
+
+def test_use_gpu_is_a_switch_and_earlier_runs_spelling_of_it_loads():
+    config = apply_overrides(tiny(), ["distributed.use_gpu=false"])
+    assert config.distributed.use_gpu is False
+    saved = tiny().to_dict()
+    for text, value in (("true", True), ("false", False), ("auto", "auto")):  # config.json of an earlier version
+        saved["distributed"]["use_gpu"] = text
+        assert TrainConfig.from_dict(saved).distributed.use_gpu == value
+        assert type(TrainConfig.from_dict(saved).distributed.use_gpu) is type(value)
+    with pytest.raises(ValueError, match=r"config field distributed.use_gpu: 'yes' is not true, false or 'auto'$"):
+        apply_overrides(tiny(), ["distributed.use_gpu=yes"])
 
 
 def test_a_section_built_directly_checks_its_fields():

@@ -206,8 +206,7 @@ class DistributedConfig(Section):
     zero_stage: Annotated[int, Interval(ge=0, le=1)] = 0  # deepspeed: 0 or 1
     min_workers: PositiveInt = 1  # workers to start with
     max_workers: PositiveInt = 1  # > min_workers: elastic, grows when resources appear
-    # "auto": when the cluster has GPUs. Text, as the command line and the saved configs of earlier runs spell it
-    use_gpu: Literal["auto", "true", "false"] = "auto"
+    use_gpu: bool | Literal["auto"] = "auto"  # a GPU per worker; "auto": when the cluster has GPUs
     cpus_per_worker: PositiveFloat | None = None  # None: 1 on a cluster; the local machine split between workers
     # worker-group restarts from the newest checkpoint before the run fails
     max_failures: Annotated[int, Ge(-1), doc("-1: no limit")] = 3
@@ -311,7 +310,12 @@ def _build_section(section_type, prefix: str, values: dict):
     if unknown:
         raise ValueError(f"config: unknown field(s) {', '.join(prefix + '.' + k for k in unknown)}")
     hints = _field_types(section_type)
+    values = {k: LEGACY_SPELLINGS.get((prefix, k, v), v) if isinstance(v, str) else v for k, v in values.items()}
     return section_type(**{k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in values.items()})
+
+
+# Values that configs saved by earlier versions spell differently: distributed.use_gpu was text.
+LEGACY_SPELLINGS = {("distributed", "use_gpu", "true"): True, ("distributed", "use_gpu", "false"): False}
 
 
 def _coerce(value, annotation, key: str):
@@ -321,9 +325,7 @@ def _coerce(value, annotation, key: str):
     if origin is Literal:
         choices = typing.get_args(annotation)
         if not any(type(value) is type(choice) and value == choice for choice in choices):
-            *others, last = [repr(choice) for choice in choices]
-            either = f"{', '.join(others)} or {last}" if others else last
-            raise ValueError(f"config field {key}: {value!r} is not {either}")
+            raise ValueError(f"config field {key}: {value!r} is not {_either(choices)}")
         return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -337,6 +339,9 @@ def _coerce(value, annotation, key: str):
                 return _coerce(value, option, key)
             except ValueError as error:
                 errors.append(str(error))
+        if bool in options:  # a switch with choices besides: distributed.use_gpu is true, false or "auto"
+            literals = [c for option in options if typing.get_origin(option) is Literal for c in typing.get_args(option)]
+            raise ValueError(f"config field {key}: {value!r} is not {_either([True, False, *literals])}")
         raise ValueError(errors[0])
     if origin is tuple:
         item_types = typing.get_args(annotation)
@@ -388,6 +393,12 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         annotation = _field_types(type(getattr(config, section)))[name]
         values[section][name] = text.strip() if _is_text(annotation) else _parse_value(text.strip())
     return TrainConfig.from_dict(values)  # each section built once, with all of its overrides
+
+
+def _either(choices) -> str:
+    """"'a', 'b' or 'c'" (true and false as JSON spells them)."""
+    *others, last = ["true" if c is True else "false" if c is False else repr(c) for c in choices]
+    return f"{', '.join(others)} or {last}" if others else last
 
 
 def _is_text(annotation) -> bool:
