@@ -765,6 +765,7 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError, PermissionError) as error:
         raise SystemExit(f"error: {error}") from None
     print(summary(args.dest))
+    print(f"next: python -m eg3d.train --data {args.dest} --name NAME [--preset PRESET]")
 
 
 if __name__ == "__main__":

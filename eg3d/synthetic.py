@@ -29,6 +29,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)  # the per-image torch work is tiny; threads only add overhead
     generate_dataset(args.out, count=args.count, resolution=args.resolution, seed=args.seed,
                      as_zip=args.zip, workers=args.workers)
+    print(f"next: python -m dataloading.build {args.out} SHARDS (or train on it: python -m eg3d.train --data "
+          f"{args.out} --name NAME)")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,17 @@ def run_location(args: argparse.Namespace, config: TrainConfig) -> tuple[str, st
     return absolute(args.storage or config.run.out), args.name or config.preset
 
 
+def done_message(run_url: str) -> str:
+    """The last line of a finished command: the run, its newest snapshot and what to try on it."""
+    from .cli.snapshots import newest_snapshot
+
+    snapshot = newest_snapshot(run_url)
+    if snapshot is None:
+        return f"done: {run_url}"
+    return (f"done: {run_url}; its newest snapshot is {snapshot}: try python -m eg3d.generate {snapshot} --seeds 0-7 "
+            f"--out out/images (more in docs/apps.md)")
+
+
 def rerun_message(run_url: str) -> str:
     """What this start does to the run at `run_url`, read before the driver takes the run's lease: start a new
     run; start again from 0, when an earlier start left files (a lease, a log) but no checkpoint; or resume from
@@ -458,7 +469,7 @@ def train(config, args: argparse.Namespace, *, storage_url: str, name: str, deep
         print(f"error: {error}", file=sys.stderr)
         return (DIVERGED_EXIT_CODE if isinstance(error, TrainingDiverged) else
                 CONFIG_ERROR_EXIT_CODE if isinstance(error, ResumeRefused) else STOPPED_EXIT_CODE)
-    print(f"done: {run_url}")
+    print(done_message(run_url))
     return 0
 
 

@@ -669,3 +669,19 @@ def test_the_command_says_what_each_rerun_does_first(tmp_path, monkeypatch, caps
                            f"since then will be redone: log.jsonl reaches 0.012 kimg)"]
     assert said(0.008) == [f"{run} has already trained its 0.008 kimg (its newest checkpoint is at 0.008 kimg): "
                            f"nothing to do; pass a larger --kimg to train further"]
+
+
+def test_the_last_line_names_the_newest_complete_snapshot_and_a_command_to_try(tmp_path):
+    from eg3d.train import done_message
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert done_message(str(run)) == f"done: {run}"  # no snapshot yet
+    for nimg, complete in ((4000, True), (8000, True), (12000, False)):  # 12000: config.json not written yet
+        folder = run / "snapshots" / f"snapshot-{nimg:09d}"
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / "config.json").write_text("{}")
+    newest = run / "snapshots" / "snapshot-000008000"
+    assert done_message(str(run)) == (f"done: {run}; its newest snapshot is {newest}: try python -m eg3d.generate "
+                                      f"{newest} --seeds 0-7 --out out/images (more in docs/apps.md)")

@@ -40,12 +40,18 @@ def refuse_run_folder(url: str) -> None:
     if not {"checkpoints", "snapshots"} & set(folders):
         return
     snapshots = storage.join(url, "snapshots")
-    newest = next((storage.join(snapshots, name) for name in sorted(subfolders(snapshots), reverse=True)
-                   if name.startswith("snapshot-") and storage.exists(storage.join(snapshots, name, "config.json"))),
-                  None)
+    newest = newest_snapshot(url)
     raise SnapshotError(f"{url}: a training run's folder, not a snapshot: "
                         + (f"pass one of its snapshot folders, such as the newest, {newest}" if newest else
                            f"it has no snapshot yet (they are written under {snapshots}): pass a snapshot folder"))
+
+
+def newest_snapshot(run_url: str) -> str | None:
+    """The URL of a run's newest complete snapshot folder (its config.json, written last, exists), or None."""
+    snapshots = storage.join(run_url, "snapshots")
+    return next((storage.join(snapshots, name) for name in sorted(subfolders(snapshots), reverse=True)
+                 if name.startswith("snapshot-") and storage.exists(storage.join(snapshots, name, "config.json"))),
+                None)
 
 
 def subfolders(url: str) -> list[str]:
