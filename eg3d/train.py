@@ -80,24 +80,40 @@ def worker_overrides(text: str) -> list[str]:
     return [f"distributed.min_workers={low}", f"distributed.max_workers={high}"]
 
 
+FLAG_FIELDS = {"kimg": ("run.total_kimg",), "batch": ("run.batch_size",), "seed": ("run.seed",),
+               "backend": ("distributed.backend",), "workers": ("distributed.min_workers", "distributed.max_workers")}
+
+
+def flag_named(error: ValueError, args: argparse.Namespace) -> ValueError:
+    """The config error, with the flag that set the field it names: "... (from --workers 3:2)"."""
+    flags = [f"--{flag} {getattr(args, flag)}" for flag, fields in FLAG_FIELDS.items()
+             if getattr(args, flag) is not None and any(field in str(error) for field in fields)]
+    return ValueError(f"{error} (from {', '.join(flags)})") if flags else error
+
+
 def build_config(args: argparse.Namespace, log=print) -> TrainConfig:
     """The preset with the flags and --set overrides applied, and, for --init-from, the stage adjustments
     (eg3d.config.stages) of the fields not set with --set, logged as one line. ValueError for a bad config."""
     overrides = list(args.overrides)
-    for flag, key in (("kimg", "run.total_kimg"), ("batch", "run.batch_size"), ("seed", "run.seed"),
-                      ("backend", "distributed.backend")):
+    for flag in ("kimg", "batch", "seed", "backend"):
         if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
+            overrides.append(f"{FLAG_FIELDS[flag][0]}={getattr(args, flag)}")
     if args.workers is not None:
         overrides += worker_overrides(args.workers)
-    config = apply_overrides(get_preset(args.preset), overrides)
+    try:
+        config = apply_overrides(get_preset(args.preset), overrides)
+    except ValueError as error:
+        raise flag_named(error, args) from None
     if args.init_from is not None:
         config.run.init_from = args.init_from  # as given: a URL is text, never parsed as a --set value
     if config.run.init_from is not None:
         config, applied = apply_init_from_adjustments(config, {item.partition("=")[0].strip()
                                                                for item in args.overrides})
         log(describe_adjustments(applied))
-    validate(config)
+    try:
+        validate(config)
+    except ValueError as error:
+        raise flag_named(error, args) from None
     return config
 
 

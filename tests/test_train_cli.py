@@ -685,3 +685,15 @@ def test_the_last_line_names_the_newest_complete_snapshot_and_a_command_to_try(t
     newest = run / "snapshots" / "snapshot-000008000"
     assert done_message(str(run)) == (f"done: {run}; its newest snapshot is {newest}: try python -m eg3d.generate "
                                       f"{newest} --seeds 0-7 --out out/images (more in docs/apps.md)")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "3:2"], "distributed.min_workers (3) must be <= distributed.max_workers (2) (from --workers 3:2)"),
+    (["--workers", "0"], "config field distributed.min_workers: 0 is not >= 1 (expected an integer >= 1) (from "
+                         "--workers 0)"),
+    (["--kimg", "-1"], "config field run.total_kimg: -1 is not > 0 (expected a finite number > 0) (from --kimg -1.0)"),
+    (["--set", "run.total_kimg=-1"], "config field run.total_kimg: -1 is not > 0 (expected a finite number > 0)\n"),
+])
+def test_a_config_error_names_the_flag_that_set_the_field(argv, message, capsys):
+    assert train_main(argv) == 2
+    assert message in capsys.readouterr().err + "\n"
