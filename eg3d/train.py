@@ -130,7 +130,7 @@ def print_config(args: argparse.Namespace) -> int:
         notes.append("--init-from a network pickle (.pkl): its model.* and rendering.* settings replace these when "
                      "the run starts (the pickle is not read here)")
     storage_url, name = run_location(args, config)
-    header = [f"the settings of the run {storage_url.rstrip('/')}/{name}: preset {config.preset} with the flags and "
+    header = [f"the settings of the run {run_url_of(storage_url, name)}: preset {config.preset} with the flags and "
               f"--set applied", "each line given to --set sets its value; what they do: docs/training.md", *notes]
     print("\n".join([f"# {line}" for line in header] + setting_lines(config)))
     return 0
@@ -162,6 +162,11 @@ def run_location(args: argparse.Namespace, config: TrainConfig) -> tuple[str, st
     """(storage URL, run name): --storage (default run.out) made absolute, since the workers do not share the
     driver's working directory, and --name (default the preset's name)."""
     return absolute(args.storage or config.run.out), args.name or config.preset
+
+
+def run_url_of(storage_url: str, name: str) -> str:
+    """The run's folder: `name` under `storage_url` (a local folder or s3://bucket/prefix)."""
+    return storage_url.rstrip("/") + "/" + name
 
 
 def done_message(run_url: str) -> str:
@@ -422,7 +427,7 @@ def _main(argv=None) -> int:
         config = build_config(args)  # before anything imports torch: a bad --set is quick to hear of
         check_locations(config, args.storage or config.run.out, args.data or config.data.path)
         storage_url, name = run_location(args, config)
-        run_url = storage_url.rstrip("/") + "/" + name
+        run_url = run_url_of(storage_url, name)
         if config.run.init_from is not None:  # a bad source stops the run before any worker starts
             config = checked_init_source(config, run_url)
         check_resume(config, run_url)
@@ -461,7 +466,7 @@ def train(config, args: argparse.Namespace, *, storage_url: str, name: str, deep
     """Prepare the data and train the run on Ray (the driver holds the run's lease); the exit code."""
     from .training.stats import StatsReporter
 
-    run_url = storage_url.rstrip("/") + "/" + name
+    run_url = run_url_of(storage_url, name)
     try:
         stats = StatsReporter()  # the driver's own statistics, exported beside the workers'
         preparation_start = time.perf_counter()
