@@ -45,13 +45,9 @@ def anchors(page: pathlib.Path) -> set[str]:
     return ids
 
 
-def prose(page: pathlib.Path) -> str:
-    return page.read_text()
-
-
 def links(page: pathlib.Path) -> list[str]:
     found = []
-    for m in LINK.finditer(prose(page)):
+    for m in LINK.finditer(page.read_text()):
         target = m.group(1) or m.group(2)
         if not re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: are not ours to check
             found.append(target)
@@ -59,12 +55,12 @@ def links(page: pathlib.Path) -> list[str]:
 
 
 def named_modules() -> set[str]:
-    return {m for page in PAGES for m in MODULE.findall(prose(page)) if m.split(".")[0] in OUR_PACKAGES
+    return {m for page in PAGES for m in MODULE.findall(page.read_text()) if m.split(".")[0] in OUR_PACKAGES
             and not m.endswith(".NAME")}
 
 
 def named_scripts() -> set[str]:
-    return {s for page in PAGES for s in SCRIPT.findall(prose(page))}
+    return {s for page in PAGES for s in SCRIPT.findall(page.read_text())}
 
 
 def test_the_anchor_rule_is_githubs():
@@ -93,7 +89,7 @@ def test_the_checks_find_a_broken_link_and_a_missing_module(tmp_path):
     page.write_text("# A page\n\n[ok](#a-page) [gone](missing.md) [bad](#nowhere)\n`python -m eg3d.nothing_here`\n")
     assert links(page) == ["#a-page", "missing.md", "#nowhere"]
     assert anchors(page) == {"a-page"}
-    assert MODULE.findall(prose(page)) == ["eg3d.nothing_here"]
+    assert MODULE.findall(page.read_text()) == ["eg3d.nothing_here"]
     assert importlib.util.find_spec("eg3d.nothing_here") is None
 
 
