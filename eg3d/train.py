@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 # Light imports only up to the config: argument and config errors, and --print-config, come before torch loads.
-from .config import TrainConfig, apply_init_from_adjustments, apply_overrides, describe_adjustments, validate
+from .config import (TrainConfig, apply_batch_rule, apply_init_from_adjustments, apply_overrides, describe_adjustments,
+                     describe_batch_rule, validate)
 from .config.presets import PRESETS, get_preset
 from .config.words import plural
 
@@ -51,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: run.out, i.e. ./runs)")
     parser.add_argument("--name", default=None, help="run name under --storage (default: the preset name)")
     parser.add_argument("--kimg", type=float, help="total training length in thousands of images")
-    parser.add_argument("--batch", type=int, help="global batch size")
+    parser.add_argument("--batch", type=int, help="global batch size, in images; scales the EMA half-life and the "
+                        "blur fade with it, as the reference does (docs/training.md: Large batches)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--backend", choices=("ddp", "deepspeed"), help="distributed backend (default: ddp)")
     parser.add_argument("--workers", metavar="N or MIN:MAX", help="number of workers, or an elastic range")
@@ -92,23 +94,28 @@ def flag_named(error: ValueError, args: argparse.Namespace) -> ValueError:
 
 
 def build_config(args: argparse.Namespace, log=print) -> TrainConfig:
-    """The preset with the flags and --set overrides applied, and, for --init-from, the stage adjustments
-    (eg3d.config.stages) of the fields not set with --set, logged as one line. ValueError for a bad config."""
+    """The preset with the flags and --set overrides applied; for --batch, the --batch rule
+    (eg3d.config.batch_rule), and for --init-from, the stage adjustments (eg3d.config.stages), each to the fields
+    not set with --set and logged as one line. ValueError for a bad config."""
     overrides = list(args.overrides)
     for flag in ("kimg", "batch", "seed", "backend"):
         if getattr(args, flag) is not None:
             overrides.append(f"{FLAG_FIELDS[flag][0]}={getattr(args, flag)}")
     if args.workers is not None:
         overrides += worker_overrides(args.workers)
+    preset = get_preset(args.preset)
     try:
-        config = apply_overrides(get_preset(args.preset), overrides)
+        config = apply_overrides(preset, overrides)
     except ValueError as error:
         raise flag_named(error, args) from None
+    explicit = {item.partition("=")[0].strip() for item in args.overrides}
+    if args.batch is not None:
+        config, applied = apply_batch_rule(config, preset, explicit)
+        log(describe_batch_rule(config, preset, applied))
     if args.init_from is not None:
         config.run.init_from = args.init_from  # as given: a URL is text, never parsed as a --set value
     if config.run.init_from is not None:
-        config, applied = apply_init_from_adjustments(config, {item.partition("=")[0].strip()
-                                                               for item in args.overrides})
+        config, applied = apply_init_from_adjustments(config, explicit)
         log(describe_adjustments(applied))
     try:
         validate(config)
@@ -118,8 +125,8 @@ def build_config(args: argparse.Namespace, log=print) -> TrainConfig:
 
 
 def print_config(args: argparse.Namespace) -> int:
-    """--print-config: the settings `build_config` resolves, as `setting_lines`, under comments naming the run
-    and the --init-from adjustments; the exit code. Reads no storage and starts nothing."""
+    """--print-config: the settings `build_config` resolves, as `setting_lines`, under comments naming the run,
+    the --batch rule's changes and the --init-from adjustments; the exit code. Reads no storage and starts nothing."""
     notes = []
     try:
         config = build_config(args, log=notes.append)

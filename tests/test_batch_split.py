@@ -50,6 +50,29 @@ def test_more_workers_than_groups_are_refused_with_what_to_change():
     validate(apply_overrides(ffhq512(), ["distributed.min_workers=4", "distributed.max_workers=8"]))
 
 
+@pytest.mark.parametrize("world_size, shares, accumulation_steps", [
+    (16, (16,) * 16, 4),
+    (22, (12,) * 20 + (8,) * 2, 3),  # 64 groups: 20 workers take 3, 2 take 2
+    (32, (8,) * 32, 2),
+    (48, (8,) * 16 + (4,) * 32, 2),  # 256 / 48 is not whole: 16 workers take 2 groups, 32 take 1
+    (64, (4,) * 64, 1),
+])
+def test_a_batch_of_256_over_16_to_64_workers(world_size, shares, accumulation_steps):
+    split = split_of(["run.batch_size=256"], world_size)
+    assert split.shares == shares and split.accumulation_steps == accumulation_steps
+    assert global_cut(split) == [(first, 4) for first in range(0, 256, 4)], "every micro-batch one group of 4"
+
+
+def test_every_world_size_from_16_to_64_takes_256_and_65_is_refused_naming_the_batch():
+    validate(apply_overrides(ffhq512(), ["run.batch_size=256", "distributed.min_workers=16",
+                                         "distributed.max_workers=64"]))
+    with pytest.raises(ValueError, match=r"each of 65 workers needs at least one; lower distributed\.max_workers to "
+                                         r"64 \(--workers \.\.\.:64\), raise run\.batch_size to 260 or more "
+                                         r"\(--batch 260"):
+        validate(apply_overrides(ffhq512(), ["run.batch_size=256", "distributed.min_workers=16",
+                                             "distributed.max_workers=65"]))
+
+
 def test_a_share_larger_than_a_micro_batch_ends_with_a_smaller_one():
     split = split_of(["run.micro_batch=8"], 3)
     assert split.shares == (12, 12, 8)

@@ -10,7 +10,8 @@ import pytest
 from annotated_types import Ge, Gt, Lt, Predicate
 
 from eg3d import summary
-from eg3d.config import DistributedConfig, LossConfig, RenderingConfig, TrainConfig, apply_overrides, validate
+from eg3d.config import (DistributedConfig, LossConfig, RenderingConfig, TrainConfig, apply_batch_rule, apply_overrides,
+                         batch_rule, describe_batch_rule, validate)
 from eg3d.config.presets import PRESETS, afhq512, ffhq512, get_preset, shapenet128, tiny
 from eg3d.config.schema import NumberRange, check_fields, section_number_ranges
 from eg3d.train import main as train_main
@@ -108,6 +109,29 @@ def test_unknown_key_with_nothing_close_suggests_nothing():
 def test_inconsistent_configs_are_rejected(override, named):
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         validate(apply_overrides(tiny(), [override]))
+
+
+def test_the_batch_rule_scales_the_ema_half_life_and_the_blur_fade_as_the_reference_does():
+    """The reference's train.py: ema_kimg = 10 * batch / 32 and blur fade 200 * batch / 32 kimg; a preset's own
+    values are scaled by batch / its batch (tiny trains 8: 2.5 and 1 kimg)."""
+    assert batch_rule(ffhq512(), 256) == [("ema.ema_kimg", 80.0), ("loss.blur_fade_kimg", 1600.0)]
+    assert batch_rule(afhq512(), 128) == [("ema.ema_kimg", 40.0), ("loss.blur_fade_kimg", 800.0)]
+    assert batch_rule(ffhq512(), 32) == [("ema.ema_kimg", 10.0), ("loss.blur_fade_kimg", 200.0)]
+    assert batch_rule(tiny(), 16) == [("ema.ema_kimg", 5.0), ("loss.blur_fade_kimg", 2.0)]
+
+
+def test_the_batch_rule_changes_nothing_else_and_leaves_fields_set_with_set():
+    preset = afhq512()
+    config = apply_overrides(preset, ["ema.ema_kimg=20", "run.batch_size=256"])
+    adjusted, applied = apply_batch_rule(config, preset, {"ema.ema_kimg"})
+    assert applied == [("loss.blur_fade_kimg", 1600.0)]
+    assert (adjusted.ema.ema_kimg, adjusted.loss.blur_fade_kimg, adjusted.run.batch_size) == (20.0, 1600.0, 256)
+    changed = {f"{section}.{name}" for section, fields in adjusted.to_dict().items() if isinstance(fields, dict)
+               for name, value in fields.items() if value != getattr(getattr(preset, section), name)}
+    assert changed == {"ema.ema_kimg", "loss.blur_fade_kimg", "run.batch_size"}  # rates, intervals, fades in images kept
+    assert describe_batch_rule(adjusted, preset, applied).startswith(
+        "--batch 256 (preset afhq512 trains 32) scales the schedules the reference ties to optimizer steps: "
+        "loss.blur_fade_kimg=1600.0; kept as set with --set: ema.ema_kimg=20.0; the learning rates")
 
 
 def test_augment_overrides():

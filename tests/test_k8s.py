@@ -202,6 +202,41 @@ def test_elastic_range_is_the_worker_group_range():
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1, "one training worker (one GPU) per pod"
 
 
+def documented_large_batch_variants() -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+    """From k8s/rayjob.yaml's comments: the (batch, min, max) of each `--batch B --workers MIN:MAX` variant, and
+    the worker group's replicas written out for the first (`replicas: N`, `minReplicas: N`, `maxReplicas: N`)."""
+    text = (K8S_DIR / "rayjob.yaml").read_text()
+    comments = " ".join(line.strip().removeprefix("#").strip() for line in text.splitlines()
+                        if line.strip().startswith("#"))
+    return (re.findall(r"--batch (\d+) --workers (\d+):(\d+)", comments),
+            dict(re.findall(r"`((?:min|max)?[rR]eplicas): (\d+)`", comments)))
+
+
+def test_the_documented_64_gpu_variant_validates_and_matches_its_worker_group():
+    """The comment's way to 64 GPUs: the entrypoint with --batch 256 --workers 16:64 is a config eg3d.train accepts,
+    with the batch rule's schedules, one minibatch-std group of 4 per micro-batch at every world size in the range,
+    and a worker group of those replicas passes the RayJob CRD."""
+    import jsonschema
+
+    variants, replicas = documented_large_batch_variants()
+    assert variants[0] == ("256", "16", "64") and len(variants) == 2, variants
+    for batch, low, high in variants:
+        args = entrypoint_args()
+        args[args.index("--workers") + 1] = f"{low}:{high}"
+        config = build_config(parse_args(args + ["--batch", batch]), log=lambda _: None)
+        assert config.distributed.max_workers == config.run.batch_size // 4, "4 images per GPU at the most workers"
+        assert (config.ema.ema_kimg, config.loss.blur_fade_kimg) == (10 * int(batch) / 32, 200 * int(batch) / 32)
+        for world_size in range(int(low), int(high) + 1):
+            split = batch_split(config, world_size)
+            assert {size for rank in range(world_size) for size in split.micro_batches(rank)} == {4}, world_size
+    _, low, high = variants[0]
+    assert replicas == {"replicas": low, "minReplicas": low, "maxReplicas": high}
+    rayjob = copy.deepcopy(the("RayJob"))
+    rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].update(replicas=int(low), minReplicas=int(low),
+                                                                    maxReplicas=int(high))
+    assert not list(jsonschema.Draft7Validator(crd_schema("ray.io/v1", "RayJob")).iter_errors(rayjob))
+
+
 def test_run_name_is_the_pod_label_prometheus_turns_into_run():
     args = parse_args(entrypoint_args())
     for role, template in rayjob_pod_templates().items():

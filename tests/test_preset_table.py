@@ -1,12 +1,18 @@
 """docs/training.md against the code, so that they cannot drift apart: the table of preset recipes against
-`eg3d.config.presets`, the table of settings against the config's fields."""
+`eg3d.config.presets`, the table of settings against the config's fields, and the large-batch table against
+what `--preset P --batch N` resolves to."""
 
 import dataclasses
 import pathlib
 import re
 
+import pytest
+
+from eg3d.config import SCALED_WITH_BATCH
+from eg3d.config.batch_rule import field_value
 from eg3d.config.presets import PRESETS
 from eg3d.config.schema import TrainConfig
+from eg3d.train import build_config, parse_args
 
 TABLE_PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "training.md"
 TABLE_HEADING = "## Presets: the recipes"
@@ -56,10 +62,10 @@ ROWS = {
 AUGMENTATION, PAPER_FID = "augmentation", "paper's FID"
 
 
-def readme_table() -> tuple[list[str], dict[str, list[str]]]:
-    """(the header's preset names, {row label: cells}) of the first table after TABLE_HEADING."""
+def table_after(heading: str) -> tuple[list[str], dict[str, list[str]]]:
+    """(the header's cells after the first, {row label: cells}) of the first table after `heading`."""
     lines = TABLE_PAGE.read_text().splitlines()
-    start = lines.index(TABLE_HEADING)
+    start = lines.index(heading)
     rows = []
     for line in lines[start + 1:]:
         if line.startswith("|"):
@@ -68,6 +74,11 @@ def readme_table() -> tuple[list[str], dict[str, list[str]]]:
             break
     header, _, *body = rows
     return header[1:], {row[0]: row[1:] for row in body}
+
+
+def readme_table() -> tuple[list[str], dict[str, list[str]]]:
+    """(the header's preset names, {row label: cells}) of the preset table."""
+    return table_after(TABLE_HEADING)
 
 
 def test_the_preset_table_in_docs_matches_the_presets():
@@ -95,3 +106,50 @@ def test_the_field_table_in_docs_lists_every_config_field_once():
     assert sorted(documented) == sorted(set(documented)), "a field is listed twice"
     assert set(documented) == set(fields), (f"missing from the table: {sorted(set(fields) - set(documented))}; "
                                             f"not a config field: {sorted(set(documented) - set(fields))}")
+
+
+LARGE_BATCH_HEADING = "## Large batches: 16 to 64 GPUs"
+# Rows of the large-batch table that are not fields: the cell's value for a config at its batch.
+DERIVED_ROWS = {
+    "ADA's change of p per adjustment": lambda c: c.run.batch_size * c.augment.interval / (c.augment.ada_kimg * 1000),
+    "optimizer steps per 1000 kimg": lambda c: 1_000_000 / c.run.batch_size,
+    "most workers": lambda c: c.run.batch_size // c.model.disc_mbstd_group,
+}
+
+
+def large_batch_table() -> tuple[list[int], dict[str, tuple[list[str], str, list[str]]]]:
+    """(the batches of the columns, {row label: (the fields it lists, its rule, its cells per batch)})."""
+    header, table = table_after(LARGE_BATCH_HEADING)
+    assert header[:2] == ["field", "at another batch"], header
+    batches = [int(text.removeprefix("batch ")) for text in header[2:]]
+    return batches, {label: (re.findall(r"([a-z_]+\.[a-z0-9_]+)", cells[0]), cells[1], cells[2:])
+                     for label, cells in table.items()}
+
+
+@pytest.mark.parametrize("preset", ["ffhq512", "afhq512"])
+def test_the_large_batch_table_is_what_the_batch_flag_resolves_to(preset):
+    batches, rows = large_batch_table()
+    assert batches == [32, 128, 256]
+    for column, batch in enumerate(batches):
+        config = build_config(parse_args(["--preset", preset, "--batch", str(batch)]), log=lambda _: None)
+        for label, (fields, _, cells) in rows.items():
+            if label in DERIVED_ROWS:
+                expected = number(DERIVED_ROWS[label](config))
+            else:
+                assert fields, f"docs/training.md large-batch table, {label}: no field named"
+                expected = " / ".join(number(field_value(config, key)) for key in fields)
+            assert cells[column] == expected, f"docs/training.md large-batch table, {label}, batch {batch}"
+
+
+def test_the_large_batch_table_names_each_schedule_and_the_rule_it_follows():
+    """Every schedule in images or steps has a row (outside the evaluator, which trains on its own); the rows that
+    scale are exactly the batch rule's fields, with the hand-derived values at 256."""
+    _, rows = large_batch_table()
+    listed = {f for fields, _, _ in rows.values() for f in fields}
+    schedules = {f"{section.name}.{f.name}" for section in dataclasses.fields(TrainConfig) if section.name != "preset"
+                 for f in dataclasses.fields(section.type) if re.search(r"(kimg|interval)$", f.name)}
+    assert schedules - {"evaluator.kimg"} <= listed, sorted(schedules - listed)
+    scaled = {f for fields, rule, _ in rows.values() if rule.startswith("x batch") for f in fields}
+    assert scaled == set(SCALED_WITH_BATCH) == {"ema.ema_kimg", "loss.blur_fade_kimg"}
+    at_256 = {fields[0]: cells[-1] for label, (fields, _, cells) in rows.items() if label not in DERIVED_ROWS}
+    assert (at_256["ema.ema_kimg"], at_256["loss.blur_fade_kimg"]) == ("80", "1600")  # 10 and 200 x 256 / 32

@@ -597,6 +597,42 @@ def test_print_config_applies_the_init_from_adjustments_and_quotes_text_that_set
     assert apply_overrides(TrainConfig(preset="tiny"), settings) == build_config(parse_args(argv), log=lambda _: None)
 
 
+BATCH_RULE_NOTE = ("# --batch 256 (preset ffhq512 trains 32) scales the schedules the reference ties to optimizer "
+                   "steps: ema.ema_kimg=80.0, loss.blur_fade_kimg=1600.0; the learning rates, the regularization "
+                   "intervals and the other schedules stay (docs/training.md, \"Large batches: 16 to 64 GPUs\")")
+
+
+def test_print_config_of_batch_256_on_16_to_64_workers_applies_the_batch_rule(tmp_path, monkeypatch, capsys):
+    """The reference's rule at 256: EMA half-life 10 * 256 / 32 = 80 kimg, blur fade 200 * 256 / 32 = 1600 kimg;
+    the learning rates, the lazy intervals, the fades in images and the groups of 4 as at 32."""
+    from eg3d.config import TrainConfig, apply_overrides
+    from eg3d.train import build_config, parse_args
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--preset", "ffhq512", "--batch", "256", "--workers", "16:64"]
+    comments, settings = printed_settings(argv, capsys)
+    assert BATCH_RULE_NOTE in comments
+    assert {"run.batch_size=256", "ema.ema_kimg=80.0", "loss.blur_fade_kimg=1600.0", "distributed.min_workers=16",
+            "distributed.max_workers=64", "ema.rampup=0.05", "optimizer.g_lr=0.0025", "optimizer.d_lr=0.002",
+            "loss.r1_interval=16", "loss.density_reg_interval=4", "loss.gpc_fade_kimg=1000.0",
+            "rendering.neural_rendering_resolution_fade_kimg=1000.0", "augment.ada_kimg=500.0", "augment.interval=4",
+            "model.disc_mbstd_group=4", "run.micro_batch=4", "run.total_kimg=25000.0"} <= set(settings)
+    assert apply_overrides(TrainConfig(preset="ffhq512"), settings) == build_config(parse_args(argv), log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_field_set_with_set_keeps_its_value_over_the_batch_rule_and_the_printout_says_so(capsys):
+    comments, settings = printed_settings(["--preset", "afhq512", "--batch", "128", "--set", "ema.ema_kimg=20"], capsys)
+    assert any(line.startswith("# --batch 128 (preset afhq512 trains 32) scales the schedules the reference ties to "
+                               "optimizer steps: loss.blur_fade_kimg=800.0; kept as set with --set: ema.ema_kimg=20.0;")
+               for line in comments), comments
+    assert {"ema.ema_kimg=20.0", "loss.blur_fade_kimg=800.0", "run.batch_size=128"} <= set(settings)
+    # --set run.batch_size changes the batch alone: no rule, no note
+    comments, settings = printed_settings(["--preset", "ffhq512", "--set", "run.batch_size=256"], capsys)
+    assert {"ema.ema_kimg=10.0", "loss.blur_fade_kimg=200.0", "run.batch_size=256"} <= set(settings)
+    assert not [line for line in comments if "--batch" in line]
+
+
 def test_print_config_of_a_bad_setting_is_the_error(capsys):
     assert train_main(["--set", "run.total_kimg=-5", "--print-config"]) == 2
     out, error = capsys.readouterr()
@@ -693,6 +729,15 @@ def test_the_last_line_names_the_newest_complete_snapshot_and_a_command_to_try(t
                          "--workers 0)"),
     (["--kimg", "-1"], "config field run.total_kimg: -1 is not > 0 (expected a finite number > 0) (from --kimg -1.0)"),
     (["--set", "run.total_kimg=-1"], "config field run.total_kimg: -1 is not > 0 (expected a finite number > 0)\n"),
+    # Past 8 workers the paper's batch of 32 is refused, naming the --batch that would take the range.
+    (["--preset", "ffhq512", "--workers", "16:64"], "config: run.batch_size (32) makes 8 minibatch-std groups of 4 "
+     "images, and each of 64 workers needs at least one; lower distributed.max_workers to 8 (--workers ...:8), raise "
+     "run.batch_size to 256 or more (--batch 256, "),
+    (["--preset", "ffhq512", "--workers", "9"], "each of 9 workers needs at least one; lower distributed.max_workers "
+     "to 8 (--workers ...:8), raise run.batch_size to 36 or more (--batch 36, "),
+    (["--preset", "afhq512", "--batch", "128", "--workers", "16:64"], "run.batch_size (128) makes 32 minibatch-std "
+     "groups of 4 images, and each of 64 workers"),
+    (["--preset", "afhq512", "--batch", "128", "--workers", "16:64"], "(from --batch 128, --workers 16:64)\n"),
 ])
 def test_a_config_error_names_the_flag_that_set_the_field(argv, message, capsys):
     assert train_main(argv) == 2

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from .batch_rule import batch_rule
 from .schema import (AugmentConfig, DataConfig, EmaConfig, EvaluatorConfig, LossConfig, MetricsConfig, ModelConfig,
                      OptimizerConfig, RenderingConfig, RunConfig, TrainConfig)
 
@@ -11,20 +12,16 @@ PYTORCH_FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/dow
 PYTORCH_FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # pytorch-fid names its files after their digest's first 8 digits
 
 
-def _batch_scaled(batch_size: int) -> tuple[float, float]:
-    """(EMA half-life kimg, blur fade kimg): both scale with batch/32 in the reference."""
-    return 10 * batch_size / 32, 200 * batch_size / 32
-
-
 def ffhq512() -> TrainConfig:
-    ema_kimg, blur_fade_kimg = _batch_scaled(32)
+    """The reference's FFHQ stage 1 at its batch of 32. `--batch` scales the EMA half-life and the blur fade with
+    the batch, as the reference does (eg3d.config.batch_rule: 80 and 1600 kimg at 256)."""
     return TrainConfig(
         preset="ffhq512",
         model=ModelConfig(),
         rendering=RenderingConfig(),
-        loss=LossConfig(r1_gamma=1.0, gpc_prob=0.5, blur_fade_kimg=blur_fade_kimg),
+        loss=LossConfig(r1_gamma=1.0, gpc_prob=0.5, blur_fade_kimg=200.0),
         optimizer=OptimizerConfig(),
-        ema=EmaConfig(ema_kimg=ema_kimg),
+        ema=EmaConfig(ema_kimg=10.0),
         data=DataConfig(xflip=True),
         run=RunConfig(total_kimg=25000, batch_size=32, micro_batch=4),
         metrics=inception_fid50k(),
@@ -88,7 +85,7 @@ def tiny() -> TrainConfig:
     error at 4 kimg (docs/monitoring.md, 3D quality). The blur fades out over the first kimg instead of five, so that most
     of a short run sees the images unblurred."""
     batch_size = 8
-    ema_kimg, _ = _batch_scaled(batch_size)
+    ema_kimg = dict(batch_rule(ffhq512(), batch_size))["ema.ema_kimg"]  # the reference's half-life at this batch
     return TrainConfig(
         preset="tiny",
         model=ModelConfig(z_dim=64, w_dim=64, mapping_layers=2, backbone_resolution=32, backbone_channel_base=2048,

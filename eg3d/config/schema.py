@@ -532,7 +532,7 @@ def validate(config: TrainConfig) -> None:
     if q.num_generated and q.num_generated < 2 * d.max_workers:
         raise ValueError(f"config: metrics.num_generated ({q.num_generated}) must be 0 or at least 2 per worker "
                          f"(distributed.max_workers is {d.max_workers})")
-    for world_size in range(d.min_workers, d.max_workers + 1):
+    for world_size in range(d.max_workers, d.min_workers - 1, -1):  # the largest first: its error says what it needs
         batch_split(config, world_size)
 
 
@@ -608,8 +608,9 @@ def batch_split(config: TrainConfig, world_size: int) -> BatchSplit:
         raise ValueError(f"config: run.batch_size ({run.batch_size}) makes {groups} minibatch-std group"
                          f"{'s' if groups > 1 else ''} of {group} images, and each of {world_size} workers needs "
                          f"at least one; lower distributed.max_workers to {groups} (--workers ...:{groups}), raise "
-                         f"run.batch_size (--batch) to {group} x workers or more, or lower model.disc_mbstd_group "
-                         f"(a departure from the paper's groups of 4)")
+                         f"run.batch_size to {group * world_size} or more (--batch {group * world_size}, which also "
+                         f"scales the EMA half-life and the blur fade: docs/training.md, \"Large batches\"), or lower "
+                         f"model.disc_mbstd_group (a departure from the paper's groups of 4)")
     each, extra = divmod(groups, world_size)
     shares = tuple((each + (rank < extra)) * group for rank in range(world_size))
     return BatchSplit(global_batch=run.batch_size, group=group, shares=shares, micro_batch=micro)
