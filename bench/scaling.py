@@ -7,7 +7,9 @@ Each worker is a process in a real process group (gloo on CPU, NCCL on GPU) runn
 gradient sync as under Ray Train; batches are synthetic and resident, so the figures are the training
 step alone (bench/data.py measures the reader). On CPU the machine's cores are shared out: 1 worker uses
 them all, N workers use cores/N threads each, so efficiency = (img/s on N) / (img/s on 1) compares the
-same hardware. Steps cover whole lazy-regularization periods, so every phase is weighted as in training.
+same hardware. `--threads T` gives every worker T threads instead, as a GPU each (bench/scaling_model.py
+checks its model so); the ideal then grows with the workers. Steps cover whole lazy-regularization periods,
+so every phase is weighted as in training.
 """
 
 import argparse
@@ -31,7 +33,7 @@ from eg3d.training.trainer import Trainer  # noqa: E402
 
 
 def worker(rank: int, world_size: int, port: int, args, backend: str, zero_stage: int, out: str) -> None:
-    threads = max((os.cpu_count() or 1) // world_size, 1)
+    threads = args.threads or max((os.cpu_count() or 1) // world_size, 1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
     torch.set_num_threads(threads)
@@ -92,6 +94,7 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--backends", nargs="+", default=["ddp", "deepspeed:0", "deepspeed:1"],
                         help="ddp, deepspeed:<zero stage>")
+    parser.add_argument("--threads", type=int, help="torch threads per worker (default: the cores shared out)")
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args(argv)
@@ -112,7 +115,8 @@ def main(argv=None) -> None:
         for world_size in args.workers:
             r = measure(args, backend, int(stage or 0), world_size)
             baseline = baseline or (world_size, r["images_per_second"])
-            ideal = baseline[1] * (world_size / baseline[0] if args.device == "cuda" else 1)  # CPU: cores shared
+            each_its_own = args.device == "cuda" or args.threads  # else CPU cores shared out
+            ideal = baseline[1] * (world_size / baseline[0] if each_its_own else 1)
             efficiency = r["images_per_second"] / ideal
             print(f"{spec:<12} {world_size:>7} {r['threads']:>7} {str(r['micro']) + ' x ' + str(r['accumulation']):>11} "
                   f"{r['images_per_second']:>8.2f} {r['seconds_per_step']:>8.3f} {efficiency:>10.2f} "
