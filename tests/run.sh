@@ -14,7 +14,7 @@ python -c "import torch" 2>/dev/null || pip install --quiet torch==2.13.0
 #     pip install --dry-run --ignore-installed --quiet --report - 's3fs>=2026.9.0' boto3 \
 #       | jq -r '.install[].metadata | "\(.name)==\(.version)"' \
 #       | grep -iE '^(s3fs|fsspec|aiobotocore|botocore|boto3|s3transfer)==' | sort -f; } > tests/constraints.txt
-pip install --quiet -c tests/constraints.txt -e ".[test,apps,viewer,dali,deepspeed]"  # DALI: CPU pipelines; DeepSpeed: CPU
+pip install --quiet -c tests/constraints.txt -e ".[test,apps,viewer,dali,deepspeed,faces]"  # DALI, DeepSpeed: CPU
 # checkov, the security scan of k8s/ in tests/test_k8s.py, pins old releases of packaging, urllib3 and networkx,
 # so it gets a virtualenv of its own (about 30 s, once) rather than the test extra.
 if ! command -v checkov >/dev/null; then
