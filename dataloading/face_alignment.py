@@ -544,7 +544,7 @@ def align_face(image, model: FaceLandmarker, *, resolution: int = REFERENCE_RESO
     transform, face_size = alignment_transform(face.landmarks, pose.roll, resolution)
     if face_size < min_face_size:
         raise FaceError("too small", f"{name}: the face's crop is {face_size:.0f} photo pixels wide, under the "
-                                     f"{min_face_size:g} asked for (--min-face-size)")
+                                     f"{min_face_size:g} needed for a sharp crop")
     crop, outside = warp(image, transform, resolution)
     return AlignedFace(crop, camera_label(pose.yaw, pose.pitch), pose, face, transform, outside, len(detections),
                        face_size)

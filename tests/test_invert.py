@@ -1,4 +1,5 @@
-"""python -m eg3d.invert (PTI) and the LPIPS module, on an untrained micro generator.
+"""python -m eg3d.invert (PTI) and the LPIPS module, on an untrained micro generator; --camera auto on
+scikit-image's photos (the astronaut, and a cat for a photo without a face) with MediaPipe (the faces extra).
 
 Measured on the micro generator (seed 3, frontal view, random-feature LPIPS stand-in, 20 steps at lr 0.05):
 the target-view MSE falls about 10x from the mean-w start and the novel-view MSE about 10x; 10 tuning steps
@@ -9,6 +10,7 @@ import hashlib
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import trimesh
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model_helpers import micro_config
+from dataloading import face_alignment
 from eg3d import invert
 from eg3d.metrics.lpips import STAND_IN_LABEL, TAP_CHANNELS, VGG16_CONV_INDICES, VGG16_STAGES, load_lpips, random_lpips
 from eg3d.networks import camera, orbit
@@ -95,6 +98,77 @@ def test_bad_input_exits_2_naming_the_argument(scene, tmp_path, capsys, change, 
                      "--out", str(tmp_path / "out"), "--steps", "1", "--tune-steps", "0"])
     assert exit_.value.code == 2
     assert argument in capsys.readouterr().err
+
+
+# --- --camera auto: a face photo ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """skimage's astronaut (a face) and chelsea (a cat) as JPEGs."""
+    data = pytest.importorskip("skimage.data")
+    pytest.importorskip("mediapipe")
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(data.astronaut()).save(folder / "astronaut.jpg", quality=95)
+    Image.fromarray(data.chelsea()).save(folder / "chelsea.jpg", quality=95)
+    return folder
+
+
+def command(scene, photo, out, *extra) -> list[str]:
+    return [str(scene["root"] / "snapshot"), str(photo), "--camera", "auto", "--out", str(out), "--device", "cpu",
+            "--steps", "4", "--tune-steps", "2", "--frames", "0", "--mesh-resolution", "0", *extra]
+
+
+@pytest.mark.slow
+def test_camera_auto_inverts_the_face_crop_from_its_estimated_camera(scene, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert invert.main(command(scene, photos / "astronaut.jpg", out)) == 0
+    printed = capsys.readouterr().out
+    with face_alignment.FaceLandmarker() as model:  # the library, called on its own
+        face = face_alignment.align_face(face_alignment.load_photo(photos / "astronaut.jpg"), model)
+
+    saved = json.loads((out / "camera.json").read_text())
+    np.testing.assert_array_equal(np.float32(saved["label"]), face.label)
+    assert (saved["yaw_degrees"], saved["pitch_degrees"]) == (face.pose.yaw, face.pose.pitch)
+    assert f"yaw {face.pose.yaw:+.1f}, pitch {face.pose.pitch:+.1f} degrees" in printed
+    assert face_alignment.label_angles(face.label) == pytest.approx((face.pose.yaw, face.pose.pitch), abs=1e-3)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "crop.png")), np.asarray(face.image))
+
+    # The inversion ran from that camera, on the crop resized to the generator's 32x32.
+    pivot = torch.load(out / "w.pt")
+    assert torch.equal(pivot["camera"], torch.from_numpy(face.label)[None])
+    G = scene["G"]
+    assert not torch.equal(pivot["w"], invert.mean_w(G, pivot["camera"]).expand(1, G.num_ws, -1))  # it moved
+    target = to_uint8(invert.image_tensor(face.image, 32))[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "reconstruction.png"))[:, :32], target)
+    assert "inverted: MSE" in printed and "tuned: MSE" in printed
+    metadata = json.loads((out / "snapshot" / "config.json").read_text())["metadata"]["pti"]
+    assert metadata["camera"] == "auto" and np.float32(metadata["estimated_camera"]).tolist() == face.label.tolist()
+
+
+def test_camera_auto_on_a_photo_without_a_face_exits_2_and_writes_nothing(scene, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        invert.main(command(scene, photos / "chelsea.jpg", out))
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert f"IMAGE {photos / 'chelsea.jpg'}: no face found; use a photo where a human face is clearly visible" in error
+    assert "--camera FILE:INDEX" in error
+    assert not out.exists()
+
+
+def test_camera_auto_without_mediapipe_says_how_to_install_it(scene, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "mediapipe", None)
+    with pytest.raises(SystemExit) as exit_:
+        invert.main(command(scene, scene["root"] / "target.png", tmp_path / "out"))
+    assert exit_.value.code == 2
+    assert "--camera auto: finding faces needs MediaPipe: pip install -e '.[faces]'" in capsys.readouterr().err
+
+
+def test_landmarker_is_refused_without_camera_auto(scene, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        invert.main([str(scene["root"] / "snapshot"), str(scene["root"] / "target.png"), "--camera", "frontal",
+                     "--landmarker", "face_landmarker.task", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "--landmarker: only with --camera auto" in capsys.readouterr().err
 
 
 # --- LPIPS ------------------------------------------------------------------------------------------

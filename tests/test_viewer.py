@@ -1,6 +1,8 @@
-"""python -m eg3d.viewer: the renders behind the page, then the page itself in Debian's headless Chromium."""
+"""python -m eg3d.viewer: the renders behind the page, then the page itself in Debian's headless Chromium; the
+photo inversion on scikit-image's astronaut with MediaPipe (the faces extra), through its handler and the page."""
 
 import io
+import json
 import math
 import shlex
 import shutil
@@ -16,7 +18,8 @@ from PIL import Image
 
 from model_helpers import micro_config
 from distributed_helpers import free_port
-from eg3d import generate, viewer
+from dataloading import face_alignment
+from eg3d import generate, invert, viewer
 from eg3d.networks import camera, orbit
 from eg3d.networks.generator import TriPlaneGenerator
 from eg3d.networks.sample_grid import to_uint8
@@ -150,6 +153,70 @@ def test_the_mesh_files_hold_the_same_coloured_surface(view_server):
     assert f"{len(ply.faces)} faces" in status
 
 
+# --- a face photo, inverted ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """skimage's astronaut (a face) and chelsea (a cat) as JPEGs, and the astronaut's face found by the library."""
+    data = pytest.importorskip("skimage.data")
+    pytest.importorskip("mediapipe")
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(data.astronaut()).save(folder / "astronaut.jpg", quality=95)
+    Image.fromarray(data.chelsea()).save(folder / "chelsea.jpg", quality=95)
+    with face_alignment.FaceLandmarker() as model:
+        face = face_alignment.align_face(face_alignment.load_photo(folder / "astronaut.jpg"), model)
+    return {"folder": folder, "astronaut": folder / "astronaut.jpg", "chelsea": folder / "chelsea.jpg", "face": face}
+
+
+@pytest.mark.slow
+def test_an_uploaded_photo_gives_its_crop_camera_previews_and_3d_result(view_server, photos):
+    shown_before = view_server.render(VIEW)[0]
+    face = photos["face"]
+    crop, camera_text = page_actions(view_server)["show_face"](str(photos["astronaut"]))
+    np.testing.assert_array_equal(np.asarray(crop), np.asarray(face.image))
+    assert camera_text == invert.camera_angles(face)
+    assert f"yaw {face.pose.yaw:+.1f}, pitch {face.pose.pitch:+.1f} degrees" in camera_text
+
+    reports = list(page_actions(view_server)["invert_photo"](str(photos["astronaut"]), 4, 2, 32))
+    statuses = [report[3] for report in reports]
+    assert statuses[:-1] == [f"fitting the latent: step {i} of 4" for i in range(5)] + [
+        f"tuning the generator: step {i} of 2" for i in (1, 2)]
+    assert statuses[-1].startswith("done: MSE")
+    assert all(report[1] == camera_text for report in reports)
+    assert reports[0][2].shape == (32, 32, 3) and reports[1][2].shape == (32, 2 * 32, 3)  # target | current fit
+    crop, _, preview, _, files, video, model, mesh_files, mesh_status = reports[-1]
+    assert preview.shape == (32, 3 * 32, 3)  # target | inverted | tuned
+    np.testing.assert_array_equal(preview[:, :32], to_uint8(invert.image_tensor(face.image, 32))[0])
+    assert [Path(f).name for f in files] == ["crop.png", "camera.json", "w.pt"]
+    np.testing.assert_array_equal(np.float32(json.loads(Path(files[1]).read_text())["label"]), face.label)
+    assert torch.equal(torch.load(files[2])["camera"], torch.from_numpy(face.label)[None])
+    frames = imageio.mimread(video)
+    assert len(frames) == 48 and frames[0].shape == (32, 2 * 32, 3)  # image | depth
+    assert model == mesh_files[0] and len(trimesh.load(mesh_files[1]).faces) > 0
+    assert mesh_status.startswith("astronaut.jpg (inverted): ")
+    np.testing.assert_array_equal(view_server.render(VIEW)[0], shown_before)  # the viewer's generator stays
+
+
+def test_a_photo_without_a_face_is_answered_with_a_message(view_server, photos):
+    import gradio as gr
+    actions, cat = page_actions(view_server), str(photos["chelsea"])
+    message = "chelsea.jpg: no face found; use a photo where a human face is clearly visible"
+    with pytest.raises(gr.Error, match=message):
+        actions["show_face"](cat)
+    with pytest.raises(gr.Error, match=message):
+        list(actions["invert_photo"](cat, 10, 0, 32))
+    with pytest.raises(gr.Error, match="inversion steps 0.0: expected a finite number >= 1"):
+        list(actions["invert_photo"](str(photos["astronaut"]), 0, 0, 32))
+
+
+def test_without_mediapipe_the_page_says_how_to_install_it(snapshot, tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "mediapipe", None)
+    app = viewer.build_app(viewer.Viewer(load_generator(snapshot), snapshot, "cpu", tmp_path))
+    notes = [block.value for block in app.blocks.values() if getattr(block, "elem_id", None) == "faces-missing"]
+    assert len(notes) == 1 and "pip install -e '.[faces]'" in notes[0]
+    assert "invert_photo" not in {function.name for function in app.fns.values()}
+
+
 # --- the page, in a real browser ---------------------------------------------------------------------------
 
 @pytest.fixture
@@ -226,6 +293,40 @@ def test_the_page_renders_follows_a_control_and_shows_what_a_direct_render_gives
         assert "faces" in status
         assert len(browser.find_elements(By.CSS_SELECTOR, "#mesh-files a")) == 3
         browser.save_screenshot(str(tmp_path / "viewer.png"))
+    finally:
+        app.close()
+
+
+def textarea(driver, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+    return driver.find_element(By.CSS_SELECTOR, f"#{element_id} textarea").get_attribute("value")
+
+
+@pytest.mark.slow
+def test_the_page_inverts_an_uploaded_photo(view_server, browser, photos, tmp_path):
+    from selenium.webdriver.common.by import By
+    port = free_port()
+    app = viewer.build_app(view_server)
+    viewer.serve(app, host="127.0.0.1", port=port, workdir=tmp_path, block=False)
+    try:
+        browser.get(f"http://127.0.0.1:{port}")
+        wait_for(lambda: image_src(browser, "image"), "the first render")
+        browser.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(photos["astronaut"]))
+        face = photos["face"]
+        assert wait_for(lambda: textarea(browser, "face-camera"), "the estimated camera") == invert.camera_angles(face)
+        np.testing.assert_array_equal(fetch_png(wait_for(lambda: image_src(browser, "crop"), "the crop")),
+                                      np.asarray(face.image))
+
+        for element_id, value in (("invert-steps", 4), ("tune-steps", 2), ("mesh-resolution", 32)):
+            set_slider(browser, element_id, value)
+        browser.find_element(By.CSS_SELECTOR, "#invert-button").click()
+        status = wait_for(lambda: (text := textarea(browser, "invert-status")).startswith("done") and text,
+                          "the inversion's result", timeout=300)
+        assert "4 + 2 steps" in status
+        assert fetch_png(image_src(browser, "invert-preview")).shape == (32, 3 * 32, 3)  # target | inverted | tuned
+        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#orbit video[src]"), "the result's orbit video")
+        assert textarea(browser, "mesh-status").startswith("astronaut.jpg (inverted): ")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#invert-files a")) == 3
     finally:
         app.close()
 
