@@ -207,7 +207,7 @@ def resolve_landmarker(landmarker: str, sha256: str | None = None, cache_dir: st
     """A local path to a face_landmarker.task: `landmarker` itself, or its download (once, into the cache).
     The file's SHA-256 is checked against `sha256` (a prefix of 8+ hex digits) when given; ValueError when it
     differs or the file is no MediaPipe task bundle."""
-    from eg3d.metrics.inception import cached_download, check_digest, default_cache_dir, normalized_digest
+    from .downloads import cached_download, check_digest, default_cache_dir, normalized_digest
 
     expected = normalized_digest(sha256)
     if "://" in str(landmarker):
