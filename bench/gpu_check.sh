@@ -13,7 +13,9 @@
 #   4. the shard reader's images/s at 512 px, PyTorch backend, one decode thread per core (bench/data.py,
 #      local shards it writes; no S3)
 #   5. torch.profiler of one ffhq512 iteration (bench/train_step.py --profile), into the log only
-#   6. stage 2 again with --compile, when bench/train_step.py has that flag
+#   6. host syncs per ordinary training step, ADA on (bench/train_step.py --syncs: CUDA's sync debug mode
+#      warns at each; ADA's adjustment alone should be left, once every augment.interval steps)
+#   7. stage 2 again with --compile, when bench/train_step.py has that flag
 # Nothing here needs Ray, DALI or DeepSpeed; their absence is noted, and the DALI reader is benched when present.
 # Results: gpu_check.log (everything printed), gpu_check.jsonl (one JSON record per measurement or
 # stage) and gpu_check.txt (the table), in $OUT when set, else in a temporary folder named at the end.
@@ -39,12 +41,12 @@ if [ $DRY_RUN = 1 ]; then
   PRESET=tiny CORES=2 RESOLUTION=64
   # Tiny shapes and intervals: 2 steps, every phase due within them.
   SHAPE=(--set run.batch_size=2 --set loss.r1_interval=2 --set loss.density_reg_interval=2)
-  LOOP_STEPS=(--steps 2 --warmup 0) PROFILE_WARMUP=0 DATA_COUNT=16
+  LOOP_STEPS=(--steps 2 --warmup 0) PROFILE_WARMUP=0 DATA_COUNT=16 SYNC_STEPS=(--steps 2 --warmup 1)
   PYTEST=("$PYTHON" -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider)
 else
   PRESET=ffhq512 CORES=$(nproc) RESOLUTION=512
   SHAPE=(--set run.batch_size=4)
-  LOOP_STEPS=(--steps 16 --warmup 1) PROFILE_WARMUP=2 DATA_COUNT=64
+  LOOP_STEPS=(--steps 16 --warmup 1) PROFILE_WARMUP=2 DATA_COUNT=64 SYNC_STEPS=(--steps 16 --warmup 2)
   PYTEST=("$PYTHON" -m pytest -m gpu tests/test_gpu.py -q -rs -p no:cacheprovider)
 fi
 
@@ -92,6 +94,7 @@ stage "G forward" 60 "$PYTHON" bench/train_step.py --presets --g-forward "$PRESE
 stage "reader" 120 "$PYTHON" bench/data.py --resolutions "$RESOLUTION" --count "$DATA_COUNT" --images $((4 * DATA_COUNT)) \
   --threads "$CORES" --backends "${BACKENDS[@]}" --no-s3 --no-consumer --json "$JSONL"
 stage "profile" 90 "${TRAIN[@]}" --profile --warmup "$PROFILE_WARMUP"
+stage "syncs" 90 "${TRAIN[@]}" --syncs "${SYNC_STEPS[@]}" --set augment.kind=ada --set augment.p=0.2
 if [ "$DRY_RUN" = 1 ]; then
   note "compile: skipped in a dry run (a cold torch.compile takes minutes on 2 CPU cores; tests/test_compile.py checks run.compile on the CPU)"
 elif "$PYTHON" bench/train_step.py --help 2>/dev/null | grep -q -- '--compile'; then
@@ -119,6 +122,11 @@ for r in records:
         print(f"{name:<34} {r['images_per_second']:>9.2f} {r['peak_memory_mib']:>9.0f} {mfu:>7} "
               f"{r['seconds_per_iteration']:>8.3f}  s/iter; {r['training_gflops_per_image']:.0f} GFLOP/img, "
               f"peak {r['peak_tflops'] or 'n/a'} TFLOP/s, {r['device']}")
+    elif r.get("how") == "syncs":
+        name = f"{r['preset']} host syncs/step {r['dtype']}"
+        found = "n/a" if r["syncs_per_step"] is None else f"{r['syncs_per_step']:.2f}"
+        print(f"{name:<34} {'':>9} {'':>9} {'':>7} {'':>8}  {found} per ordinary step over {r['steps']} steps "
+              f"(ADA {r['augment']}, its adjustments alone {r['expected_per_step']:.2f}), {r['device']}")
     elif r.get("how") == "G forward, batch 1":
         name = f"{r['preset']} G forward batch 1 {r['dtype']}"
         print(f"{name:<34} {'':>9} {'':>9} {'':>7} {r['seconds']:>8.3f}  neural rendering {r['neural_rendering_resolution']}")

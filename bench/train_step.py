@@ -6,6 +6,7 @@
     python bench/train_step.py --loop --presets ffhq512 --set run.batch_size=4   # through the worker loop, on real shards
     python bench/train_step.py --presets --g-forward ffhq512        # only the G forward time at batch 1
     python bench/train_step.py --compile --threads 1  # run.compile, one torch thread
+    python bench/train_step.py --syncs --set augment.kind=ada --set augment.p=0.2  # host syncs per step (GPU)
 
 The default rows time `Trainer.train_step` on a resident synthetic batch. `--loop` times the single-process
 worker loop (`eg3d.training.loop.train`: shard reader, trainer, logging) on a local shard folder it writes
@@ -16,8 +17,16 @@ Both run whole lazy-regularization periods, so every phase weighs as in training
 `--profile` runs one iteration with every phase due (step 0) under torch.profiler (CPU activity, and CUDA
 on a GPU) and prints the top operators by self time, then the time per phase from the trainer's
 `record_function` labels (eg3d.training.trainer.PROFILER_LABEL): each phase's forward and backward passes,
-its optimizer step, the EMA update. On a GPU the CPU column of an optimizer step includes waiting for the
-phase's kernels (the finite-gradient check reads a value back); the CUDA column is the kernels' own time.
+its optimizer step, the EMA update. Under a profiler the trainer synchronizes after each phase (and only
+then), so on a GPU the CPU column of a phase's optimizer step includes waiting for the phase's kernels; the
+CUDA column is the kernels' own time.
+
+`--syncs` counts the times an ordinary step (the trainer alone: no log, checkpoint or snapshot) makes the
+host wait for the GPU, over whole lazy periods, with torch.cuda.set_sync_debug_mode("warn"), which warns at
+every synchronizing CUDA call (a read of a device value, a copy from pageable host memory, a synchronize).
+With ADA on, its adjustment reads its signal once every augment.interval steps (the expected count is
+printed beside). On a CPU there is nothing to wait for: the steps run and the count is n/a
+(tests/test_host_syncs.py counts there the calls that would wait on a GPU).
 
 MFU (model FLOPs utilization) = training FLOPs per image x images/s / the device's peak FLOP/s, where
 
@@ -47,6 +56,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -146,6 +156,42 @@ def bench_training(config, device: torch.device, steps: int, warmup: int) -> dic
     synchronize(device)
     seconds = time.perf_counter() - start - (trainer.compile_seconds - compile_before)
     return result_row(config, trainer, device, "train_step", steps * config.run.batch_size / seconds, steps)
+
+
+def count_syncs(config, device: torch.device, steps: int, warmup: int) -> dict:
+    """Host synchronizations per ordinary step of `Trainer.train_step` (CUDA's sync debug mode warns at each),
+    over `steps` rounded to whole lazy periods after `warmup` steps; None on a CPU."""
+    trainer = make_trainer(config, device)
+    img, c = fake_batch(config, config.run.batch_size, device)
+    for _ in range(warmup):
+        trainer.train_step(img, c)
+    steps = lazy_period_steps(config, steps)
+    trainer.step_index = 0  # whole periods: every phase as often as in training
+    synchronize(device)
+    syncs = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                trainer.train_step(img, c)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+                syncs = sum("synchroniz" in str(warning.message) for warning in caught)
+    augment = config.augment
+    adjustments = sum(step % augment.interval == 0 for step in range(1, steps + 1)) if augment.kind == "ada" else 0
+    return {"preset": config.preset, "how": "syncs", "device": device_name(device), "dtype": config.run.precision,
+            "batch": config.run.batch_size, "steps": steps, "augment": augment.kind,
+            "syncs_per_step": None if syncs is None else syncs / steps, "expected_per_step": adjustments / steps}
+
+
+def print_syncs(row: dict) -> None:
+    found = "n/a (a CPU waits for nothing)" if row["syncs_per_step"] is None else f"{row['syncs_per_step']:.2f}"
+    print(f"{row['preset']} {row['dtype']} batch {row['batch']}, augment {row['augment']}: host syncs per ordinary "
+          f"step {found} over {row['steps']} steps (ADA's adjustments alone: {row['expected_per_step']:.2f}), "
+          f"{row['device']}")
 
 
 def bench_loop(config, device: torch.device, steps: int, warmup: int) -> dict:
@@ -289,6 +335,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: table)")
     parser.add_argument("--profile", action="store_true", help="profile one iteration of each preset")
     parser.add_argument("--loop", action="store_true", help="time the worker loop on a local shard folder")
+    parser.add_argument("--syncs", action="store_true", help="count the host syncs of ordinary steps (CUDA)")
     parser.add_argument("--g-forward", default="ffhq512", metavar="PRESET|none",
                         help="time G's forward pass at batch 1 for this preset (default ffhq512)")
     parser.add_argument("--json", default=None, metavar="PATH", help="append each result as a JSON line")
@@ -302,7 +349,7 @@ def main() -> None:
     presets = args.presets if args.presets is not None else (["tiny", "ffhq512"] if device.type == "cuda" else ["tiny"])
     print(f"device: {device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"dtype {args.dtype}")
-    rows = []
+    rows, sync_rows = [], []
     for name in presets:
         try:
             config = bench_config(name, device, dtype=args.dtype, overrides=args.overrides, compile=args.compile)
@@ -310,6 +357,9 @@ def main() -> None:
             parser.error(str(error))
         if args.profile:
             profile_iteration(config, device, args.warmup)
+        elif args.syncs:
+            sync_rows.append(count_syncs(config, device, args.steps, args.warmup))
+            print_syncs(sync_rows[-1])
         elif args.loop:
             rows.append(with_mfu(bench_loop(config, device, args.steps, args.warmup), config, device,
                                  args.peak_tflops))
@@ -324,7 +374,7 @@ def main() -> None:
               f"{args.dtype}: {rows[-1]['seconds']:.3f} s")
     if args.json:
         with open(args.json, "a") as file:
-            file.writelines(json.dumps(row) + "\n" for row in rows)
+            file.writelines(json.dumps(row) + "\n" for row in rows + sync_rows)
 
 
 if __name__ == "__main__":

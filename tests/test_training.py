@@ -115,8 +115,9 @@ def test_lazy_regularization_correction():
     assert group["lr"] == pytest.approx(0.002 * 16 / 17, rel=1e-12)
     assert group["betas"][0] == 0.0
     assert group["betas"][1] == pytest.approx(math.exp(math.log(0.99) * 16 / 17), rel=1e-12)
-    trainer = Trainer(micro_config(), camera_pool=random_cameras(4))
-    assert trainer.opt_G.param_groups[0]["lr"] == pytest.approx(0.0025 * 4 / 5)
+    config = micro_config()
+    trainer = Trainer(config, camera_pool=random_cameras(4))
+    assert trainer.opt_G.param_groups[0]["lr"] == pytest.approx(config.optimizer.g_lr * 4 / 5)
 
 
 def test_ema_beta_half_life_and_rampup():
@@ -136,7 +137,9 @@ def test_ema_update_arithmetic():
         for p in trainer.G.parameters():
             p.add_(1.0)
     old_ema = [p.clone() for p in trainer.G_ema.parameters()]
-    trainer._update_ema(4)
+    trainer._update_ema(4, torch.tensor(False))  # a step that was not finite: G_ema stays
+    assert all(torch.equal(p_ema, p_old) for p_ema, p_old in zip(trainer.G_ema.parameters(), old_ema))
+    trainer._update_ema(4, torch.tensor(True))
     beta = 0.5 ** (4 / 2500)
     for p_ema, p_old, p in zip(trainer.G_ema.parameters(), old_ema, trainer.G.parameters()):
         torch.testing.assert_close(p_ema, p * (1 - beta) + p_old * beta)

@@ -18,7 +18,10 @@ Each transform fires per image with probability p (one overall strength for all 
   applied to every group of 3 channels alike (EG3D's 6-channel final + raw image).
 
 Everything is differentiable with respect to the images (the generator learns through it); the
-transform parameters are drawn from torch's global generator, which the trainer seeds per micro-batch.
+transform parameters are drawn from torch's global (CPU) generator, which the trainer seeds per micro-batch.
+They are drawn and composed into matrices on the host, a few numbers per image, so that the padding the
+geometric transforms need (which sets the shapes of the images on the device) is known there without waiting
+for a GPU; only the matrices go to the images' device.
 kornia has comparable transforms but not this pipeline (other padding, resampling filters and
 probability semantics), so it is written here.
 """
@@ -50,6 +53,14 @@ SYM6 = (0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.04
         -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036, -0.007800708325034148)
 
 GREY_AXIS = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64) / math.sqrt(3)  # homogeneous RGB
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` (on the host) on `device`, without waiting for it: a plain copy to a GPU waits until the GPU's
+    queue is done before the host memory may be reused, so the copy goes from pinned memory, asynchronously."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _matrix(rows, like: torch.Tensor) -> torch.Tensor:
@@ -172,25 +183,33 @@ def color_matrix(params: dict) -> torch.Tensor | None:
     return matrix
 
 
+def host_padding(inverse: torch.Tensor, *, height: int, width: int, border: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom): the reflection padding that covers how far any output corner reaches into
+    the input under `inverse` [N, 3, 3], plus the filters' `border`. Read on the host: `inverse` lives there
+    (see AugmentPipe), so this waits for no GPU."""
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    corners = torch.tensor([[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1, 1, 1, 1]], dtype=inverse.dtype,
+                           device=inverse.device)
+    reach = (inverse @ corners)[:, :2, :].permute(1, 0, 2).flatten(1)  # [xy, N * corners]
+    margin = torch.cat([-reach, reach]).amax(dim=1) + torch.tensor([2 * border - cx, 2 * border - cy] * 2).to(reach)
+    limit = torch.tensor([width - 1, height - 1] * 2).to(reach)
+    x0, y0, x1, y1 = margin.clamp(min=0).minimum(limit).ceil().int().tolist()
+    return x0, y0, x1, y1
+
+
 def apply_geometric(images: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     """Resample `images` [N, C, H, W] at `inverse` @ (output pixel): reflect padding, 2x wavelet
-    upsampling, bilinear sampling, wavelet filtering and 2x downsampling."""
+    upsampling, bilinear sampling, wavelet filtering and 2x downsampling. The matrix algebra runs where
+    `inverse` [N, 3, 3] is (the host, from AugmentPipe), the resampling on the images' device."""
     n, c, h, w = images.shape
-    taps = torch.tensor(SYM6, dtype=images.dtype, device=images.device)
+    taps = host_to_device(torch.tensor(SYM6, dtype=images.dtype), images.device)
     taps, length = taps / taps.sum(), len(SYM6)
     border = length // 4  # input pixels the filters reach
     inverse = inverse.to(images.dtype)
 
-    # Pad by reflection as far as any output corner reaches into the input, plus the filters' reach.
-    cx, cy = (w - 1) / 2, (h - 1) / 2
-    corners = torch.tensor([[-cx, cx, cx, -cx], [-cy, -cy, cy, cy], [1, 1, 1, 1]], dtype=images.dtype,
-                           device=images.device)
-    reach = (inverse @ corners)[:, :2, :].permute(1, 0, 2).flatten(1)  # [xy, N * corners]
-    margin = torch.cat([-reach, reach]).amax(dim=1) + torch.tensor([2 * border - cx, 2 * border - cy] * 2).to(reach)
-    limit = torch.tensor([w - 1, h - 1] * 2).to(reach)
-    x0, y0, x1, y1 = margin.clamp(min=0).minimum(limit).ceil().int().tolist()
+    x0, y0, x1, y1 = host_padding(inverse, height=h, width=w, border=border)
     images = F.pad(images, [x0, x1, y0, y1], mode="reflect")
-    ones = torch.ones(n, dtype=images.dtype, device=images.device)
+    ones = torch.ones(n, dtype=inverse.dtype, device=inverse.device)
     inverse = translate2d((x0 - x1) / 2 * ones, (y0 - y1) / 2 * ones) @ inverse
 
     images = upfirdn2d(images, taps, up=2, pad=((length + 1) // 2, (length - 2) // 2), gain=4)
@@ -202,7 +221,7 @@ def apply_geometric(images: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor
     out_h, out_w = (h + 2 * border) * 2, (w + 2 * border) * 2
     in_h, in_w = images.shape[2:]
     inverse = scale2d(2 / in_w * ones, 2 / in_h * ones) @ inverse @ scale2d(out_w / 2 * ones, out_h / 2 * ones)
-    grid = F.affine_grid(inverse[:, :2, :], [n, c, out_h, out_w], align_corners=False)
+    grid = F.affine_grid(host_to_device(inverse[:, :2, :], images.device), [n, c, out_h, out_w], align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # Correlate with the taps (convolve with them reversed), cropping the border added above.
     crop = -2 * border
@@ -214,7 +233,7 @@ def apply_color(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     n, c, h, w = images.shape
     if c % 3:
         raise ValueError(f"colour augmentation needs groups of 3 (RGB) channels, got {c}")
-    matrix = matrix.to(images.dtype)
+    matrix = host_to_device(matrix.to(images.dtype), images.device)
     groups = images.reshape(n, c // 3, 3, h * w)
     groups = matrix[:, None, :3, :3] @ groups + matrix[:, None, :3, 3:]
     return groups.reshape(n, c, h, w)
@@ -242,7 +261,7 @@ class AugmentPipe:
         if self.p <= 0 or not self.transforms:
             return images
         n, _, h, w = images.shape
-        params = sample_parameters(n, self.p, height=h, width=w, transforms=self.transforms, device=images.device)
+        params = sample_parameters(n, self.p, height=h, width=w, transforms=self.transforms)  # on the host
         if images.dtype in (torch.float32, torch.float64):
             return augment(images, params)
         return augment(images.float(), params).to(images.dtype)  # bfloat16: resample in float32

@@ -28,7 +28,7 @@ from .checkpoints import Checkpoint, CheckpointStore, ChecksumMismatch, DiskFull
 from .init_from import find_init_source
 from .schedules import Schedule
 from .stats import memory_usage
-from .trainer import GradientSync, SingleProcess, Trainer
+from .trainer import GradientSync, NonfiniteSteps, SingleProcess, Trainer
 
 LOG_FILE = "log.jsonl"
 STARTS_FILE = "starts.json"  # one entry per start of the worker group
@@ -97,6 +97,7 @@ def save_checkpoint(store: CheckpointStore, trainer: Trainer, reader: ShardReade
     disk on any rank raises StorageFull on every rank, with nothing published."""
     sync = trainer.sync
     folder = sync.broadcast_object(store.new_folder_name(trainer.nimg) if sync.rank == 0 else None)
+    trainer.gather_augment_signs()  # into rank 0's trainer.pt
     files = {f"data-rank{sync.rank:04d}.json": json.dumps(reader.state_dict()).encode()}
     if sync.optimizer_sharded:
         files[f"optimizer-rank{sync.rank:04d}.pt"] = torch_bytes(trainer.optimizer_state_dicts())
@@ -383,7 +384,8 @@ def train(config: TrainConfig, *, manifest_url: str, run_url: str | Path, sync: 
     forwards the record to Ray Train).
 
     Raises (on every rank) TrainingDiverged after run.max_nonfinite_steps consecutive steps with a phase
-    skipped for non-finite gradients (no checkpoint is written while such steps go on), StorageFull when a
+    skipped for non-finite gradients, found at the next log or checkpoint step (which then writes no checkpoint;
+    none is written while such steps go on either), StorageFull when a
     checkpoint or snapshot meets a full disk, NoIntactCheckpoint, and ResumeRefused (`resolution_jump`)."""
     run_url, run, sync = str(run_url), config.run, sync or SingleProcess()
     split = batch_split(config, sync.world_size)
@@ -456,18 +458,22 @@ def _train(config: TrainConfig, reader: ShardReader, *, manifest_url: str, run_u
         trainer.stats.add("data_wait_seconds", time.perf_counter() - wait_start)
         trainer.train_step(batch["image"], batch["c"])
         done = trainer.nimg >= total_nimg
-        diverged = bool(run.max_nonfinite_steps) and trainer.nonfinite_streak >= run.max_nonfinite_steps
+        log_due = crossed(before, trainer.nimg, run.log_kimg) or done
         snapshot_due = crossed(before, trainer.nimg, run.snapshot_kimg) or done
         checkpoint_due |= (crossed(before, trainer.nimg, run.checkpoint_kimg) or done
-                           or minutes_passed(sync, last_checkpoint_time, run.checkpoint_minutes))
-        checkpointed = checkpoint_due and trainer.nonfinite_streak == 0
+                           or (log_due and minutes_passed(sync, last_checkpoint_time, run.checkpoint_minutes)))
+        # The device is read at log and checkpoint steps only (with the interval's statistics): steps between
+        # them queue their work on a GPU without waiting for it.
+        nonfinite = trainer.read_nonfinite() if log_due or checkpoint_due else None
+        diverged = diverged_at(nonfinite, run.max_nonfinite_steps)
+        checkpointed = checkpoint_due and not diverged and nonfinite.streak == 0
         if checkpointed:
             standing["checkpoint_nimg"] = trainer.nimg
         # The step's record is made before the checkpoint, which carries it (a resume writes it when a crash
         # lost it); the snapshot's measurement is added after. Snapshot and checkpoint time is left out of the
         # interval's images per second.
         record = None
-        if crossed(before, trainer.nimg, run.log_kimg) or done or diverged:
+        if log_due or diverged:
             record = interval_record(trainer, standing, images_per_second(
                 trainer, tick_nimg, time.perf_counter() - tick_start - maintenance_seconds, tick_compile_seconds))
         maintenance_start = time.perf_counter()
@@ -505,11 +511,17 @@ def _train(config: TrainConfig, reader: ShardReader, *, manifest_url: str, run_u
             run_log.flush()  # the record of a checkpoint's own step, too
         if diverged:
             raise TrainingDiverged(sync.broadcast_object(
-                divergence_message(trainer, store.latest()) if sync.rank == 0 else None))
+                divergence_message(trainer, store.latest(), nonfinite) if sync.rank == 0 else None))
     if checkpoint_due and sync.rank == 0:
         log(f"the last {trainer.nonfinite_streak} steps had non-finite gradients, so the final checkpoint was "
             f"not written; a rerun resumes from the newest one and trains the rest again")
     return trainer
+
+
+def diverged_at(nonfinite: NonfiniteSteps | None, max_nonfinite_steps: int | None) -> bool:
+    """Whether a streak of non-finite steps reached run.max_nonfinite_steps (0 or None: never) since the
+    previous read (`nonfinite`, None when the device was not read at this step)."""
+    return bool(nonfinite is not None and max_nonfinite_steps and nonfinite.longest_streak >= max_nonfinite_steps)
 
 
 def images_per_second(trainer: Trainer, tick_nimg: int, seconds: float, tick_compile_seconds: float) -> float:
@@ -521,19 +533,22 @@ def images_per_second(trainer: Trainer, tick_nimg: int, seconds: float, tick_com
 
 def minutes_passed(sync: GradientSync, since: float, minutes: float | None) -> bool:
     """Whether run.checkpoint_minutes have passed on rank 0's clock since `since` (time.monotonic); every rank
-    gets rank 0's verdict (one all-reduce), so that all of them checkpoint at the same step."""
+    gets rank 0's verdict (one all-reduce), so that all of them checkpoint at the same step. Asked at log steps
+    only: on GPUs the all-reduce goes through the device, and would wait for it at every step."""
     if minutes is None:
         return False
     due = sync.rank == 0 and time.monotonic() - since >= minutes * 60
     return bool(sync.all_reduce_sum(torch.tensor([float(due)])).item())
 
 
-def divergence_message(trainer: Trainer, checkpoint: Checkpoint | None) -> str:
-    """What happened, where, and what to do, for a run stopped by run.max_nonfinite_steps."""
-    streak, last_step, opt = trainer.nonfinite_streak, trainer.step_index - 1, trainer.config.optimizer
+def divergence_message(trainer: Trainer, checkpoint: Checkpoint | None, nonfinite: NonfiniteSteps) -> str:
+    """What happened, where, and what to do, for a run stopped by run.max_nonfinite_steps (`nonfinite`: the read
+    that found the streak)."""
+    streak, last_step, opt = nonfinite.longest_streak, nonfinite.longest_streak_end, trainer.config.optimizer
+    nimg = trainer.nimg - (trainer.step_index - 1 - last_step) * trainer.split.global_batch
     message = (f"training diverged: {streak} consecutive optimizer steps had non-finite gradients (steps "
-               f"{last_step - streak + 1}..{last_step}, the last at {trainer.nimg / 1000:.3f} kimg, "
-               f"{trainer.nimg} images seen; run.max_nonfinite_steps is {trainer.config.run.max_nonfinite_steps}); ")
+               f"{last_step - streak + 1}..{last_step}, the last at {nimg / 1000:.3f} kimg, "
+               f"{nimg} images seen; run.max_nonfinite_steps is {trainer.config.run.max_nonfinite_steps}); ")
     if checkpoint is None:
         message += "no checkpoint was written before the divergence, so a rerun starts over. "
     else:
@@ -547,7 +562,7 @@ def divergence_message(trainer: Trainer, checkpoint: Checkpoint | None) -> str:
 
 def interval_record(trainer: Trainer, standing: dict, images_per_second: float) -> dict:
     """The log record of an interval: progress, run-wide means and each rank's own values (every rank
-    calls this, as the statistics are gathered from all of them)."""
+    calls this, as the statistics are gathered from all of them). Reads the device: a sync point."""
     config = trainer.config
     for name, value in memory_usage(trainer.device).items():
         trainer.stats.report(name, value)

@@ -11,7 +11,10 @@ A checkpoint keeps the optimizer state in the form its backend holds it:
 `adam_state_from_zero_shards` turns the second into torch's per-parameter state, and
 `zero_shards_from_adam_state` cuts torch's state into shards for any number of ranks (cluster/backends.py hands
 those to DeepSpeed's own loader), so a checkpoint resumes under either backend on any number of workers.
-DeepSpeed's key names are spelled out here: training code imports no DeepSpeed.
+DeepSpeed's key names are spelled out here: training code imports no DeepSpeed. A checkpoint also moves between
+the CPU's Adam and CUDA's fused one (eg3d.training.trainer.FUSED_ADAM_DEVICES): `torch_optimizer_state` gives
+it the loading optimizer's `fused` setting, so that torch's loader puts the step counts where that Adam keeps
+them (fused: on the parameters' device).
 """
 
 import torch
@@ -45,12 +48,22 @@ def flat_spans(params: list[torch.Tensor], paddings: list[int] | None) -> list[t
 
 def torch_optimizer_state(states: list[dict], optimizer: torch.optim.Optimizer) -> dict:
     """What `optimizer.load_state_dict` takes, from a checkpoint's optimizer state in either form (`states`: one
-    entry, or every rank's ZeRO shard); `optimizer` holds its parameters unflattened."""
+    entry, or every rank's ZeRO shard), with `optimizer`'s own `fused` setting; `optimizer` holds its parameters
+    unflattened."""
     if not is_zero_shard(states[0]):
-        return states[0]
+        return with_fused_setting_of(optimizer, states[0])
     groups = [group["params"] for group in optimizer.param_groups]
     return {"state": adam_state_from_zero_shards(states, groups),
             "param_groups": optimizer.state_dict()["param_groups"]}
+
+
+def with_fused_setting_of(optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """torch's optimizer `state` (as saved) with the `fused` setting of `optimizer`'s parameter groups: `state`
+    itself when they agree."""
+    fused = [group.get("fused") for group in optimizer.param_groups]
+    if [group.get("fused") for group in state["param_groups"]] == fused:
+        return state
+    return {**state, "param_groups": [{**group, "fused": own} for group, own in zip(state["param_groups"], fused)]}
 
 
 def adam_state_from_zero_shards(shards: list[dict], groups: ParamGroups) -> AdamState:
