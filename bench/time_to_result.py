@@ -161,9 +161,14 @@ def montage(runs: dict[str, list[dict]], latents: int = 2, scale: int = 2) -> Im
     return out
 
 
-def curves(runs: dict[str, list[dict]]):
-    """A matplotlib Figure: one panel per quality value (floors aside) against wall minutes, runs overlaid,
-    each run's evaluator floor dashed in its colour."""
+X_AXES = {"minutes": ("wall minutes", "wall time since the first start"), "kimg": ("kimg (images seen / 1000)",
+                                                                             "images seen")}
+
+
+def curves(runs: dict[str, list[dict]], x: str = "minutes"):
+    """A matplotlib Figure: one panel per quality value (floors aside) against `x` ("minutes": wall minutes;
+    "kimg": images seen, for runs timed on machines under different loads), runs overlaid, each run's evaluator
+    floor dashed in its colour."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -179,7 +184,7 @@ def curves(runs: dict[str, list[dict]]):
     for ax, name in zip(axes, names):
         for index, (run_url, rows) in enumerate(runs.items()):
             color = f"C{index % 10}"
-            points = [(row["minutes"], row[name]) for row in rows if name in row]
+            points = [(row[x], row[name]) for row in rows if name in row]
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, color=color, label=run_name(run_url))
             floors = [row[FLOOR + name] for row in rows if FLOOR + name in row]
@@ -187,13 +192,13 @@ def curves(runs: dict[str, list[dict]]):
                 ax.axhline(floors[-1], linestyle="--", linewidth=1, color=color,
                            label=f"{run_name(run_url)} evaluator floor")
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("wall minutes", fontsize=8)
+        ax.set_xlabel(X_AXES[x][0], fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in axes[len(names):]:  # the grid's empty cells
         ax.set_visible(False)
-    figure.suptitle("Quality against wall time since the first start (lower is better)", fontsize=11)
+    figure.suptitle(f"Quality against {X_AXES[x][1]} (lower is better)", fontsize=11)
     return figure
 
 
@@ -205,6 +210,8 @@ def main(argv=None) -> None:
     parser.add_argument("--latents", type=int, default=2, help="grid rows (latent codes) per snapshot in the montage")
     parser.add_argument("--scale", type=int, default=2, help="enlargement of the montage's images")
     parser.add_argument("--curves", help="write a PNG of every quality value against wall minutes, runs overlaid")
+    parser.add_argument("--x", choices=tuple(X_AXES), default="minutes", help="the curves' x axis: wall minutes, or "
+                        "images seen (for runs timed under different loads)")
     parser.add_argument("--evaluate", metavar="DATA", help="measure every snapshot's 3D quality now against DATA "
                         "(as python -m eg3d.evaluate takes it) instead of reading the logged values")
     args = parser.parse_args(argv)
@@ -222,7 +229,7 @@ def main(argv=None) -> None:
         montage(runs, args.latents, args.scale).save(args.montage)
         print(f"wrote {args.montage}", file=sys.stderr)
     if args.curves:
-        curves(runs).savefig(args.curves)
+        curves(runs, args.x).savefig(args.curves)
         print(f"wrote {args.curves}", file=sys.stderr)
 
 

@@ -106,3 +106,12 @@ def test_curves_one_panel_per_value_runs_overlaid_floors_dashed(time_to_result, 
     time_to_result.main([runs["a"], runs["b"], "--curves", str(out)])
     with Image.open(out) as image:
         assert image.size == (3 * 400, 3 * 300)  # PANEL_INCHES at DPI, three panels a row
+
+
+def test_curves_against_images_seen(time_to_result, runs):
+    pytest.importorskip("matplotlib")
+    figure = time_to_result.curves({url: time_to_result.snapshot_rows(url) for url in runs.values()}, x="kimg")
+    panel = next(ax for ax in figure.axes if ax.get_visible() and ax.get_title() == "pose_error_deg")
+    points = {line.get_label(): list(line.get_xdata()) for line in panel.get_lines() if "floor" not in line.get_label()}
+    assert points == {"a": [0.8, 2.0], "b": [0.8, 1.6]}  # the snapshots' kimg, not their minutes
+    assert panel.get_xlabel().startswith("kimg")
