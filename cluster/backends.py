@@ -32,7 +32,7 @@ import torch.distributed as dist
 from eg3d.config import BatchSplit, batch_split
 from eg3d.training.optimizer_state import (ZERO_ALIGNMENT_PADDINGS, ZERO_FP32_WEIGHTS, ZERO_GROUP_STATES,
                                            adam_state_from_zero_shards, is_zero_shard, zero_shards_from_adam_state)
-from eg3d.training.trainer import GradientSync, Phase, Trainer, gradients_finite
+from eg3d.training.trainer import GradientSync, Phase, Trainer
 
 BACKENDS = ("ddp", "deepspeed")
 
@@ -80,11 +80,6 @@ class DistributedSync(GradientSync):
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
-
-    def all_finite(self, phase: Phase) -> bool:
-        """Every rank must take the same decision, so the local verdicts are combined."""
-        local = torch.tensor([float(gradients_finite(phase.network))])
-        return bool(self.all_reduce_sum(local).item() == self.world_size)
 
 
 class DDPSync(DistributedSync):
