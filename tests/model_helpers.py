@@ -35,3 +35,16 @@ def random_cameras(n: int, seed: int = 0) -> torch.Tensor:
     yaw = torch.pi / 2 + (torch.rand(n, generator=g) - 0.5) * 1.2
     pitch = torch.pi / 2 + (torch.rand(n, generator=g) - 0.5) * 0.6
     return camera.orbit_camera(yaw, pitch)
+
+
+def face_photos(folder):
+    """skimage's astronaut (a face) and chelsea (a cat) written as JPEGs into `folder`; skips the test without
+    scikit-image or MediaPipe (the `faces` extra). Returns the folder."""
+    import pytest
+    from PIL import Image
+
+    data = pytest.importorskip("skimage.data")
+    pytest.importorskip("mediapipe")
+    Image.fromarray(data.astronaut()).save(folder / "astronaut.jpg", quality=95)
+    Image.fromarray(data.chelsea()).save(folder / "chelsea.jpg", quality=95)
+    return folder

@@ -17,7 +17,7 @@ import trimesh
 import torch.nn.functional as F
 from PIL import Image
 
-from model_helpers import micro_config
+from model_helpers import face_photos, micro_config
 from dataloading import face_alignment
 from eg3d import invert
 from eg3d.metrics.lpips import STAND_IN_LABEL, TAP_CHANNELS, VGG16_CONV_INDICES, VGG16_STAGES, load_lpips, random_lpips
@@ -105,12 +105,7 @@ def test_bad_input_exits_2_naming_the_argument(scene, tmp_path, capsys, change, 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """skimage's astronaut (a face) and chelsea (a cat) as JPEGs."""
-    data = pytest.importorskip("skimage.data")
-    pytest.importorskip("mediapipe")
-    folder = tmp_path_factory.mktemp("photos")
-    Image.fromarray(data.astronaut()).save(folder / "astronaut.jpg", quality=95)
-    Image.fromarray(data.chelsea()).save(folder / "chelsea.jpg", quality=95)
-    return folder
+    return face_photos(tmp_path_factory.mktemp("photos"))
 
 
 def command(scene, photo, out, *extra) -> list[str]:

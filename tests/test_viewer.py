@@ -16,7 +16,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from model_helpers import micro_config
+from model_helpers import face_photos, micro_config
 from distributed_helpers import free_port
 from dataloading import face_alignment
 from eg3d import generate, invert, viewer
@@ -158,11 +158,7 @@ def test_the_mesh_files_hold_the_same_coloured_surface(view_server):
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """skimage's astronaut (a face) and chelsea (a cat) as JPEGs, and the astronaut's face found by the library."""
-    data = pytest.importorskip("skimage.data")
-    pytest.importorskip("mediapipe")
-    folder = tmp_path_factory.mktemp("photos")
-    Image.fromarray(data.astronaut()).save(folder / "astronaut.jpg", quality=95)
-    Image.fromarray(data.chelsea()).save(folder / "chelsea.jpg", quality=95)
+    folder = face_photos(tmp_path_factory.mktemp("photos"))
     with face_alignment.FaceLandmarker() as model:
         face = face_alignment.align_face(face_alignment.load_photo(folder / "astronaut.jpg"), model)
     return {"folder": folder, "astronaut": folder / "astronaut.jpg", "chelsea": folder / "chelsea.jpg", "face": face}

@@ -2,7 +2,6 @@
 
 import dataclasses
 
-from .batch_rule import batch_rule
 from .schema import (AugmentConfig, DataConfig, EmaConfig, EvaluatorConfig, LossConfig, MetricsConfig, ModelConfig,
                      OptimizerConfig, RenderingConfig, RunConfig, TrainConfig)
 
@@ -87,7 +86,7 @@ def tiny() -> TrainConfig:
     fd_data 50 and 64 (two runs) against 67, more of its objects recognised by the evaluator (tori 56 of 512
     against 3), pose and depth error no worse (docs/dev-log.md, 2026-12-07; 4x was worse)."""
     batch_size = 8
-    ema_kimg = dict(batch_rule(ffhq512(), batch_size))["ema.ema_kimg"]  # the reference's half-life at this batch
+    ema_kimg = 10 * batch_size / 32  # the reference's half-life at this batch (10 kimg per 32 images)
     return TrainConfig(
         preset="tiny",
         model=ModelConfig(z_dim=64, w_dim=64, mapping_layers=2, backbone_resolution=32, backbone_channel_base=2048,
