@@ -15,7 +15,9 @@
 #   5. torch.profiler of one ffhq512 iteration (bench/train_step.py --profile), into the log only
 #   6. host syncs per ordinary training step, ADA on (bench/train_step.py --syncs: CUDA's sync debug mode
 #      warns at each; ADA's adjustment alone should be left, once every augment.interval steps)
-#   7. stage 2 again with --compile, when bench/train_step.py has that flag
+#   7. per phase (Gmain, Greg, Dmain, Dreg, the rest of the step) of an iteration with every phase due: time,
+#      peak memory, host syncs and MFU (bench/train_step.py --phases), eager fp32, eager bf16, compiled bf16
+#   8. stage 2 again with --compile, when bench/train_step.py has that flag
 # Nothing here needs Ray, DALI or DeepSpeed; their absence is noted, and the DALI reader is benched when present.
 # Results: gpu_check.log (everything printed), gpu_check.jsonl (one JSON record per measurement or
 # stage) and gpu_check.txt (the table), in $OUT when set, else in a temporary folder named at the end.
@@ -42,11 +44,13 @@ if [ $DRY_RUN = 1 ]; then
   # Tiny shapes and intervals: 2 steps, every phase due within them.
   SHAPE=(--set run.batch_size=2 --set loss.r1_interval=2 --set loss.density_reg_interval=2)
   LOOP_STEPS=(--steps 2 --warmup 0) PROFILE_WARMUP=0 DATA_COUNT=16 SYNC_STEPS=(--steps 2 --warmup 1)
+  PHASE_STEPS=(--steps 1 --warmup 1)
   PYTEST=("$PYTHON" -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider)
 else
   PRESET=ffhq512 CORES=$(nproc) RESOLUTION=512
   SHAPE=(--set run.batch_size=4)
   LOOP_STEPS=(--steps 16 --warmup 1) PROFILE_WARMUP=2 DATA_COUNT=64 SYNC_STEPS=(--steps 16 --warmup 2)
+  PHASE_STEPS=(--steps 3 --warmup 2)
   PYTEST=("$PYTHON" -m pytest -m gpu tests/test_gpu.py -q -rs -p no:cacheprovider)
 fi
 
@@ -95,6 +99,11 @@ stage "reader" 120 "$PYTHON" bench/data.py --resolutions "$RESOLUTION" --count "
   --threads "$CORES" --backends "${BACKENDS[@]}" --no-s3 --no-consumer --json "$JSONL"
 stage "profile" 90 "${TRAIN[@]}" --profile --warmup "$PROFILE_WARMUP"
 stage "syncs" 90 "${TRAIN[@]}" --syncs "${SYNC_STEPS[@]}" --set augment.kind=ada --set augment.p=0.2
+stage "phases fp32" 60 "${TRAIN[@]}" --phases "${PHASE_STEPS[@]}" --dtype fp32
+stage "phases bf16" 60 "${TRAIN[@]}" --phases "${PHASE_STEPS[@]}" --dtype bf16
+if [ "$DRY_RUN" = 0 ]; then
+  stage "phases bf16 compiled" 150 "${TRAIN[@]}" --phases "${PHASE_STEPS[@]}" --dtype bf16 --compile
+fi
 if [ "$DRY_RUN" = 1 ]; then
   note "compile: skipped in a dry run (a cold torch.compile takes minutes on 2 CPU cores; tests/test_compile.py checks run.compile on the CPU)"
 elif "$PYTHON" bench/train_step.py --help 2>/dev/null | grep -q -- '--compile'; then
@@ -127,6 +136,13 @@ for r in records:
         found = "n/a" if r["syncs_per_step"] is None else f"{r['syncs_per_step']:.2f}"
         print(f"{name:<34} {'':>9} {'':>9} {'':>7} {'':>8}  {found} per ordinary step over {r['steps']} steps "
               f"(ADA {r['augment']}, its adjustments alone {r['expected_per_step']:.2f}), {r['device']}")
+    elif r.get("how") == "phase":
+        name = f"{r['preset']} {r['dtype']}{' compiled' if r['compile'] else ''} {r['phase']}"
+        peak = "" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        syncs = "n/a" if r["syncs"] is None else f"{r['syncs']:.1f}"
+        print(f"{name:<34} {'':>9} {peak:>9} {mfu:>7} {r['ms'] / 1000:>8.3f}  s/run, host syncs {syncs}, "
+              f"{r['gflops']:.0f} GFLOP at batch {r['batch']}, every phase due")
     elif r.get("how") == "G forward, batch 1":
         name = f"{r['preset']} G forward batch 1 {r['dtype']}"
         print(f"{name:<34} {'':>9} {'':>9} {'':>7} {r['seconds']:>8.3f}  neural rendering {r['neural_rendering_resolution']}")

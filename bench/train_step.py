@@ -7,6 +7,7 @@
     python bench/train_step.py --presets --g-forward ffhq512        # only the G forward time at batch 1
     python bench/train_step.py --compile --threads 1  # run.compile, one torch thread
     python bench/train_step.py --syncs --set augment.kind=ada --set augment.p=0.2  # host syncs per step (GPU)
+    python bench/train_step.py --presets ffhq512 --set run.batch_size=4 --phases --dtype bf16   # per phase
 
 The default rows time `Trainer.train_step` on a resident synthetic batch. `--loop` times the single-process
 worker loop (`eg3d.training.loop.train`: shard reader, trainer, logging) on a local shard folder it writes
@@ -27,6 +28,11 @@ every synchronizing CUDA call (a read of a device value, a copy from pageable ho
 With ADA on, its adjustment reads its signal once every augment.interval steps (the expected count is
 printed beside). On a CPU there is nothing to wait for: the steps run and the count is n/a
 (tests/test_host_syncs.py counts there the calls that would wait on a GPU).
+
+`--phases` runs iterations with every phase due and gives each phase (and the rest of the step: buffers, EMA,
+bookkeeping) a row: milliseconds per run (synchronized before and after it), peak GPU memory, host syncs per run
+(a second pass under the sync debug mode) and MFU from the phase's own FLOPs (FlopCounterMode, as
+bench/scaling_model.py counts them).
 
 MFU (model FLOPs utilization) = training FLOPs per image x images/s / the device's peak FLOP/s, where
 
@@ -194,6 +200,103 @@ def print_syncs(row: dict) -> None:
           f"{row['device']}")
 
 
+def phase_costs(config) -> dict:
+    """{phase name: FLOPs per image} of each phase's forward and backward passes, counted by FlopCounterMode on
+    the meta device after the fades (bench/scaling_model.py's count_phases), as many at any precision."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from scaling_model import count_phases
+
+    config = copy.deepcopy(config)
+    config.run.precision = "fp32"  # autocast has no meta device
+    return {phase.name: phase.flops for phase in count_phases(config).phases}
+
+
+def measure_phases(config, device: torch.device, steps: int, warmup: int, peak_override: float | None) -> list[dict]:
+    """Per phase of an iteration with every phase due (Gmain, Greg, Dmain, Dreg, as at step 0), then the rest
+    of the step (buffers, EMA, bookkeeping): milliseconds per run (synchronized before and after, so each is
+    the phase's own), peak memory, host syncs per run (a second pass without the synchronizes, CUDA's sync
+    debug mode) and MFU = the phase's FLOPs per image x batch / its time / the device's peak."""
+    trainer = make_trainer(config, device)
+    img, c = fake_batch(config, config.run.batch_size, device)
+    names = [phase.name for phase in trainer.phases]
+    for _ in range(warmup):  # every phase due in each, so that a compiled run compiles them all here
+        trainer.step_index = 0
+        trainer.train_step(img, c)
+    seconds, peaks, syncs = {}, {}, {}
+    run_phase = trainer._run_phase
+
+    def add(table: dict, name: str, value) -> None:
+        table[name] = table.get(name, 0) + value
+
+    def timed(phase_index, *args):
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        finite = run_phase(phase_index, *args)
+        synchronize(device)
+        add(seconds, names[phase_index], time.perf_counter() - start)
+        if device.type == "cuda":  # a CPU has only the process's peak RSS, no peak per phase
+            peaks[names[phase_index]] = max(peaks.get(names[phase_index], 0), peak_memory_bytes(device))
+        return finite
+
+    def counted(phase_index, *args):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            finite = run_phase(phase_index, *args)
+        add(syncs, names[phase_index], sum("synchroniz" in str(warning.message) for warning in caught))
+        return finite
+
+    trainer._run_phase = timed
+    for _ in range(steps):
+        trainer.step_index = 0
+        in_phases = sum(seconds.get(name, 0.0) for name in names)
+        synchronize(device)
+        start = time.perf_counter()
+        trainer.train_step(img, c)
+        synchronize(device)
+        add(seconds, "rest", time.perf_counter() - start - (sum(seconds[name] for name in names) - in_phases))
+    if device.type == "cuda":  # on a CPU nothing waits: no count
+        trainer._run_phase = counted
+        for _ in range(steps):
+            trainer.step_index = 0
+            synchronize(device)
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    trainer.train_step(img, c)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            add(syncs, "rest", sum("synchroniz" in str(warning.message) for warning in caught))
+    trainer._run_phase = run_phase
+    flops = phase_costs(config)
+    peak = peak_tflops(device, config.run.precision, peak_override)
+    rows = []
+    for name in names + ["rest"]:
+        ms = 1000 * seconds[name] / steps
+        phase_flops = flops.get(name, 0.0) * config.run.batch_size
+        rows.append({"preset": config.preset, "how": "phase", "phase": name, "device": device_name(device),
+                     "dtype": config.run.precision, "compile": config.run.compile, "batch": config.run.batch_size,
+                     "steps": steps, "ms": ms, "peak_memory_mib": peaks[name] / 2**20 if name in peaks else None,
+                     "syncs": None if device.type != "cuda" else syncs.get(name, 0) / steps,
+                     "gflops": phase_flops / 1e9,
+                     "mfu": phase_flops / (ms / 1000) / (peak * 1e12) if peak and phase_flops else None})
+    return rows
+
+
+def print_phases(rows: list[dict]) -> None:
+    first = rows[0]
+    print(f"{first['preset']} {first['dtype']}{' compiled' if first['compile'] else ''}, batch {first['batch']}, "
+          f"every phase due, {first['steps']} iterations, {first['device']}")
+    print(f"{'phase':<6} {'ms':>9} {'peak MiB':>9} {'syncs':>6} {'GFLOP':>8} {'MFU':>6}")
+    for r in rows:
+        peak = "" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
+        syncs = "n/a" if r["syncs"] is None else f"{r['syncs']:.1f}"
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        print(f"{r['phase']:<6} {r['ms']:>9.1f} {peak:>9} {syncs:>6} {r['gflops']:>8.0f} {mfu:>6}")
+
+
 def bench_loop(config, device: torch.device, steps: int, warmup: int) -> dict:
     """Images/s of the worker loop's last log interval: `steps` (whole lazy periods) after `warmup` such
     intervals (0: the one interval timed includes the first step)."""
@@ -336,6 +439,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile one iteration of each preset")
     parser.add_argument("--loop", action="store_true", help="time the worker loop on a local shard folder")
     parser.add_argument("--syncs", action="store_true", help="count the host syncs of ordinary steps (CUDA)")
+    parser.add_argument("--phases", action="store_true",
+                        help="per phase: time, peak memory, host syncs and MFU, every phase due")
     parser.add_argument("--g-forward", default="ffhq512", metavar="PRESET|none",
                         help="time G's forward pass at batch 1 for this preset (default ffhq512)")
     parser.add_argument("--json", default=None, metavar="PATH", help="append each result as a JSON line")
@@ -357,6 +462,10 @@ def main() -> None:
             parser.error(str(error))
         if args.profile:
             profile_iteration(config, device, args.warmup)
+        elif args.phases:
+            phase_rows = measure_phases(config, device, args.steps, args.warmup, args.peak_tflops)
+            print_phases(phase_rows)
+            sync_rows += phase_rows
         elif args.syncs:
             sync_rows.append(count_syncs(config, device, args.steps, args.warmup))
             print_syncs(sync_rows[-1])
