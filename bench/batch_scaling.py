@@ -13,8 +13,8 @@ each: on 2 cores two 1-thread processes train more images than one 2-thread one)
 
 The report reads every run's log.jsonl: per batch and snapshot (kimg), the mean and the spread (min-max) over
 seeds of fd_data, pose_error_deg and depth_error (all lower is better), and each relative to batch 8 at the
-same kimg. `--curves` draws them against images seen, one line per batch with its seeds' range shaded (needs
-matplotlib: pip install -e '.[bench]').
+same kimg. `--curves` draws them against images seen and, below, against optimizer steps, one colour per batch
+(the square-root rule dashed) with the seeds' range shaded (needs matplotlib: pip install -e '.[bench]').
 """
 
 import argparse
@@ -141,23 +141,34 @@ def report(table) -> str:
 
 
 def draw_curves(table, path: str) -> None:
+    """Two rows of panels, one per metric: against images seen (the rule's claim) and against optimizer steps
+    (log scale); one colour per batch, the square-root rule dashed, the seeds' range shaded."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise SystemExit("--curves needs matplotlib: pip install -e '.[bench]'") from None
-    figure = Figure(figsize=(12, 3.4), dpi=100, layout="constrained")
-    for ax, metric in zip(figure.subplots(1, len(METRICS)), METRICS):
-        for index, ((batch, lr_rule), by_kimg) in enumerate(sorted(table.items())):
-            kimgs = sorted(by_kimg)
-            seeds = [by_kimg[k][metric] for k in kimgs]
-            label = f"batch {batch}" + ("" if lr_rule == "none" else f", lr x sqrt(B/8)") + f" (n={len(seeds[-1])})"
-            ax.plot(kimgs, [mean(s) for s in seeds], marker="o", markersize=3, color=f"C{index}", label=label)
-            ax.fill_between(kimgs, [min(s) for s in seeds], [max(s) for s in seeds], color=f"C{index}", alpha=0.15)
-        ax.set_title(f"{metric} (lower is better)", fontsize=10)
-        ax.set_xlabel("kimg (images seen / 1000)", fontsize=8)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    figure = Figure(figsize=(12, 6.4), dpi=100, layout="constrained")
+    panels = figure.subplots(2, len(METRICS))
+    batches = sorted({batch for batch, _ in table})
+    for row, (x_name, x_of) in enumerate((("kimg (images seen / 1000)", lambda kimg, batch: kimg),
+                                          ("optimizer steps", lambda kimg, batch: 1000 * kimg / batch))):
+        for ax, metric in zip(panels[row], METRICS):
+            for (batch, lr_rule), by_kimg in sorted(table.items()):
+                kimgs = sorted(by_kimg)
+                seeds = [by_kimg[k][metric] for k in kimgs]
+                x = [x_of(k, batch) for k in kimgs]
+                color = f"C{batches.index(batch)}"
+                label = f"batch {batch}" + ("" if lr_rule == "none" else ", lr x sqrt(B/8)") + f" (n={len(seeds[-1])})"
+                ax.plot(x, [mean(s) for s in seeds], marker="o", markersize=3, color=color,
+                        linestyle="-" if lr_rule == "none" else "--", label=label)
+                ax.fill_between(x, [min(s) for s in seeds], [max(s) for s in seeds], color=color, alpha=0.12)
+            ax.set_title(f"{metric} (lower is better)", fontsize=10)
+            ax.set_xlabel(x_name, fontsize=8)
+            if row == 1:
+                ax.set_xscale("log")
+            ax.tick_params(labelsize=8)
+            ax.grid(alpha=0.3)
+    panels[0][0].legend(fontsize=7)
     figure.savefig(path)
     print(f"wrote {path}")
 
