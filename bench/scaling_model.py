@@ -36,8 +36,8 @@ trains 4 images a step (the paper's 32 on 8 GPUs), so the global batch grows wit
   overlapped      the reduction runs in buckets during the phase's backward: exposed is what the backward does not
                   cover, and at least the last bucket (25 MiB, DDP's)
   checkpoint      rank 0 uploads trainer.pt while every rank waits (eg3d.training.loop.save_checkpoint), every
-                  run.checkpoint_kimg or run.checkpoint_minutes, whichever comes first: bytes / write bandwidth,
-                  spread over that interval
+                  run.checkpoint_kimg (as the --batch rule scales it: x batch / 32) or run.checkpoint_minutes,
+                  whichever comes first: bytes / write bandwidth, spread over that interval
   efficiency      compute / (compute + exposed communication + checkpoint)
 NCCL chooses its own rings and trees; this is the bandwidth-optimal schedule with a latency term, a lower bound
 on its time. Not modelled: the snapshots' quality measurement (split over the ranks, so the same share of time at
@@ -60,6 +60,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from eg3d.config.batch_rule import batch_rule
 from eg3d.config.presets import get_preset
 from eg3d.training.schedules import Schedule
 from eg3d.training.trainer import SingleProcess, Trainer
@@ -292,9 +293,11 @@ def fabrics(args) -> list[Fabric]:
 
 
 def checkpoint_every(step_s: float, gpus: int, config, *, by_time_only: bool = False) -> float:
-    """Seconds of training between two checkpoints at `step_s` a step (by_time_only: run.checkpoint_kimg ignored)."""
+    """Seconds of training between two checkpoints at `step_s` a step, with run.checkpoint_kimg as the --batch
+    rule scales the preset's (`config`) to the batch of `gpus` (by_time_only: run.checkpoint_kimg ignored)."""
+    checkpoint_kimg = dict(batch_rule(config, gpus * PER_GPU_BATCH))["run.checkpoint_kimg"]
     return checkpoint_interval_seconds(gpus * PER_GPU_BATCH / step_s,
-                                       checkpoint_kimg=math.inf if by_time_only else config.run.checkpoint_kimg,
+                                       checkpoint_kimg=math.inf if by_time_only else checkpoint_kimg,
                                        checkpoint_minutes=config.run.checkpoint_minutes)
 
 
@@ -355,7 +358,8 @@ def print_recipes(counts: Counts, seconds: list[float], config, args) -> None:
 def print_efficiency(counts: Counts, seconds: list[float], config, args) -> None:
     step_s = per_step(seconds, [p.interval for p in counts.phases])
     print(f"\nefficiency = compute / (compute + exposed communication + checkpoint), per network. today: fp32 "
-          f"gradients reduced after each backward, a checkpoint every {config.run.checkpoint_kimg:g} kimg or "
+          f"gradients reduced after each backward, a checkpoint every {config.run.checkpoint_kimg:g} kimg x batch / "
+          f"{config.run.batch_size} (the --batch rule) or "
           f"{config.run.checkpoint_minutes:g} min; bf16: bf16 gradients; overlap: reduced in buckets during the "
           f"backward; both; +ckpt: both, and checkpoints every {config.run.checkpoint_minutes:g} min only. "
           "limit: the larger cost today, as a share of the step")

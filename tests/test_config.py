@@ -113,25 +113,31 @@ def test_inconsistent_configs_are_rejected(override, named):
 
 def test_the_batch_rule_scales_the_ema_half_life_and_the_blur_fade_as_the_reference_does():
     """The reference's train.py: ema_kimg = 10 * batch / 32 and blur fade 200 * batch / 32 kimg; a preset's own
-    values are scaled by batch / its batch (tiny trains 8: 2.5 and 1 kimg)."""
-    assert batch_rule(ffhq512(), 256) == [("ema.ema_kimg", 80.0), ("loss.blur_fade_kimg", 1600.0)]
-    assert batch_rule(afhq512(), 128) == [("ema.ema_kimg", 40.0), ("loss.blur_fade_kimg", 800.0)]
-    assert batch_rule(ffhq512(), 32) == [("ema.ema_kimg", 10.0), ("loss.blur_fade_kimg", 200.0)]
-    assert batch_rule(tiny(), 16) == [("ema.ema_kimg", 5.0), ("loss.blur_fade_kimg", 2.0)]
+    values are scaled by batch / its batch (tiny trains 8: 2.5 and 1 kimg); and the checkpoint interval (200 kimg
+    at 32, tiny's 2 at 8), so that checkpoints come every as many steps."""
+    assert batch_rule(ffhq512(), 256) == [("ema.ema_kimg", 80.0), ("loss.blur_fade_kimg", 1600.0),
+                                          ("run.checkpoint_kimg", 1600.0)]
+    assert batch_rule(afhq512(), 128) == [("ema.ema_kimg", 40.0), ("loss.blur_fade_kimg", 800.0),
+                                          ("run.checkpoint_kimg", 800.0)]
+    assert batch_rule(ffhq512(), 32) == [("ema.ema_kimg", 10.0), ("loss.blur_fade_kimg", 200.0),
+                                         ("run.checkpoint_kimg", 200.0)]
+    assert batch_rule(tiny(), 16) == [("ema.ema_kimg", 5.0), ("loss.blur_fade_kimg", 2.0), ("run.checkpoint_kimg", 4.0)]
 
 
 def test_the_batch_rule_changes_nothing_else_and_leaves_fields_set_with_set():
     preset = afhq512()
     config = apply_overrides(preset, ["ema.ema_kimg=20", "run.batch_size=256"])
     adjusted, applied = apply_batch_rule(config, preset, {"ema.ema_kimg"})
-    assert applied == [("loss.blur_fade_kimg", 1600.0)]
+    assert applied == [("loss.blur_fade_kimg", 1600.0), ("run.checkpoint_kimg", 1600.0)]
     assert (adjusted.ema.ema_kimg, adjusted.loss.blur_fade_kimg, adjusted.run.batch_size) == (20.0, 1600.0, 256)
     changed = {f"{section}.{name}" for section, fields in adjusted.to_dict().items() if isinstance(fields, dict)
                for name, value in fields.items() if value != getattr(getattr(preset, section), name)}
-    assert changed == {"ema.ema_kimg", "loss.blur_fade_kimg", "run.batch_size"}  # rates, intervals, fades in images kept
+    # rates, regularization intervals, fades in images, snapshot and log intervals kept
+    assert changed == {"ema.ema_kimg", "loss.blur_fade_kimg", "run.checkpoint_kimg", "run.batch_size"}
     assert describe_batch_rule(adjusted, preset, applied).startswith(
-        "--batch 256 (preset afhq512 trains 32) scales the schedules the reference ties to optimizer steps: "
-        "loss.blur_fade_kimg=1600.0; kept as set with --set: ema.ema_kimg=20.0; the learning rates")
+        "--batch 256 (preset afhq512 trains 32) scales the schedules the reference ties to optimizer steps, and the "
+        "checkpoint interval: loss.blur_fade_kimg=1600.0, run.checkpoint_kimg=1600.0; kept as set with --set: "
+        "ema.ema_kimg=20.0; the learning rates")
 
 
 def test_augment_overrides():

@@ -150,6 +150,7 @@ def test_the_large_batch_table_names_each_schedule_and_the_rule_it_follows():
                  for f in dataclasses.fields(section.type) if re.search(r"(kimg|interval)$", f.name)}
     assert schedules - {"evaluator.kimg"} <= listed, sorted(schedules - listed)
     scaled = {f for fields, rule, _ in rows.values() if rule.startswith("x batch") for f in fields}
-    assert scaled == set(SCALED_WITH_BATCH) == {"ema.ema_kimg", "loss.blur_fade_kimg"}
+    assert scaled == set(SCALED_WITH_BATCH) == {"ema.ema_kimg", "loss.blur_fade_kimg", "run.checkpoint_kimg"}
     at_256 = {fields[0]: cells[-1] for label, (fields, _, cells) in rows.items() if label not in DERIVED_ROWS}
-    assert (at_256["ema.ema_kimg"], at_256["loss.blur_fade_kimg"]) == ("80", "1600")  # 10 and 200 x 256 / 32
+    # 10, 200 and 200 x 256 / 32
+    assert (at_256["ema.ema_kimg"], at_256["loss.blur_fade_kimg"], at_256["run.checkpoint_kimg"]) == ("80", "1600", "1600")

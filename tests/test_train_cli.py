@@ -598,7 +598,8 @@ def test_print_config_applies_the_init_from_adjustments_and_quotes_text_that_set
 
 
 BATCH_RULE_NOTE = ("# --batch 256 (preset ffhq512 trains 32) scales the schedules the reference ties to optimizer "
-                   "steps: ema.ema_kimg=80.0, loss.blur_fade_kimg=1600.0; the learning rates, the regularization "
+                   "steps, and the checkpoint interval: ema.ema_kimg=80.0, loss.blur_fade_kimg=1600.0, "
+                   "run.checkpoint_kimg=1600.0; the learning rates, the regularization "
                    "intervals and the other schedules stay (docs/training.md, \"Large batches: 16 to 64 GPUs\")")
 
 
@@ -612,7 +613,8 @@ def test_print_config_of_batch_256_on_16_to_64_workers_applies_the_batch_rule(tm
     argv = ["--preset", "ffhq512", "--batch", "256", "--workers", "16:64"]
     comments, settings = printed_settings(argv, capsys)
     assert BATCH_RULE_NOTE in comments
-    assert {"run.batch_size=256", "ema.ema_kimg=80.0", "loss.blur_fade_kimg=1600.0", "distributed.min_workers=16",
+    assert {"run.batch_size=256", "ema.ema_kimg=80.0", "loss.blur_fade_kimg=1600.0", "run.checkpoint_kimg=1600.0",
+            "run.snapshot_kimg=200.0", "distributed.min_workers=16",
             "distributed.max_workers=64", "ema.rampup=0.05", "optimizer.g_lr=0.0025", "optimizer.d_lr=0.002",
             "loss.r1_interval=16", "loss.density_reg_interval=4", "loss.gpc_fade_kimg=1000.0",
             "rendering.neural_rendering_resolution_fade_kimg=1000.0", "augment.ada_kimg=500.0", "augment.interval=4",
@@ -624,7 +626,8 @@ def test_print_config_of_batch_256_on_16_to_64_workers_applies_the_batch_rule(tm
 def test_a_field_set_with_set_keeps_its_value_over_the_batch_rule_and_the_printout_says_so(capsys):
     comments, settings = printed_settings(["--preset", "afhq512", "--batch", "128", "--set", "ema.ema_kimg=20"], capsys)
     assert any(line.startswith("# --batch 128 (preset afhq512 trains 32) scales the schedules the reference ties to "
-                               "optimizer steps: loss.blur_fade_kimg=800.0; kept as set with --set: ema.ema_kimg=20.0;")
+                               "optimizer steps, and the checkpoint interval: loss.blur_fade_kimg=800.0, run.checkpoint_kimg=800.0; kept as set "
+                               "with --set: ema.ema_kimg=20.0;")
                for line in comments), comments
     assert {"ema.ema_kimg=20.0", "loss.blur_fade_kimg=800.0", "run.batch_size=128"} <= set(settings)
     # --set run.batch_size changes the batch alone: no rule, no note
