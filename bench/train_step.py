@@ -218,71 +218,90 @@ def measure_phases(config, device: torch.device, steps: int, warmup: int, peak_o
     debug mode) and MFU = the phase's FLOPs per image x batch / its time / the device's peak."""
     trainer = make_trainer(config, device)
     img, c = fake_batch(config, config.run.batch_size, device)
-    names = [phase.name for phase in trainer.phases]
     for _ in range(warmup):  # every phase due in each, so that a compiled run compiles them all here
         trainer.step_index = 0
         trainer.train_step(img, c)
-    seconds, peaks, syncs = {}, {}, {}
-    run_phase = trainer._run_phase
-
-    def add(table: dict, name: str, value) -> None:
-        table[name] = table.get(name, 0) + value
-
-    def timed(phase_index, *args):
-        synchronize(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        finite = run_phase(phase_index, *args)
-        synchronize(device)
-        add(seconds, names[phase_index], time.perf_counter() - start)
-        if device.type == "cuda":  # a CPU has only the process's peak RSS, no peak per phase
-            peaks[names[phase_index]] = max(peaks.get(names[phase_index], 0), peak_memory_bytes(device))
-        return finite
-
-    def counted(phase_index, *args):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            finite = run_phase(phase_index, *args)
-        add(syncs, names[phase_index], sum("synchroniz" in str(warning.message) for warning in caught))
-        return finite
-
-    trainer._run_phase = timed
-    for _ in range(steps):
-        trainer.step_index = 0
-        in_phases = sum(seconds.get(name, 0.0) for name in names)
-        synchronize(device)
-        start = time.perf_counter()
-        trainer.train_step(img, c)
-        synchronize(device)
-        add(seconds, "rest", time.perf_counter() - start - (sum(seconds[name] for name in names) - in_phases))
-    if device.type == "cuda":  # on a CPU nothing waits: no count
-        trainer._run_phase = counted
-        for _ in range(steps):
-            trainer.step_index = 0
-            synchronize(device)
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    trainer.train_step(img, c)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-            add(syncs, "rest", sum("synchroniz" in str(warning.message) for warning in caught))
-    trainer._run_phase = run_phase
+    seconds, peaks = time_phases(trainer, img, c, steps)
+    syncs = count_phase_syncs(trainer, img, c, steps) if device.type == "cuda" else None  # a CPU waits for nothing
     flops = phase_costs(config)
     peak = peak_tflops(device, config.run.precision, peak_override)
     rows = []
-    for name in names + ["rest"]:
+    for name in [phase.name for phase in trainer.phases] + ["rest"]:
         ms = 1000 * seconds[name] / steps
         phase_flops = flops.get(name, 0.0) * config.run.batch_size
         rows.append({"preset": config.preset, "how": "phase", "phase": name, "device": device_name(device),
                      "dtype": config.run.precision, "compile": config.run.compile, "batch": config.run.batch_size,
                      "steps": steps, "ms": ms, "peak_memory_mib": peaks[name] / 2**20 if name in peaks else None,
-                     "syncs": None if device.type != "cuda" else syncs.get(name, 0) / steps,
-                     "gflops": phase_flops / 1e9,
+                     "syncs": None if syncs is None else syncs.get(name, 0) / steps, "gflops": phase_flops / 1e9,
                      "mfu": phase_flops / (ms / 1000) / (peak * 1e12) if peak and phase_flops else None})
     return rows
+
+
+def each_phase(trainer: Trainer, around) -> None:
+    """Wrap `trainer._run_phase` (one phase of train_step) in `around(name, run)`; `None` unwraps it."""
+    if around is None:
+        del trainer._run_phase
+        return
+    names, run_phase = [phase.name for phase in trainer.phases], trainer._run_phase
+    trainer._run_phase = lambda phase_index, *args: around(names[phase_index],
+                                                            lambda: run_phase(phase_index, *args))
+
+
+def time_phases(trainer: Trainer, img, c, steps: int) -> tuple[dict, dict]:
+    """({phase or "rest": seconds over `steps` iterations with every phase due}, {phase: peak GPU bytes})."""
+    device, seconds, peaks = trainer.device, {}, {}
+
+    def timed(name, run):
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        finite = run()
+        synchronize(device)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+        if device.type == "cuda":  # a CPU has only the process's peak RSS, no peak per phase
+            peaks[name] = max(peaks.get(name, 0), peak_memory_bytes(device))
+        return finite
+
+    each_phase(trainer, timed)
+    for _ in range(steps):
+        trainer.step_index = 0
+        in_phases = sum(seconds.values()) - seconds.get("rest", 0.0)
+        synchronize(device)
+        start = time.perf_counter()
+        trainer.train_step(img, c)
+        synchronize(device)
+        step_phases = sum(seconds.values()) - seconds.get("rest", 0.0) - in_phases
+        seconds["rest"] = seconds.get("rest", 0.0) + time.perf_counter() - start - step_phases
+    each_phase(trainer, None)
+    return seconds, peaks
+
+
+def count_phase_syncs(trainer: Trainer, img, c, steps: int) -> dict:
+    """{phase or "rest": host syncs over `steps` iterations with every phase due}, by CUDA's sync debug mode."""
+    syncs = {}
+
+    def counted(name, run):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            finite = run()
+        syncs[name] = syncs.get(name, 0) + sum("synchroniz" in str(warning.message) for warning in caught)
+        return finite
+
+    each_phase(trainer, counted)
+    for _ in range(steps):
+        trainer.step_index = 0
+        synchronize(trainer.device)
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:  # what the phases' own catches leave
+                warnings.simplefilter("always")
+                trainer.train_step(img, c)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        syncs["rest"] = syncs.get("rest", 0) + sum("synchroniz" in str(warning.message) for warning in caught)
+    each_phase(trainer, None)
+    return syncs
 
 
 def print_phases(rows: list[dict]) -> None:
