@@ -5,8 +5,8 @@
     python bench/batch_scaling.py --out runs/batch-scaling --report --curves docs/batch-scaling.png
 
 Each run is `tiny` with `--batch B` as `python -m eg3d.train` applies it (eg3d.config.batch_rule: the EMA
-half-life and the blur fade scaled with the batch, everything else kept) and one seed; gradient accumulation in
-micro-batches of 8 gives the arithmetic of B / 8 workers at 8 images each on one process. `--lr-rule sqrt`
+half-life, the blur fade and the checkpoint interval scaled with the batch, everything else kept) and one seed;
+gradient accumulation in micro-batches of 8 gives the arithmetic of B / 8 workers at 8 images each on one process. `--lr-rule sqrt`
 also multiplies both learning rates by sqrt(B / 8) (the square-root rule of Krizhevsky 2014 and Malladi et al.
 2022 for Adam), the rule the reference does not apply. Runs go in parallel (`--parallel`, one torch thread
 each: on 2 cores two 1-thread processes train more images than one 2-thread one) and resume where they stopped.

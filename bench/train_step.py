@@ -32,7 +32,9 @@ printed beside). On a CPU there is nothing to wait for: the steps run and the co
 `--phases` runs iterations with every phase due and gives each phase (and the rest of the step: buffers, EMA,
 bookkeeping) a row: milliseconds per run (synchronized before and after it), peak GPU memory, host syncs per run
 (a second pass under the sync debug mode) and MFU from the phase's own FLOPs (FlopCounterMode, as
-bench/scaling_model.py counts them).
+bench/scaling_model.py counts them) over the peak of the precision it runs in (Greg and Dreg always float32;
+the scaling model assumes TF32 for those, this uses the float32 peak of the table below, so cuDNN's TF32
+convolutions can read above 100%). The paragraph below is the MFU of the default and --loop rows.
 
 MFU (model FLOPs utilization) = training FLOPs per image x images/s / the device's peak FLOP/s, where
 
@@ -201,21 +203,24 @@ def print_syncs(row: dict) -> None:
 
 
 def phase_costs(config) -> dict:
-    """{phase name: FLOPs per image} of each phase's forward and backward passes, counted by FlopCounterMode on
-    the meta device after the fades (bench/scaling_model.py's count_phases), as many at any precision."""
+    """{phase name: (FLOPs per image, whether it runs in bf16 under run.precision bf16)} of each phase's forward
+    and backward passes, counted by FlopCounterMode on the meta device after the fades (bench/scaling_model.py's
+    count_phases), as many at any precision."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from scaling_model import count_phases
 
     config = copy.deepcopy(config)
     config.run.precision = "fp32"  # autocast has no meta device
-    return {phase.name: phase.flops for phase in count_phases(config).phases}
+    return {phase.name: (phase.flops, phase.low_precision) for phase in count_phases(config).phases}
 
 
 def measure_phases(config, device: torch.device, steps: int, warmup: int, peak_override: float | None) -> list[dict]:
     """Per phase of an iteration with every phase due (Gmain, Greg, Dmain, Dreg, as at step 0), then the rest
     of the step (buffers, EMA, bookkeeping): milliseconds per run (synchronized before and after, so each is
     the phase's own), peak memory, host syncs per run (a second pass without the synchronizes, CUDA's sync
-    debug mode) and MFU = the phase's FLOPs per image x batch / its time / the device's peak."""
+    debug mode) and MFU = the phase's FLOPs per image x batch / its time / the device's peak for the precision
+    the phase runs in (the bf16 peak for Gmain and Dmain under bf16; the float32 one, without tensor cores, for
+    Greg and Dreg, which always run in float32, and for every phase at fp32)."""
     trainer = make_trainer(config, device)
     img, c = fake_batch(config, config.run.batch_size, device)
     for _ in range(warmup):  # every phase due in each, so that a compiled run compiles them all here
@@ -223,12 +228,15 @@ def measure_phases(config, device: torch.device, steps: int, warmup: int, peak_o
         trainer.train_step(img, c)
     seconds, peaks = time_phases(trainer, img, c, steps)
     syncs = count_phase_syncs(trainer, img, c, steps) if device.type == "cuda" else None  # a CPU waits for nothing
-    flops = phase_costs(config)
-    peak = peak_tflops(device, config.run.precision, peak_override)
+    costs = phase_costs(config)
     rows = []
     for name in [phase.name for phase in trainer.phases] + ["rest"]:
         ms = 1000 * seconds[name] / steps
-        phase_flops = flops.get(name, 0.0) * config.run.batch_size
+        flops, low_precision = costs.get(name, (0.0, False))
+        phase_flops = flops * config.run.batch_size
+        # Greg and Dreg run in float32 whatever run.precision: their peak is the float32 one
+        dtype = "bf16" if config.run.precision == "bf16" and low_precision else "fp32"
+        peak = peak_tflops(device, dtype, peak_override)
         rows.append({"preset": config.preset, "how": "phase", "phase": name, "device": device_name(device),
                      "dtype": config.run.precision, "compile": config.run.compile, "batch": config.run.batch_size,
                      "steps": steps, "ms": ms, "peak_memory_mib": peaks[name] / 2**20 if name in peaks else None,

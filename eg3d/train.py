@@ -53,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--name", default=None, help="run name under --storage (default: the preset name)")
     parser.add_argument("--kimg", type=float, help="total training length in thousands of images")
     parser.add_argument("--batch", type=int, help="global batch size, in images; scales the EMA half-life and the "
-                        "blur fade with it, as the reference does (docs/training.md: Large batches)")
+                        "blur fade with it, as the reference does, and the checkpoint interval (docs/training.md: "
+                        "Large batches)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--backend", choices=("ddp", "deepspeed"), help="distributed backend (default: ddp)")
     parser.add_argument("--workers", metavar="N or MIN:MAX", help="number of workers, or an elastic range")

@@ -32,8 +32,12 @@ def test_one_row_per_phase_adding_up_to_the_step_with_mfu_from_the_counted_flops
     assert [row["phase"] for row in rows] == ["Gmain", "Greg", "Dmain", "Dreg", "rest"]
     seconds = {row["phase"]: row["ms"] / 1000 for row in rows}
     assert seconds == {"Gmain": 1.0, "Greg": 1.0, "Dmain": 1.0, "Dreg": 1.0, "rest": 5.0}
-    flops = bench.phase_costs(config)
+    costs = bench.phase_costs(config)
+    flops = {name: value for name, (value, _) in costs.items()}
     assert flops["Gmain"] > flops["Greg"] > 0  # Gmain: G forward and backward and D to its input
+    # bf16 (with run.precision bf16) in the main phases only: the regularizers run in float32
+    assert {name: low for name, (_, low) in costs.items()} == {"Gmain": True, "Greg": False, "Dmain": True,
+                                                                 "Dreg": False}
     for row in rows:
         assert row["syncs"] is None and row["peak_memory_mib"] is None  # a CPU has neither per phase
         if row["phase"] == "rest":

@@ -13,7 +13,8 @@ PYTORCH_FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # pytorch-fid names its files af
 
 def ffhq512() -> TrainConfig:
     """The reference's FFHQ stage 1 at its batch of 32. `--batch` scales the EMA half-life and the blur fade with
-    the batch, as the reference does (eg3d.config.batch_rule: 80 and 1600 kimg at 256)."""
+    the batch, as the reference does, and the checkpoint interval (eg3d.config.batch_rule: 80, 1600 and 1600 kimg
+    at 256)."""
     return TrainConfig(
         preset="ffhq512",
         model=ModelConfig(),

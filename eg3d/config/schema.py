@@ -609,8 +609,9 @@ def batch_split(config: TrainConfig, world_size: int) -> BatchSplit:
                          f"{'s' if groups > 1 else ''} of {group} images, and each of {world_size} workers needs "
                          f"at least one; lower distributed.max_workers to {groups} (--workers ...:{groups}), raise "
                          f"run.batch_size to {group * world_size} or more (--batch {group * world_size}, which also "
-                         f"scales the EMA half-life and the blur fade: docs/training.md, \"Large batches\"), or lower "
-                         f"model.disc_mbstd_group (a departure from the paper's groups of 4)")
+                         f"scales the EMA half-life, the blur fade and the checkpoint interval: docs/training.md, "
+                         f"\"Large batches\"), or lower model.disc_mbstd_group (a departure from the paper's groups "
+                         f"of 4)")
     each, extra = divmod(groups, world_size)
     shares = tuple((each + (rank < extra)) * group for rank in range(world_size))
     return BatchSplit(global_batch=run.batch_size, group=group, shares=shares, micro_batch=micro)
