@@ -38,21 +38,19 @@ def run_name(batch: int, lr_rule: str, seed: int) -> str:
 
 
 def run_config(batch: int, lr_rule: str, seed: int, kimg: float):
-    """`tiny` at `batch` with the --batch rule (and the learning-rate rule), micro-batches of 8."""
-    from eg3d.config import apply_batch_rule, apply_overrides, get_preset, validate
+    """`tiny` at `batch` as `python -m eg3d.train --batch` resolves it (the --batch rule), micro-batches of 8, and
+    with lr_rule "sqrt" both learning rates x sqrt(batch / tiny's batch)."""
+    from eg3d.config.presets import tiny
+    from eg3d.train import build_config, parse_args
 
-    preset = get_preset("tiny")
-    overrides = [f"run.batch_size={batch}", f"run.seed={seed}", f"run.total_kimg={kimg}"]
-    if batch > BASE_BATCH:
-        overrides.append(f"run.micro_batch={BASE_BATCH}")
+    preset = tiny()
+    settings = [f"run.micro_batch={BASE_BATCH}"] if batch > BASE_BATCH else []
     if lr_rule == "sqrt":
         factor = math.sqrt(batch / preset.run.batch_size)
-        overrides += [f"optimizer.g_lr={preset.optimizer.g_lr * factor}",
-                      f"optimizer.d_lr={preset.optimizer.d_lr * factor}"]
-    config = apply_overrides(preset, overrides)
-    config, _ = apply_batch_rule(config, preset, explicit=set())
-    validate(config)
-    return config
+        settings += [f"optimizer.g_lr={preset.optimizer.g_lr * factor}",
+                     f"optimizer.d_lr={preset.optimizer.d_lr * factor}"]
+    argv = ["--preset", "tiny", "--batch", str(batch), "--seed", str(seed), "--kimg", str(kimg)]
+    return build_config(parse_args(argv + [arg for item in settings for arg in ("--set", item)]), log=lambda _: None)
 
 
 def train_one(out: str, data: str, batch: int, lr_rule: str, seed: int, kimg: float) -> None:

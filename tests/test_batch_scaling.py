@@ -1,7 +1,6 @@
 """bench/batch_scaling.py: the runs it configures (the --batch rule, the square-root learning-rate rule,
 micro-batches of 8) and its report, on logs written by hand (no training here)."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,15 +9,12 @@ import pytest
 
 from eg3d.config.presets import tiny
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "batch_scaling.py"
+from bench_scripts import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("batch_scaling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("batch_scaling")
 
 
 def test_batch_rule_and_micro_batches(bench):

@@ -1,24 +1,17 @@
 """bench/train_step.py --phases (the per-phase rows of bench/gpu_check.sh) on the CPU: one row per phase of an
 iteration with every phase due, times that add up to the step, and MFU from the counted FLOPs."""
 
-import importlib.util
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
+from bench_scripts import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("train_step_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("train_step")
 
 
 def test_one_row_per_phase_adding_up_to_the_step_with_mfu_from_the_counted_flops(bench, monkeypatch):

@@ -1,18 +1,12 @@
 """bench/recognised_kinds.py: the table's numbers from class probabilities, against hand-counted values."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "recognised_kinds.py"
+from bench_scripts import load_bench_script
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("recognised_kinds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("recognised_kinds")
 
 
 def test_summary_counts_only_confident_images_per_class():

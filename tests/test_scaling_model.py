@@ -1,10 +1,8 @@
 """bench/scaling_model.py: its formulas against values worked out by hand, and its counts against the built
 networks (nothing here is timed)."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,18 +13,15 @@ from eg3d.networks.generator import TriPlaneGenerator
 from eg3d.summary import flops_per_image
 from eg3d.training.checkpoints import torch_bytes
 from eg3d.training.trainer import Trainer
+from bench_scripts import load_bench_script
 from model_helpers import random_cameras
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "scaling_model.py"
 US = 1e-6
 
 
 @pytest.fixture(scope="module")
 def model():
-    spec = importlib.util.spec_from_file_location("scaling_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("scaling_model")
 
 
 @pytest.fixture(scope="module")

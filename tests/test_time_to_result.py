@@ -1,14 +1,14 @@
 """bench/time_to_result.py on run folders written here: one row per measured snapshot with the values each
 measurement logged (the evaluator's 3D quality ones included), and the curves' panels."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "time_to_result.py"
+from bench_scripts import load_bench_script
+
 START = 1000.0  # starts.json's time; minutes count from here
 EVALUATOR_800 = {"fd_data": 90.0, "pose_error_deg": 20.0, "depth_error": 1.2, "consistency_raw": 0.1,
                  "consistency_final": 0.15, "evaluator_floor/pose_error_deg": 3.5,
@@ -19,10 +19,7 @@ EVALUATOR_2000 = {**EVALUATOR_800, "fd_data": 60.0, "pose_error_deg": 10.0, "dep
 
 @pytest.fixture(scope="module")
 def time_to_result():
-    spec = importlib.util.spec_from_file_location("time_to_result", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("time_to_result")
 
 
 def write_run(folder: Path, records: list[dict]) -> str:
