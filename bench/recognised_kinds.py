@@ -10,6 +10,9 @@ each class. The real data set has every class equally often and its held-out ima
 (the evaluator's floor, printed first) nearly all correctly; a generator whose images of some class are
 never recognised does not draw that class so that it can be told apart. A picture does not show this over
 hundreds of images; this table does.
+
+`--picture kinds.png` also draws, for the first snapshot, one row per kind: real images of that kind beside the
+first generated images the evaluator recognises as it (`kinds_picture`).
 """
 
 import argparse
@@ -17,31 +20,60 @@ import sys
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dataloading import storage  # noqa: E402
 from dataloading.shard_reader import camera_labels, load_manifest  # noqa: E402
 from eg3d.cli.snapshots import open_snapshot  # noqa: E402
 from eg3d.evaluate import manifest_of, snapshot_config  # noqa: E402
-from eg3d.metrics.evaluator_training import local_cache_folder, prepare_evaluator, to_uint8  # noqa: E402
+from eg3d.metrics.evaluator_training import (load_real_data, local_cache_folder, prepare_evaluator,  # noqa: E402
+                                             to_uint8)
 from eg3d.networks.snapshot import default_neural_rendering_resolution  # noqa: E402
+
+REAL_FOR_PICTURE = 600  # real samples read for the picture: enough for 8 of each kind of the synthetic data
 
 
 @torch.no_grad()
-def class_probabilities(G, evaluator, cameras: torch.Tensor, *, count: int, seed: int,
-                        batch: int = 64) -> torch.Tensor:
-    """[count, K] softmax of the evaluator's class logits on G's images (z ~ N(0, I), psi 1, cameras drawn
-    from `cameras` [N, 25])."""
+def classify_generated(G, evaluator, cameras: torch.Tensor, *, count: int, seed: int,
+                       batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """G's images (uint8 [count, 3, R, R]; z ~ N(0, I), psi 1, cameras drawn from `cameras` [N, 25]) and the
+    softmax of the evaluator's class logits on them ([count, K])."""
     generator = torch.Generator().manual_seed(seed)
     resolution = default_neural_rendering_resolution(G)
-    probabilities = []
+    images, probabilities = [], []
     for start in range(0, count, batch):
         n = min(batch, count - start)
         z = torch.randn(n, G.mapping.z_dim, generator=generator)
         c = cameras[torch.randint(len(cameras), (n,), generator=generator)]
-        images = G(z, c, neural_rendering_resolution=resolution, noise_mode="const")["image"]
-        probabilities.append(torch.softmax(evaluator(to_uint8(images.float())).class_logits, dim=1))
-    return torch.cat(probabilities)
+        images.append(to_uint8(G(z, c, neural_rendering_resolution=resolution, noise_mode="const")["image"].float()))
+        probabilities.append(torch.softmax(evaluator(images[-1]).class_logits, dim=1))
+    return torch.cat(images), torch.cat(probabilities)
+
+
+def kinds_picture(real_images: torch.Tensor, real_classes: torch.Tensor, generated: torch.Tensor,
+                  probabilities: torch.Tensor, names: list[str], *, per_kind: int = 8,
+                  confident: float = 0.9) -> Image.Image:
+    """One row per kind: the first `per_kind` real images of that kind (uint8 [N, 3, R, R], classes [N]), a gap,
+    then the first `per_kind` generated images (in draw order) that the evaluator assigns to it with probability
+    above `confident`; a tile stays white where fewer were recognised. The generated half is chosen by the
+    evaluator, not by hand, and shows the generator's best-recognised draws of each kind: read it beside
+    `summary`'s counts, and beside a sheet of undrawn codes (`python -m eg3d.sample_grid --layout codes`)."""
+    resolution, label_width, gap = real_images.shape[-1], 64, 16
+    top, guessed = probabilities.max(dim=1)
+    sheet = Image.new("RGB", (label_width + 2 * per_kind * resolution + gap, len(names) * resolution), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, name in enumerate(names):
+        draw.text((4, row * resolution + resolution // 2 - 6), name, fill="black")
+        real = real_images[real_classes == row][:per_kind]
+        drawn = generated[(guessed == row) & (top > confident)][:per_kind]
+        for column, image in enumerate(real):
+            sheet.paste(Image.fromarray(image.permute(1, 2, 0).numpy()), (label_width + column * resolution,
+                                                                          row * resolution))
+        for column, image in enumerate(drawn):
+            sheet.paste(Image.fromarray(image.permute(1, 2, 0).numpy()),
+                        (label_width + (per_kind + column) * resolution + gap, row * resolution))
+    return sheet
 
 
 def summary(probabilities: torch.Tensor, confident: float) -> tuple[float, float, list[int]]:
@@ -59,6 +91,9 @@ def main(argv=None) -> None:
     parser.add_argument("--count", type=int, default=512, help="generated images per snapshot")
     parser.add_argument("--confident", type=float, default=0.9, help="the top probability that counts as recognised")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--picture", metavar="PNG",
+                        help="also draw, per kind, real images beside the first generated ones recognised as it "
+                             "(of the first snapshot)")
     args = parser.parse_args(argv)
     manifest_url = manifest_of(args.data, None, quiet=True)
     config = snapshot_config(args.snapshots[0])
@@ -72,12 +107,17 @@ def main(argv=None) -> None:
     cameras = torch.from_numpy(camera_labels(manifest_url))
     print(f"{'snapshot':<40} {'mean top p':>10} {'> ' + format(args.confident, 'g'):>6}  " +
           " ".join(f"{name:>8}" for name in names))
-    for url in args.snapshots:
+    for index, url in enumerate(args.snapshots):
         G = open_snapshot(url, "cpu")
-        mean, share, counts = summary(class_probabilities(G, evaluator, cameras, count=args.count,
-                                                          seed=args.seed), args.confident)
+        generated, probabilities = classify_generated(G, evaluator, cameras, count=args.count, seed=args.seed)
+        mean, share, counts = summary(probabilities, args.confident)
         name = "/".join(url.rstrip("/").split("/")[-3:])[-40:]
         print(f"{name:<40} {mean:>10.3f} {share:>6.2f}  " + " ".join(f"{n:>8}" for n in counts))
+        if args.picture and index == 0:
+            real = load_real_data(manifest_url, generated.shape[-1], limit=REAL_FOR_PICTURE)
+            kinds_picture(real.images, real.classes, generated, probabilities, names,
+                          confident=args.confident).save(args.picture)
+            print(f"wrote {args.picture}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -268,6 +268,40 @@ def test_sample_grid_has_rows_by_twice_cameras_tiles(snapshot, tmp_path):
     assert Image.open(tmp_path / "grid.png").size == (2 * 3 * resolution, 2 * resolution)
 
 
+def test_sample_grid_codes_layout_tiles_are_direct_renders_of_their_code_and_column_camera(snapshot, tmp_path):
+    """--layout codes: rows x cameras tiles, tile (r, k) latent code r*C+k of the seed's draw seen from camera k
+    and conditioned on the middle camera; each compared with a render of that code alone (the sheet renders in
+    batches, so a tile must not depend on its batch)."""
+    rows, columns, seed = 3, 4, 5
+    out = tmp_path / "sheet.png"
+    assert sample_grid.main([str(snapshot), "--out", str(out), "--layout", "codes", "--rows", str(rows), "--cameras",
+                             str(columns), "--seed", str(seed), "--psi", "1", "--device", "cpu"]) == 0
+    G = load_generator(snapshot)
+    resolution = G.model_config.image_resolution
+    sheet = png(out).astype(int)
+    assert sheet.shape == (rows * resolution, columns * resolution, 3)
+    z = torch.randn(rows * columns, G.model_config.z_dim, generator=torch.Generator().manual_seed(seed))
+    yaw = math.pi / 2 + torch.linspace(-0.5, 0.5, columns)
+    cameras = camera.orbit_camera(yaw, torch.full_like(yaw, math.pi / 2), radius=camera.FFHQ_RADIUS,
+                                  focal=camera.FFHQ_FOCAL)
+    tiles = []
+    for r in range(rows):
+        for k in range(columns):
+            image = render(G, z[r * columns + k][None], cameras[k][None], c_condition=cameras[columns // 2][None],
+                           truncation_psi=1.0, truncation_cutoff=14)["image"]
+            tile = sheet[r * resolution:(r + 1) * resolution, k * resolution:(k + 1) * resolution]
+            assert np.abs(tile - to_uint8(image)[0].astype(int)).max() <= 1, (r, k)
+            tiles.append(tile)
+    assert min(np.abs(a - b).mean() for i, a in enumerate(tiles) for b in tiles[i + 1:]) > 0  # all tiles differ
+
+
+def test_code_sheet_refuses_codes_that_do_not_fill_its_rows(snapshot):
+    G = load_generator(snapshot)
+    from eg3d.networks.sample_grid import code_sheet, grid_cameras
+    with pytest.raises(ValueError, match="7 latent codes do not fill rows of 3 cameras"):
+        code_sheet(G, torch.randn(7, G.model_config.z_dim), grid_cameras(3))
+
+
 def test_an_older_snapshot_without_a_recorded_hash_still_loads(snapshot, tmp_path):
     folder = copy_snapshot(snapshot, tmp_path / "old", keep_hash=False)
     torch.testing.assert_close(load_generator(folder).state_dict(), load_generator(snapshot).state_dict())

@@ -101,8 +101,10 @@ def tiny() -> TrainConfig:
         optimizer=OptimizerConfig(g_lr=0.005, d_lr=0.004),
         ema=EmaConfig(ema_kimg=ema_kimg),
         data=DataConfig(xflip=False, synthetic_count=2000),
+        # Snapshot grids without truncation, as the reference's training loop draws them: at 12 kimg psi 0.7
+        # pulls every object towards the average one, a rounded blob, and hides the kinds the generator draws.
         run=RunConfig(total_kimg=12, batch_size=batch_size, micro_batch=None, checkpoint_kimg=2, snapshot_kimg=2,
-                      log_kimg=0.4),
+                      log_kimg=0.4, sample_truncation_psi=1.0),
         # No Inception weights on a fresh machine: the dataset-trained evaluator's metrics only (fd_data, pose,
         # depth, consistency), on a sample small enough for a CPU.
         metrics=MetricsConfig(extractor="none", num_generated=512, batch_size=64),

@@ -1,6 +1,7 @@
-"""Sample grids: one row per latent code, the same cameras in every row, RGB then depth.
+"""Sample grids: one row per latent code, the same cameras in every row, RGB then depth (`sample_grid`); or a
+sheet of many latent codes, one view each (`code_sheet`).
 
-The command `python -m eg3d.sample_grid` (eg3d/sample_grid.py) writes one from a snapshot.
+The command `python -m eg3d.sample_grid` (eg3d/sample_grid.py) writes either from a snapshot.
 """
 
 import math
@@ -53,3 +54,28 @@ def sample_grid(G, z: torch.Tensor, cameras: torch.Tensor, *, truncation_psi: fl
         rows.append(np.concatenate(list(to_uint8(tiles)), axis=1))
     return Image.fromarray(np.concatenate(rows, axis=0))
 
+
+
+@torch.no_grad()
+def code_sheet(G, z: torch.Tensor, cameras: torch.Tensor, *, truncation_psi: float = 0.7,
+               truncation_cutoff: int | None = 14, batch: int = 16) -> Image.Image:
+    """A sheet of len(z) / len(cameras) rows by len(cameras) columns: tile (r, k) is latent code z[r * C + k]
+    (z [R*C, z_dim]) seen from cameras[k] ([C, 25] cam2world + intrinsics), conditioned on the middle camera as in
+    `sample_grid`. Each tile depends on its code and camera only, not on the batch. Shows many objects at once:
+    how varied a generator's draws are, where a grid of a few rows shows how each one turns.
+
+    Raises ValueError when len(z) is not a multiple of len(cameras)."""
+    if len(z) % len(cameras):
+        raise ValueError(f"{len(z)} latent codes do not fill rows of {len(cameras)} cameras")
+    columns = len(cameras)
+    condition = cameras[columns // 2][None]
+    views = cameras.repeat(len(z) // columns, 1)  # tile i is seen from camera i mod C
+    tiles = []
+    for start in range(0, len(z), batch):
+        end = min(start + batch, len(z))
+        out = render(G, z[start:end], views[start:end], c_condition=condition.expand(end - start, -1),
+                     truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        tiles.append(to_uint8(out["image"]))
+    tiles = np.concatenate(tiles)
+    rows = [np.concatenate(list(tiles[r * columns:(r + 1) * columns]), axis=1) for r in range(len(z) // columns)]
+    return Image.fromarray(np.concatenate(rows, axis=0))
