@@ -79,13 +79,18 @@ def shapenet128() -> TrainConfig:
 def tiny() -> TrainConfig:
     """The same architecture scaled down for CPU: 64x64 images from a 16x16 neural rendering through a 4x
     super-resolution (the paper's 64 -> 512 is 8x), tri-planes of 32x32 (the paper's 256x256 for 512x512
-    images is 4x its neural rendering; here 2x), 12+12 depth samples, 12 kimg: about 10 minutes on 2 CPU cores.
+    images is 4x its neural rendering; here 2x), 12+12 depth samples, 16 kimg: about a quarter of an hour on 2 CPU
+    cores.
     Rendering at 16 instead of 32 trains about 1.8x as many images per second on a CPU, with sample grids no
     worse at equal images seen; planes of 32 instead of 64 about 1.4x, with the same fd_data, pose and depth
     error at 4 kimg (docs/monitoring.md, 3D quality). The blur fades out over the first kimg instead of five, so that most
     of a short run sees the images unblurred. Learning rates twice the reference's (G 0.005, D 0.004): at 12 kimg,
     fd_data 50 and 64 (two runs) against 67, more of its objects recognised by the evaluator (tori 56 of 512
-    against 3), pose and depth error no worse (docs/dev-log.md, 2026-12-07; 4x was worse)."""
+    against 3), pose and depth error no worse (docs/dev-log.md, 2026-12-07; 4x was worse). 16 kimg rather than 12,
+    because the run is far from done at 12: two runs continued from 12 to 16 kimg went from fd_data 50 and 64 to 37
+    and 49, and their tori from closed rings to rings with holes; one run continued to 36 kimg levels off at about
+    17 from 24 kimg on (docs/dev-log.md, 2026-12-07, evening). Halving G's and D's channels to win the time back trains
+    1.4x the images per second but learns less per image (fd_data 67 and 54 at 16 kimg)."""
     batch_size = 8
     ema_kimg = 10 * batch_size / 32  # the reference's half-life at this batch (10 kimg per 32 images)
     return TrainConfig(
@@ -101,9 +106,9 @@ def tiny() -> TrainConfig:
         optimizer=OptimizerConfig(g_lr=0.005, d_lr=0.004),
         ema=EmaConfig(ema_kimg=ema_kimg),
         data=DataConfig(xflip=False, synthetic_count=2000),
-        # Snapshot grids without truncation, as the reference's training loop draws them: at 12 kimg psi 0.7
+        # Snapshot grids without truncation, as the reference's training loop draws them: this early psi 0.7
         # pulls every object towards the average one, a rounded blob, and hides the kinds the generator draws.
-        run=RunConfig(total_kimg=12, batch_size=batch_size, micro_batch=None, checkpoint_kimg=2, snapshot_kimg=2,
+        run=RunConfig(total_kimg=16, batch_size=batch_size, micro_batch=None, checkpoint_kimg=2, snapshot_kimg=2,
                       log_kimg=0.4, sample_truncation_psi=1.0),
         # No Inception weights on a fresh machine: the dataset-trained evaluator's metrics only (fd_data, pose,
         # depth, consistency), on a sample small enough for a CPU.
