@@ -1,6 +1,6 @@
 """Which kinds of object a generator draws recognisably: its images classified by the data set's evaluator.
 
-    python bench/recognised_kinds.py runs/tiny/snapshots/snapshot-000012000 [SNAPSHOT ...] --data runs/tiny/shards
+    python bench/recognised_kinds.py runs/tiny/snapshots/snapshot-000016000 [SNAPSHOT ...] --data runs/tiny/shards
 
 For data sets whose evaluator has a class head (the synthetic data: sphere, box, torus, cylinder, capsule,
 pair; eg3d/metrics/evaluator.py), each snapshot's G_ema draws `--count` images (random z, no truncation,
