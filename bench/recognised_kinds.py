@@ -31,14 +31,17 @@ from eg3d.metrics.evaluator_training import (load_real_data, local_cache_folder,
                                              to_uint8)
 from eg3d.networks.snapshot import default_neural_rendering_resolution  # noqa: E402
 
-REAL_FOR_PICTURE = 600  # real samples read for the picture: enough for 8 of each kind of the synthetic data
+# Real samples read for the picture, the first in the shards' order: 8 of each kind of the synthetic data, whose
+# kinds are drawn at random per image; a data set stored sorted by class would leave later kinds' rows white.
+REAL_FOR_PICTURE = 600
 
 
 @torch.no_grad()
-def classify_generated(G, evaluator, cameras: torch.Tensor, *, count: int, seed: int,
-                       batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """G's images (uint8 [count, 3, R, R]; z ~ N(0, I), psi 1, cameras drawn from `cameras` [N, 25]) and the
-    softmax of the evaluator's class logits on them ([count, K])."""
+def classify_generated(G, evaluator, cameras: torch.Tensor, *, count: int, seed: int, batch: int = 64,
+                       keep_images: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The softmax of the evaluator's class logits ([count, K]) on `count` of G's images (z ~ N(0, I), psi 1,
+    cameras drawn from `cameras` [N, 25]), and with `keep_images` the images themselves (uint8 [count, 3, R, R],
+    R G's output resolution after super-resolution; None otherwise: 400 MB for 512 images of a 512-pixel G)."""
     generator = torch.Generator().manual_seed(seed)
     resolution = default_neural_rendering_resolution(G)
     images, probabilities = [], []
@@ -46,17 +49,21 @@ def classify_generated(G, evaluator, cameras: torch.Tensor, *, count: int, seed:
         n = min(batch, count - start)
         z = torch.randn(n, G.mapping.z_dim, generator=generator)
         c = cameras[torch.randint(len(cameras), (n,), generator=generator)]
-        images.append(to_uint8(G(z, c, neural_rendering_resolution=resolution, noise_mode="const")["image"].float()))
-        probabilities.append(torch.softmax(evaluator(images[-1]).class_logits, dim=1))
-    return torch.cat(images), torch.cat(probabilities)
+        drawn = to_uint8(G(z, c, neural_rendering_resolution=resolution, noise_mode="const")["image"].float())
+        probabilities.append(torch.softmax(evaluator(drawn).class_logits, dim=1))
+        if keep_images:
+            images.append(drawn)
+    return torch.cat(probabilities), torch.cat(images) if keep_images else None
 
 
 def kinds_picture(real_images: torch.Tensor, real_classes: torch.Tensor, generated: torch.Tensor,
                   probabilities: torch.Tensor, names: list[str], *, per_kind: int = 8,
                   confident: float = 0.9) -> Image.Image:
     """One row per kind: the first `per_kind` real images of that kind (uint8 [N, 3, R, R], classes [N]), a gap,
-    then the first `per_kind` generated images (in draw order) that the evaluator assigns to it with probability
-    above `confident`; a tile stays white where fewer were recognised. The generated half is chosen by the
+    then the first `per_kind` generated images (uint8 [M, 3, R, R], the same R; in draw order) that the evaluator
+    assigns to it with probability above `confident` (probabilities [M, K], K = len(names), in the order of
+    `names`); a tile stays white where fewer were recognised. The picture is (64 + 2 * per_kind * R + 16) wide
+    and K * R high, kind names in the 64-pixel margin. The generated half is chosen by the
     evaluator, not by hand, and shows the generator's best-recognised draws of each kind: read it beside
     `summary`'s counts, and beside a sheet of undrawn codes (`python -m eg3d.sample_grid --layout codes`)."""
     resolution, label_width, gap = real_images.shape[-1], 64, 16
@@ -109,11 +116,13 @@ def main(argv=None) -> None:
           " ".join(f"{name:>8}" for name in names))
     for index, url in enumerate(args.snapshots):
         G = open_snapshot(url, "cpu")
-        generated, probabilities = classify_generated(G, evaluator, cameras, count=args.count, seed=args.seed)
+        picture = bool(args.picture) and index == 0
+        probabilities, generated = classify_generated(G, evaluator, cameras, count=args.count, seed=args.seed,
+                                                      keep_images=picture)
         mean, share, counts = summary(probabilities, args.confident)
         name = "/".join(url.rstrip("/").split("/")[-3:])[-40:]
         print(f"{name:<40} {mean:>10.3f} {share:>6.2f}  " + " ".join(f"{n:>8}" for n in counts))
-        if args.picture and index == 0:
+        if picture:
             real = load_real_data(manifest_url, generated.shape[-1], limit=REAL_FOR_PICTURE)
             kinds_picture(real.images, real.classes, generated, probabilities, names,
                           confident=args.confident).save(args.picture)

@@ -17,8 +17,8 @@ from .cli.arguments import ANGLE, MAX_SEED, TRUNCATION, HelpFormatter, real_numb
 from .cli.snapshots import open_generator
 from .networks.sample_grid import code_sheet, grid_cameras, sample_grid
 
-# The PNG is rows x (2 x cameras) tiles of the generator's resolution: at 64 x 64 tiles of a 512-pixel
-# generator it is 32768 pixels square, 3 GB of RGB in memory before it is encoded.
+# The PNG is rows x (2 x cameras) tiles of the generator's resolution (--layout codes: rows x cameras): at 64 x 64
+# tiles of a 512-pixel generator it is 32768 pixels square, 3 GB of RGB in memory before it is encoded.
 MAX_ROWS = 64
 MAX_CAMERAS = 32
 
@@ -28,10 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=HelpFormatter)
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
     parser.add_argument("--out", required=True, help="PNG file to write")
-    parser.add_argument("--rows", type=whole_number(1, MAX_ROWS), default=4, help="latent codes, one per row")
-    parser.add_argument("--cameras", type=whole_number(1, MAX_CAMERAS), default=5, help="views per row")
+    parser.add_argument("--rows", type=whole_number(1, MAX_ROWS), default=4,
+                        help="rows (views: one latent code each; codes: --cameras codes each)")
+    parser.add_argument("--cameras", type=whole_number(1, MAX_CAMERAS), default=5,
+                        help="cameras (views: every one per row; codes: one per column)")
     parser.add_argument("--yaw-range", type=real_number(ANGLE), default=0.5, help="radians either side of frontal")
-    parser.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0, help="seed of the rows' latent codes")
+    parser.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0, help="seed of the latent codes")
     parser.add_argument("--layout", choices=("views", "codes"), default="views",
                         help="views: a row per code, every camera, then depth; codes: a code per tile")
     parser.add_argument("--psi", type=real_number(TRUNCATION), default=0.7, help="truncation psi (1: none)")

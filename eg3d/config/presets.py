@@ -87,10 +87,11 @@ def tiny() -> TrainConfig:
     of a short run sees the images unblurred. Learning rates twice the reference's (G 0.005, D 0.004): at 12 kimg,
     fd_data 50 and 64 (two runs) against 67, more of its objects recognised by the evaluator (tori 56 of 512
     against 3), pose and depth error no worse (docs/dev-log.md, 2026-12-07; 4x was worse). 16 kimg rather than 12,
-    because the run is far from done at 12: two runs continued from 12 to 16 kimg went from fd_data 50 and 64 to 37
-    and 49, and their tori from closed rings to rings with holes; one run continued to 36 kimg levels off at about
-    17 from 24 kimg on (docs/dev-log.md, 2026-12-07, evening). Halving G's and D's channels to win the time back trains
-    1.4x the images per second but learns less per image (fd_data 67 and 54 at 16 kimg)."""
+    because the run is far from done at 12: the default run straight through goes from fd_data 64 at 12 kimg to 47
+    at 16, and its tori from closed rings to rings with holes (a one-thread run of the same seed: 50 to 37); that
+    one-thread run, continued to 36 kimg, levels off at about 17 from 24 kimg on (docs/dev-log.md, 2026-12-07,
+    evening). Halving G's and D's channels to win the time back trains 1.4x the images per second but learns less
+    per image (fd_data at 16 kimg 67 and 54 for seeds 0 and 1, against 37 for seed 0 at full width)."""
     batch_size = 8
     ema_kimg = 10 * batch_size / 32  # the reference's half-life at this batch (10 kimg per 32 images)
     return TrainConfig(

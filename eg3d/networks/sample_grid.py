@@ -55,14 +55,15 @@ def sample_grid(G, z: torch.Tensor, cameras: torch.Tensor, *, truncation_psi: fl
     return Image.fromarray(np.concatenate(rows, axis=0))
 
 
-
 @torch.no_grad()
 def code_sheet(G, z: torch.Tensor, cameras: torch.Tensor, *, truncation_psi: float = 0.7,
                truncation_cutoff: int | None = 14, batch: int = 16) -> Image.Image:
-    """A sheet of len(z) / len(cameras) rows by len(cameras) columns: tile (r, k) is latent code z[r * C + k]
-    (z [R*C, z_dim]) seen from cameras[k] ([C, 25] cam2world + intrinsics), conditioned on the middle camera as in
-    `sample_grid`. Each tile depends on its code and camera only, not on the batch. Shows many objects at once:
-    how varied a generator's draws are, where a grid of a few rows shows how each one turns.
+    """A sheet of R = len(z) / C rows by C = len(cameras) columns of G's output images (RGB only, no depth): an
+    (R * res) x (C * res) image. Tile (r, k) is latent code z[r * C + k] (z [R*C, z_dim]) seen from cameras[k]
+    ([C, 25] cam2world + intrinsics), every tile conditioned on cameras[C // 2], the middle one (as `sample_grid`
+    does). z and cameras are on G's device; `batch` is codes per forward pass (memory only: a tile depends on its
+    code and camera, not on its batch). Shows many objects at once: how varied a generator's draws are, where a
+    grid of a few rows shows how each one turns.
 
     Raises ValueError when len(z) is not a multiple of len(cameras)."""
     if len(z) % len(cameras):
