@@ -25,6 +25,8 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dataloading import storage  # noqa: E402
 from dataloading.shard_reader import camera_labels, load_manifest  # noqa: E402
+from eg3d.cli.arguments import (MAX_SEED, HelpFormatter, Interval, image_file, make_parent, real_number,  # noqa: E402
+                                whole_number)
 from eg3d.cli.snapshots import open_snapshot  # noqa: E402
 from eg3d.evaluate import manifest_of, snapshot_config  # noqa: E402
 from eg3d.metrics.evaluator_training import (load_real_data, local_cache_folder, prepare_evaluator,  # noqa: E402
@@ -92,18 +94,33 @@ def summary(probabilities: torch.Tensor, confident: float) -> tuple[float, float
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python bench/recognised_kinds.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python bench/recognised_kinds.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("snapshots", nargs="+", help="snapshot folders or URLs")
     parser.add_argument("--data", required=True, help="the shards the snapshots were trained on (or a data set)")
-    parser.add_argument("--count", type=int, default=512, help="generated images per snapshot")
-    parser.add_argument("--confident", type=float, default=0.9, help="the top probability that counts as recognised")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--picture", metavar="PNG",
+    parser.add_argument("--count", type=whole_number(1), default=512, help="generated images per snapshot")
+    parser.add_argument("--confident", type=real_number(Interval(0, 1, high_open=True)), default=0.9,
+                        help="the top probability that counts as recognised")
+    parser.add_argument("--seed", type=whole_number(0, MAX_SEED), default=0, help="seed of the latent codes and cameras")
+    parser.add_argument("--picture", metavar="PNG", type=image_file,
                         help="also draw, per kind, real images beside the first generated ones recognised as it "
                              "(of the first snapshot)")
     args = parser.parse_args(argv)
-    manifest_url = manifest_of(args.data, None, quiet=True)
-    config = snapshot_config(args.snapshots[0])
+    # Every argument is checked before the evaluator and the first snapshot's work.
+    try:
+        manifest_url = manifest_of(args.data, None, quiet=True)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    configs = []
+    for url in args.snapshots:
+        try:
+            configs.append(snapshot_config(url))
+        except (OSError, ValueError, KeyError) as error:
+            parser.error(f"SNAPSHOT {url}: expected a snapshot folder with its config.json "
+                         f"({type(error).__name__}: {error})")
+    if args.picture:
+        make_parent(args.picture)
+    config = configs[0]
     trained, _ = prepare_evaluator(manifest_url, config.evaluator, cache_urls=[storage.parent(manifest_url),
                                                                              local_cache_folder()],
                                    device=torch.device("cpu"), log=lambda line: print(line, file=sys.stderr))

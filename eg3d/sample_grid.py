@@ -13,7 +13,8 @@ import sys
 
 import torch
 
-from .cli.arguments import ANGLE, MAX_SEED, TRUNCATION, HelpFormatter, real_number, whole_number
+from .cli.arguments import (ANGLE, MAX_SEED, TRUNCATION, HelpFormatter, image_file, make_parent, real_number,
+                            whole_number)
 from .cli.snapshots import open_generator
 from .networks.sample_grid import code_sheet, grid_cameras, sample_grid
 
@@ -27,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eg3d.sample_grid", description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("snapshot", help="snapshot folder (G_ema.safetensors + config.json): a path or any fsspec URL")
-    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--out", required=True, type=image_file,
+                        help="image file to write (.png; a missing folder is created)")
     parser.add_argument("--rows", type=whole_number(1, MAX_ROWS), default=4,
                         help="rows (views: one latent code each; codes: --cameras codes each)")
     parser.add_argument("--cameras", type=whole_number(1, MAX_CAMERAS), default=5,
@@ -50,6 +52,7 @@ def main(argv=None) -> int:
     cameras = grid_cameras(args.cameras, yaw_range=args.yaw_range)
     draw = code_sheet if args.layout == "codes" else sample_grid
     grid = draw(G, z.to(args.device), cameras.to(args.device), truncation_psi=args.psi)
+    make_parent(args.out)
     grid.save(args.out)
     print(f"wrote {args.out} ({grid.size[0]}x{grid.size[1]})")
     return 0

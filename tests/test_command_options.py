@@ -27,12 +27,12 @@ COMMANDS = {
     invert: (["target.png", "--camera", "frontal", "--out", "out"], {
         "--steps": ["0"], "--lr": ["nan", "inf", "0", "-0.01", "1.5"], "--tune-steps": ["-1"],
         "--tune-lr": ["nan", "0", "1e30"], "--frames": ["-1", "10001"], "--mesh-resolution": ["5", "-1", "1025"]}),
-    sample_grid: (["--out", "out"], {
+    sample_grid: (["--out", "out.png"], {
         "--rows": ["0", "65"], "--cameras": ["0", "33"], "--yaw-range": ["nan", "inf"],
         "--seed": ["-1", "4294967296"], "--psi": ["nan", "inf", "1e30", "-11"]}),
     viewer: ([], {"--port": ["-1", "65536"]}),
 }
-NOT_NUMERIC = {"--seeds", "--grid"}
+NOT_NUMERIC = {"--seeds", "--grid", "--out"}
 CASES = [(command, option, value) for command, (_, table) in COMMANDS.items() for option, values in table.items()
          for value in values]
 

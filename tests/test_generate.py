@@ -217,6 +217,14 @@ def one_error_line(err: str, command: str = "generate") -> str:
     return lines[-1]
 
 
+def usage_error_line(err: str, command: str) -> str:
+    """The argparse error line after the usage (any option), asserting that no traceback was printed."""
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("usage:") and "Traceback" not in err, err
+    assert lines[-1].startswith(f"python -m eg3d.{command}: error: "), err
+    return lines[-1]
+
+
 DAMAGES = {  # name -> (keep the recorded hash, what is done to which file, what the message says)
     "flipped bit": (True, "G_ema.safetensors", flip_last_byte, "G_ema.safetensors: damaged: its SHA-256 is not"),
     "truncated": (False, "G_ema.safetensors", lambda p: p.write_bytes(p.read_bytes()[:-1000]),
@@ -234,7 +242,7 @@ DAMAGES = {  # name -> (keep the recorded hash, what is done to which file, what
 }
 
 
-OUTPUTS = {generate: ["--seeds", "0", "--out", "out"], sample_grid: ["--out", "out"]}  # command -> its arguments
+OUTPUTS = {generate: ["--seeds", "0", "--out", "out"], sample_grid: ["--out", "out.png"]}  # command -> its arguments
 
 
 @pytest.mark.parametrize("command", OUTPUTS, ids=lambda command: command.__name__)
@@ -249,7 +257,7 @@ def test_a_damaged_snapshot_is_one_line_naming_the_file_and_the_fault(snapshot, 
         command.main([str(folder), *OUTPUTS[command]])
     line = one_error_line(capsys.readouterr().err, command.__name__.rpartition(".")[2])
     assert exit_info.value.code == 2 and re.search(message, line) and str(folder) in line, line
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / OUTPUTS[command][-1]).exists()
 
 
 def test_sample_grid_a_missing_snapshot_is_one_line(tmp_path, capsys):
@@ -300,6 +308,40 @@ def test_code_sheet_refuses_codes_that_do_not_fill_its_rows(snapshot):
     from eg3d.networks.sample_grid import code_sheet, grid_cameras
     with pytest.raises(ValueError, match="7 latent codes do not fill rows of 3 cameras"):
         code_sheet(G, torch.randn(7, G.model_config.z_dim), grid_cameras(3))
+
+
+@pytest.mark.parametrize("out, message", [
+    ("folder", r"argument --out: '.*folder' is a folder: expected an image file name such as '.*folder/grid.png'"),
+    ("grid.nope", r"argument --out: '.*grid.nope': expected an image file name ending in .png"),
+    ("no-extension", r"argument --out: '.*no-extension': expected an image file name ending in .png"),
+])
+def test_sample_grid_checks_its_output_file_before_opening_the_snapshot(tmp_path, capsys, out, message):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SystemExit) as exit_info:  # the snapshot does not exist: --out is refused first
+        sample_grid.main([str(tmp_path / "no-such-snapshot"), "--out", str(tmp_path / out)])
+    assert exit_info.value.code == 2
+    assert re.search(message, usage_error_line(capsys.readouterr().err, "sample_grid"))
+
+
+def test_sample_grid_creates_the_folder_of_its_output_file(snapshot, tmp_path):
+    out = tmp_path / "new" / "deeper" / "sheet.png"
+    assert sample_grid.main([str(snapshot), "--out", str(out), "--layout", "codes", "--rows", "1", "--cameras", "2",
+                             "--device", "cpu"]) == 0
+    assert Image.open(out).size[0] == 2 * load_generator(snapshot).model_config.image_resolution
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has CUDA")
+@pytest.mark.parametrize("device, message", [("cuda", "--device cuda: this torch sees no CUDA GPU; use --device cpu"),
+                                             ("banana", "--device banana: not a torch device")])
+def test_a_device_this_torch_cannot_use_is_one_line(snapshot, tmp_path, capsys, device, message):
+    with pytest.raises(SystemExit) as exit_info:
+        sample_grid.main([str(snapshot), "--out", str(tmp_path / "grid.png"), "--device", device])
+    assert exit_info.value.code == 2
+    assert message in usage_error_line(capsys.readouterr().err, "sample_grid")
+
+
+def test_help_shows_a_default_of_zero():
+    assert "seed of the latent codes (default: 0)" in " ".join(sample_grid.build_parser().format_help().split())
 
 
 def test_an_older_snapshot_without_a_recorded_hash_still_loads(snapshot, tmp_path):

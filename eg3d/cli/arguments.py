@@ -7,8 +7,11 @@ checks its controls against the same ranges (`Interval.check`).
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from PIL import Image
 
 from ..config.schema import MAX_SEED  # one bound for the commands' seeds and the training config's
 
@@ -95,6 +98,25 @@ def whole_number(minimum: int = 0, maximum: int | None = None) -> Callable[[str]
     return parse
 
 
+def image_file(text: str) -> str:
+    """An argparse type: a local image file to write, named with an extension Pillow writes (.png, .jpg, ...),
+    not an existing folder. Checked before any work, so that a typo does not cost a finished picture; the caller
+    creates a missing parent folder (`make_parent`)."""
+    extension = os.path.splitext(text)[1].lower()
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder: expected an image file name such as "
+                                         f"{os.path.join(text, 'grid.png')!r}")
+    if Image.registered_extensions().get(extension) not in Image.SAVE:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an image file name ending in .png (or another "
+                                         f"extension Pillow writes, such as .jpg)")
+    return text
+
+
+def make_parent(path: str) -> None:
+    """Create the folder that will hold `path`, if it is missing."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
 def seeds_list(text: str) -> list[int]:
     """'0-63' or '1,5,9' (or both: '0-3,10') -> seeds; an argparse type."""
     seeds = []
@@ -116,6 +138,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each option's default, except where there is none (required options, flags)."""
 
     def _get_help_string(self, action):
-        if action.required or action.default in (None, False) or action.help is None:
+        if action.required or action.default is None or action.default is False or action.help is None:
             return action.help
         return super()._get_help_string(action)

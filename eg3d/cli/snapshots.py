@@ -7,6 +7,8 @@ viewer into a message in the page.
 
 import argparse
 
+import torch
+
 from dataloading import storage
 from eg3d.networks.snapshot import SnapshotError, load_generator
 
@@ -75,7 +77,14 @@ def missing_credentials(error: BaseException) -> bool:
 
 
 def open_generator(parser: argparse.ArgumentParser, url: str, device: str):
-    """open_snapshot for a command: a fault is an argparse error (exit 2) naming SNAPSHOT."""
+    """open_snapshot for a command: a fault is an argparse error (exit 2) naming SNAPSHOT, or --device where this
+    torch cannot run on it."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        parser.error(f"--device {device}: not a torch device (expected cpu, cuda, cuda:1, ...)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: this torch sees no CUDA GPU; use --device cpu")
     try:
         return open_snapshot(url, device)
     except SnapshotError as error:
