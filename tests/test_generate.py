@@ -344,6 +344,25 @@ def test_help_shows_a_default_of_zero():
     assert "seed of the latent codes (default: 0)" in " ".join(sample_grid.build_parser().format_help().split())
 
 
+def test_a_path_that_is_not_a_snapshot_folder_says_what_it_is(snapshot, tmp_path, capsys):
+    """A missing path, one of a snapshot's files, a run's snapshots/ folder: each one line saying what to pass."""
+    run = tmp_path / "run"
+    (run / "snapshots").mkdir(parents=True)
+    copy_snapshot(snapshot, run / "snapshots" / "snapshot-000004000")
+    newest = copy_snapshot(snapshot, run / "snapshots" / "snapshot-000008000")
+    cases = {tmp_path / "no-such-snapshot": "expected a snapshot folder (config.json and G_ema.safetensors): no such "
+                                            "file or folder",
+             newest / "config.json": f"this is one of a snapshot's files: pass its folder, {newest}",
+             run / "snapshots": f"a run's folder of snapshots, not a snapshot: pass one of them, such as the newest, "
+                                f"{newest}"}
+    for path, message in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            sample_grid.main([str(path), "--out", str(tmp_path / "grid.png")])
+        line = one_error_line(capsys.readouterr().err, "sample_grid")
+        assert exit_info.value.code == 2 and line.endswith(message), (path, line)
+    assert not (tmp_path / "grid.png").exists()
+
+
 def test_an_older_snapshot_without_a_recorded_hash_still_loads(snapshot, tmp_path):
     folder = copy_snapshot(snapshot, tmp_path / "old", keep_hash=False)
     torch.testing.assert_close(load_generator(folder).state_dict(), load_generator(snapshot).state_dict())

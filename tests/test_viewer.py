@@ -334,6 +334,6 @@ def test_load_switches_snapshots_and_a_wrong_url_keeps_the_current_one(view_serv
     before = view_server.render(VIEW)[0]
     assert "neural rendering at 12" in view_server.load(str(other))
     assert np.abs(view_server.render(VIEW)[0].astype(int) - before).mean() > 1  # other weights, other image
-    with pytest.raises(SnapshotError, match="nothing-here: expected a snapshot folder .*missing"):
+    with pytest.raises(SnapshotError, match="nothing-here: expected a snapshot folder .*no such file or folder"):
         view_server.load(str(tmp_path / "nothing-here"))
     assert view_server.url == str(other) and "neural rendering at 12" in view_server.describe()

@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from dataloading import storage
-from eg3d.networks.snapshot import SnapshotError, load_generator
+from eg3d.networks.snapshot import CONFIG_FILE, WEIGHTS_FILE, SnapshotError, load_generator
 
 EXPECTED = "expected a snapshot folder (config.json and G_ema.safetensors)"
 
@@ -24,10 +24,12 @@ def open_snapshot(url: str, device: str):
         raise
     except FileNotFoundError as error:
         refuse_run_folder(url)
+        refuse_other_paths(url)
         raise SnapshotError(f"{url}: {EXPECTED}: {error}") from None
     except PermissionError as error:
         raise SnapshotError(f"{url}: access refused: {error}") from None
     except OSError as error:  # a folder where a file should be, an endpoint that stays unreachable, ...
+        refuse_other_paths(url)
         raise SnapshotError(f"{url}: could not be read ({type(error).__name__}: {error})") from None
     except Exception as error:
         if not missing_credentials(error):
@@ -46,6 +48,24 @@ def refuse_run_folder(url: str) -> None:
     raise SnapshotError(f"{url}: a training run's folder, not a snapshot: "
                         + (f"pass one of its snapshot folders, such as the newest, {newest}" if newest else
                            f"it has no snapshot yet (they are written under {snapshots}): pass a snapshot folder"))
+
+
+def refuse_other_paths(url: str) -> None:
+    """SnapshotError saying what `url` is where it is no snapshot folder: missing, one of a snapshot's files, or a
+    run's snapshots/ folder (its newest snapshot named); nothing otherwise, or where it cannot be told."""
+    try:
+        present = storage.exists(url)
+    except (OSError, ValueError):
+        return
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    if not present:
+        raise SnapshotError(f"{url}: {EXPECTED}: no such file or folder")
+    if name in (CONFIG_FILE, WEIGHTS_FILE):
+        raise SnapshotError(f"{url}: {EXPECTED}: this is one of a snapshot's files: pass its folder, "
+                            f"{storage.parent(url)}")
+    if name == "snapshots" and (newest := newest_snapshot(storage.parent(url))):
+        raise SnapshotError(f"{url}: a run's folder of snapshots, not a snapshot: pass one of them, such as the "
+                            f"newest, {newest}")
 
 
 def newest_snapshot(run_url: str) -> str | None:
