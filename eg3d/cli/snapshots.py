@@ -29,7 +29,8 @@ def open_snapshot(url: str, device: str):
     except PermissionError as error:
         raise SnapshotError(f"{url}: access refused: {error}") from None
     except OSError as error:  # a folder where a file should be, an endpoint that stays unreachable, ...
-        refuse_other_paths(url)
+        if isinstance(error, (NotADirectoryError, IsADirectoryError)):  # not for a network fault: asking again waits
+            refuse_other_paths(url)
         raise SnapshotError(f"{url}: could not be read ({type(error).__name__}: {error})") from None
     except Exception as error:
         if not missing_credentials(error):
@@ -55,7 +56,7 @@ def refuse_other_paths(url: str) -> None:
     run's snapshots/ folder (its newest snapshot named); nothing otherwise, or where it cannot be told."""
     try:
         present = storage.exists(url)
-    except (OSError, ValueError):
+    except Exception:  # whatever stops the question (credentials, network) leaves the first answer standing
         return
     name = url.rstrip("/").rsplit("/", 1)[-1]
     if not present:
