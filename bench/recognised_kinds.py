@@ -27,11 +27,11 @@ from dataloading import storage  # noqa: E402
 from dataloading.shard_reader import camera_labels, load_manifest  # noqa: E402
 from eg3d.cli.arguments import (MAX_SEED, HelpFormatter, Interval, image_file, make_parent, real_number,  # noqa: E402
                                 whole_number)
-from eg3d.cli.snapshots import open_snapshot  # noqa: E402
+from eg3d.cli.snapshots import EXPECTED, open_snapshot, refuse_other_paths, refuse_run_folder  # noqa: E402
 from eg3d.evaluate import manifest_of, snapshot_config  # noqa: E402
 from eg3d.metrics.evaluator_training import (load_real_data, local_cache_folder, prepare_evaluator,  # noqa: E402
                                              to_uint8)
-from eg3d.networks.snapshot import default_neural_rendering_resolution  # noqa: E402
+from eg3d.networks.snapshot import SnapshotError, default_neural_rendering_resolution  # noqa: E402
 
 # Real samples read for the picture, the first in the shards' order: 8 of each kind of the synthetic data, whose
 # kinds are drawn at random per image; a data set stored sorted by class would leave later kinds' rows white.
@@ -116,8 +116,12 @@ def main(argv=None) -> None:
         try:
             configs.append(snapshot_config(url))
         except (OSError, ValueError, KeyError) as error:
-            parser.error(f"SNAPSHOT {url}: expected a snapshot folder with its config.json "
-                         f"({type(error).__name__}: {error})")
+            try:  # what the path is instead (a run's folder, a missing path, ...), as the commands say it
+                refuse_run_folder(url)
+                refuse_other_paths(url)
+            except SnapshotError as named:
+                parser.error(f"SNAPSHOT {named}")
+            parser.error(f"SNAPSHOT {url}: {EXPECTED} ({type(error).__name__}: {error})")
     if args.picture:
         make_parent(args.picture)
     config = configs[0]

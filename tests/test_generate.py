@@ -18,7 +18,7 @@ from dataloading import storage
 from eg3d import generate, sample_grid, video
 from eg3d.networks import camera, orbit
 from eg3d.networks.generator import TriPlaneGenerator
-from eg3d.networks.sample_grid import to_uint8
+from eg3d.networks.sample_grid import code_sheet, grid_cameras, to_uint8
 from eg3d.networks.snapshot import WEIGHTS_HASH_KEY, load_generator, render
 from s3_fixtures import BUCKET, moto_server, no_aws_credentials  # noqa: F401 - the fixtures
 
@@ -209,19 +209,12 @@ def other_presets_weights(path: Path) -> None:
     path.write_bytes(save({k: v.contiguous() for k, v in G.state_dict().items()}))
 
 
-def one_error_line(err: str, command: str = "generate") -> str:
-    """The argparse error line after the usage, asserting that nothing else (no traceback) was printed."""
+def one_error_line(err: str, command: str = "generate", about: str = "SNAPSHOT ") -> str:
+    """The argparse error line after the usage, about `about` (by default the snapshot; "" for any option),
+    asserting that nothing else (no traceback) was printed."""
     lines = err.strip().splitlines()
     assert lines[0].startswith("usage:") and "Traceback" not in err and lines[-1].startswith(
-        f"python -m eg3d.{command}: error: SNAPSHOT "), err
-    return lines[-1]
-
-
-def usage_error_line(err: str, command: str) -> str:
-    """The argparse error line after the usage (any option), asserting that no traceback was printed."""
-    lines = err.strip().splitlines()
-    assert lines[0].startswith("usage:") and "Traceback" not in err, err
-    assert lines[-1].startswith(f"python -m eg3d.{command}: error: "), err
+        f"python -m eg3d.{command}: error: {about}"), err
     return lines[-1]
 
 
@@ -305,7 +298,6 @@ def test_sample_grid_codes_layout_tiles_are_direct_renders_of_their_code_and_col
 
 def test_code_sheet_refuses_codes_that_do_not_fill_its_rows(snapshot):
     G = load_generator(snapshot)
-    from eg3d.networks.sample_grid import code_sheet, grid_cameras
     with pytest.raises(ValueError, match="7 latent codes do not fill rows of 3 cameras"):
         code_sheet(G, torch.randn(7, G.model_config.z_dim), grid_cameras(3))
 
@@ -320,7 +312,7 @@ def test_sample_grid_checks_its_output_file_before_opening_the_snapshot(tmp_path
     with pytest.raises(SystemExit) as exit_info:  # the snapshot does not exist: --out is refused first
         sample_grid.main([str(tmp_path / "no-such-snapshot"), "--out", str(tmp_path / out)])
     assert exit_info.value.code == 2
-    assert re.search(message, usage_error_line(capsys.readouterr().err, "sample_grid"))
+    assert re.search(message, one_error_line(capsys.readouterr().err, "sample_grid", about=""))
 
 
 def test_sample_grid_creates_the_folder_of_its_output_file(snapshot, tmp_path):
@@ -337,7 +329,7 @@ def test_a_device_this_torch_cannot_use_is_one_line(snapshot, tmp_path, capsys, 
     with pytest.raises(SystemExit) as exit_info:
         sample_grid.main([str(snapshot), "--out", str(tmp_path / "grid.png"), "--device", device])
     assert exit_info.value.code == 2
-    assert message in usage_error_line(capsys.readouterr().err, "sample_grid")
+    assert message in one_error_line(capsys.readouterr().err, "sample_grid", about="")
 
 
 def test_help_shows_a_default_of_zero():
