@@ -1,8 +1,8 @@
 """Procedural 3D scenes rendered to the reference dataset format, for tests and smoke runs.
 
-Each image shows one object near the world origin (a sphere, rounded box, torus, cylinder, capsule or a
-pair of them) in nearly its canonical pose (OBJECT_YAW_JITTER), seen by an orbit camera like FFHQ's. The object is sphere traced as a signed distance
-function (SDF) in numpy, through the same pixel rays the trainer's renderer uses
+Each image shows one object near the world origin (a sphere, rounded box, torus, cylinder, capsule, or a pair:
+two smaller primitives of one kind side by side) in nearly its canonical pose (OBJECT_YAW_JITTER), seen by an
+orbit camera like FFHQ's. The object is sphere traced as a signed distance function (SDF) in numpy, through the same pixel rays the trainer's renderer uses
 (`eg3d.networks.camera.pixel_rays`), so each image agrees exactly with its camera label. Texture lives in object
 space and the light is fixed in world space, so every view of a scene is consistent.
 
@@ -248,6 +248,9 @@ def render_scene(scene: Scene, label, resolution: int, *, supersample: int = 2) 
 # Random scenes and cameras
 
 KINDS = ("sphere", "box", "torus", "cylinder", "capsule", "pair")
+PAIR_ANGLE = 0.35  # rad: a pair's axis lies within this yaw of the x axis (across the canonical view)
+PAIR_PART_SCALE = 0.45  # each part of a pair: a primitive of unit size scaled by this
+PAIR_OFFSET = 0.58  # each part's centre from the pair's centre, in the same units: a gap between the parts
 
 
 def _random_primitive(rng: np.random.Generator, kind: str) -> Primitive:
@@ -269,15 +272,23 @@ def _random_primitive(rng: np.random.Generator, kind: str) -> Primitive:
 
 
 def _random_pair(rng: np.random.Generator) -> tuple[Primitive, ...]:
-    """Two primitives side by side along a random direction, overlapping a little."""
-    kinds = rng.choice(KINDS[:-1], size=2)
-    direction = rng.normal(size=3) * np.array([1.0, 0.6, 1.0])
+    """Two primitives of one kind (sizes drawn apart), side by side with a gap, along a direction within
+    PAIR_ANGLE of the x axis and nearly level: across the canonical view, so every camera of the data sees two
+    shapes (YAW_RANGE, OBJECT_YAW_JITTER and PAIR_ANGLE turn the pair at most 60 degrees from face-on).
+
+    Until 2026-12-08 a pair was two primitives of random kinds, overlapping, along any direction: from cameras
+    along that direction it was one blob, and at the embedded default's budget the generator drew no pairs at
+    all (docs/dev-log.md, 2026-12-08).
+    """
+    kind = str(rng.choice(KINDS[:-1]))
+    angle = rng.uniform(-PAIR_ANGLE, PAIR_ANGLE)
+    direction = np.array([math.cos(angle), rng.uniform(-0.15, 0.15), math.sin(angle)])
     direction /= np.linalg.norm(direction)
     parts = []
-    for kind, sign in zip(kinds, (1.0, -1.0)):
-        shape = _random_primitive(rng, str(kind))
-        size = tuple(x * 0.55 for x in shape.size)  # bounding radius about 0.55 each
-        parts.append(Primitive(shape.kind, size, tuple((sign * 0.42 * direction).tolist()), shape.tilt))
+    for sign in (1.0, -1.0):
+        shape = _random_primitive(rng, kind)
+        size = tuple(x * PAIR_PART_SCALE for x in shape.size)
+        parts.append(Primitive(kind, size, tuple((sign * PAIR_OFFSET * direction).tolist()), shape.tilt))
     return tuple(parts)
 
 
