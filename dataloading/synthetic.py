@@ -273,12 +273,12 @@ def _random_primitive(rng: np.random.Generator, kind: str) -> Primitive:
 
 def _random_pair(rng: np.random.Generator) -> tuple[Primitive, ...]:
     """Two primitives of one kind (sizes drawn apart), side by side with a gap, along a direction within
-    PAIR_ANGLE of the x axis and nearly level: across the canonical view, so every camera of the data sees two
-    shapes (YAW_RANGE, OBJECT_YAW_JITTER and PAIR_ANGLE turn the pair at most 60 degrees from face-on).
+    PAIR_ANGLE of the x axis and nearly level: across the canonical view, so the data's cameras see two shapes
+    (nearly always: YAW_RANGE, OBJECT_YAW_JITTER and PAIR_ANGLE turn a pair up to 60 degrees from face-on, where
+    its parts may overlap).
 
-    Until 2026-12-08 a pair was two primitives of random kinds, overlapping, along any direction: from cameras
-    along that direction it was one blob, and at the embedded default's budget the generator drew no pairs at
-    all (docs/dev-log.md, 2026-12-08).
+    The earlier pair, two primitives of random kinds overlapping along any direction, was one blob from most
+    cameras, and the embedded default learnt no pairs in its budget (docs/dev-log.md, 2026-12-07, night).
     """
     kind = str(rng.choice(KINDS[:-1]))
     angle = rng.uniform(-PAIR_ANGLE, PAIR_ANGLE)

@@ -181,7 +181,7 @@ def pair_scenes(count: int) -> list[Scene]:
 def test_a_pair_is_two_shapes_of_one_kind_seen_apart():
     """Every pair's silhouette falls in two pieces (two connected regions of hit pixels) from the front, at any
     of the data's pitches, and mostly (at least 80%) from its extreme yaws, where a pair turned towards the
-    camera may overlap (measured: about 85%). The pairs before 2026-12-08, two kinds overlapping along any
+    camera may overlap (measured: about 85%). The earlier pairs, two kinds overlapping along any
     direction, were two pieces in about 15% of these views."""
     ndimage = pytest.importorskip("scipy.ndimage")
     scenes = pair_scenes(30)
