@@ -107,9 +107,9 @@ def test_a_perfect_3d_generator_made_flat_is_clearly_worse_in_depth_and_consiste
     """The trained tiny generator's own geometry is no better than a flat picture's (docs/monitoring.md, 3D quality), so
     flattening it shows little in depth_error; the data's own renderer, perfectly 3D, shows what it costs.
     The renderer sphere-traces on the CPU, so a quarter of the images and objects: its fd_data, from 128
-    images against the floor's 200, carries more of the Frechet distance's small-sample bias, which falls as
-    1/n (its trace term), so the floor is scaled by 200/128 before the comparison. (On the data of commit
-    3cf56c0, seeds 0, 1, 2: 19.3, 11.3, 11.4 against a floor of 5.9, 9.2 scaled.)"""
+    images against the floor's 200, carries more of the Frechet distance's small-sample bias, which falls
+    about as 1/n with the sample size n, so the floor is scaled by 200/128 before the comparison. (On the data
+    of commit 3cf56c0, seeds 0, 1, 2: 19.3, 11.3, 11.4 against a floor of 5.9, 9.2 scaled to 128 images.)"""
     config = snapshot_config(str(SNAPSHOTS[-1]))
     sample = {"num_generated": 128, "objects": 8}
     ideal = measured(DataRenderer(config), manifest, **sample)
@@ -131,9 +131,10 @@ def test_the_metric_improves_or_holds_over_the_run(metric, series):
     """Every later snapshot (8 and 16 kimg) is no worse than the first (2 kimg) beyond the noise: three standard
     deviations of the difference of the two means over seeds. (From one snapshot to the next a GAN's generator
     moves by more than the measurement's noise, so consecutive snapshots are not compared: this run is worse
-    than at 2 kimg in pose at 4 kimg and in depth at 6, as its grids show, and better in both from 8 on; the
-    kept snapshots are 2, 8 and 16, docs/monitoring.md has them all.) The consistency values get worse over
-    this run, as docs/monitoring.md reports: its geometry does not become a surface."""
+    than at 2 kimg in pose at 4 kimg and in depth at 6 (its grid there shows background in front of the
+    object), and better in both from 8 on; the kept snapshots are 2, 8 and 16, docs/monitoring.md has them
+    all.) The consistency values get worse over this run, as docs/monitoring.md reports: its geometry does not
+    become a surface."""
     first = series[0]
     for later in series[1:]:
         noise = (statistics.variance(first[metric]) / len(SEEDS)

@@ -91,7 +91,9 @@ def tiny() -> TrainConfig:
     at 16, and its tori from closed rings to rings with holes (a one-thread run of the same seed: 50 to 37); that
     one-thread run, continued to 36 kimg, levels off at about 17 from 24 kimg on (docs/dev-log.md, 2026-12-07,
     evening). Halving G's and D's channels to win the time back trains 1.4x the images per second but learns less
-    per image (fd_data at 16 kimg 67 and 54 for seeds 0 and 1, against 37 for seed 0 at full width)."""
+    per image (fd_data at 16 kimg 67 and 54 for seeds 0 and 1, against 37 for seed 0 at full width). These
+    figures are from the synthetic data before its pairs changed; on today's, the default run's fd_data is 70 at
+    12 kimg and 36 at 16, and its tori open between the two (docs/dev-log.md, 2026-12-07, night)."""
     batch_size = 8
     ema_kimg = 10 * batch_size / 32  # the reference's half-life at this batch (10 kimg per 32 images)
     return TrainConfig(
