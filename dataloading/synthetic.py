@@ -4,8 +4,8 @@ Each image shows one object near the world origin (a sphere, rounded box, torus,
 two smaller primitives of one kind side by side) in nearly its canonical pose (OBJECT_YAW_JITTER), seen by an
 orbit camera like FFHQ's. The object is sphere traced as a signed distance function (SDF) in numpy, through
 the same pixel rays the trainer's renderer uses (`eg3d.networks.camera.pixel_rays`), so each image agrees
-exactly with its camera label. Texture lives in object
-space and the light is fixed in world space, so every view of a scene is consistent.
+exactly with its camera label. Texture lives in object space and the light is fixed in world space, so every
+view of a scene is consistent.
 
 `generate_dataset` writes a data set; the command is `python -m eg3d.synthetic` (eg3d/synthetic.py). Besides
 the reference format's images and `dataset.json` "labels", it writes ground truth for evaluators that learn
