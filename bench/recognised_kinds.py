@@ -27,7 +27,7 @@ from dataloading import storage  # noqa: E402
 from dataloading.shard_reader import camera_labels, load_manifest  # noqa: E402
 from eg3d.cli.arguments import (MAX_SEED, HelpFormatter, Interval, image_file, make_parent, real_number,  # noqa: E402
                                 whole_number)
-from eg3d.cli.snapshots import EXPECTED, open_snapshot, refuse_other_paths, refuse_run_folder  # noqa: E402
+from eg3d.cli.snapshots import EXPECTED, open_snapshot, refuse_what_is_no_snapshot  # noqa: E402
 from eg3d.evaluate import manifest_of, snapshot_config  # noqa: E402
 from eg3d.metrics.evaluator_training import (load_real_data, local_cache_folder, prepare_evaluator,  # noqa: E402
                                              to_uint8)
@@ -117,8 +117,7 @@ def main(argv=None) -> None:
             configs.append(snapshot_config(url))
         except (OSError, ValueError, KeyError) as error:
             try:  # what the path is instead (a run's folder, a missing path, ...), as the commands say it
-                refuse_run_folder(url)
-                refuse_other_paths(url)
+                refuse_what_is_no_snapshot(url)
             except SnapshotError as named:
                 parser.error(f"SNAPSHOT {named}")
             parser.error(f"SNAPSHOT {url}: {EXPECTED} ({type(error).__name__}: {error})")

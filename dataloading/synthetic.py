@@ -252,6 +252,7 @@ KINDS = ("sphere", "box", "torus", "cylinder", "capsule", "pair")
 PAIR_ANGLE = 0.35  # rad: a pair's axis lies within this yaw of the x axis (across the canonical view)
 PAIR_PART_SCALE = 0.45  # each part of a pair: a primitive of unit size scaled by this
 PAIR_OFFSET = 0.58  # each part's centre from the pair's centre, in the same units: a gap between the parts
+PAIR_RISE = 0.15  # the pair's axis rises at most this much (y, before normalising) per unit along x: nearly level
 
 
 def _random_primitive(rng: np.random.Generator, kind: str) -> Primitive:
@@ -283,7 +284,7 @@ def _random_pair(rng: np.random.Generator) -> tuple[Primitive, ...]:
     """
     kind = str(rng.choice(KINDS[:-1]))
     angle = rng.uniform(-PAIR_ANGLE, PAIR_ANGLE)
-    direction = np.array([math.cos(angle), rng.uniform(-0.15, 0.15), math.sin(angle)])
+    direction = np.array([math.cos(angle), rng.uniform(-PAIR_RISE, PAIR_RISE), math.sin(angle)])
     direction /= np.linalg.norm(direction)
     parts = []
     for sign in (1.0, -1.0):

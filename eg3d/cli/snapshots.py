@@ -23,8 +23,7 @@ def open_snapshot(url: str, device: str):
         refuse_run_folder(url)
         raise
     except FileNotFoundError as error:
-        refuse_run_folder(url)
-        refuse_other_paths(url)
+        refuse_what_is_no_snapshot(url)
         raise SnapshotError(f"{url}: {EXPECTED}: {error}") from None
     except PermissionError as error:
         raise SnapshotError(f"{url}: access refused: {error}") from None
@@ -49,6 +48,13 @@ def refuse_run_folder(url: str) -> None:
     raise SnapshotError(f"{url}: a training run's folder, not a snapshot: "
                         + (f"pass one of its snapshot folders, such as the newest, {newest}" if newest else
                            f"it has no snapshot yet (they are written under {snapshots}): pass a snapshot folder"))
+
+
+def refuse_what_is_no_snapshot(url: str) -> None:
+    """SnapshotError saying what `url` is where it is no snapshot folder (a run's folder, a missing path, one of a
+    snapshot's files, a run's snapshots/ folder) and what to pass instead; nothing where it cannot be told."""
+    refuse_run_folder(url)
+    refuse_other_paths(url)
 
 
 def refuse_other_paths(url: str) -> None:
